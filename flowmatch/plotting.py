@@ -1,0 +1,192 @@
+"""PNG figures for samples and results: 2-D scatter over the target, image grids, line plots.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas directly, never through
+pyplot, so this works headless, in threads, and leaves the global backend alone.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+__all__ = ["plot_2d", "image_grid", "plot_curves"]
+
+
+def _save(fig: Figure, path: str | os.PathLike, **kwargs) -> None:
+    FigureCanvasAgg(fig)
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    fig.savefig(os.fspath(path), format="png", **kwargs)
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    return x[np.all(np.isfinite(x), axis=1)]
+
+
+def plot_2d(samples, path, *, reference=None, box=None, title: str | None = None) -> None:
+    """Scatter generated 2-D points over the target density and save a PNG.
+
+    samples: [n, 2]; reference: optional [m, 2] target samples, drawn as a 2-D histogram in a
+    light colormap behind the points; box: optional (lo [2], hi [2]) used as axis limits (and
+    histogram range), else a robust range of the finite points.  Marker size and alpha shrink
+    with n so that 2,000 to 100,000 points all read well.  Points that are NaN / inf or outside
+    the box are counted in a note on the figure.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] != 2:
+        raise ValueError(f"samples must have shape [n, 2]; got {samples.shape}.")
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.float64)
+        if reference.ndim != 2 or reference.shape[1] != 2:
+            raise ValueError(f"reference must have shape [m, 2]; got {reference.shape}.")
+    finite = _finite_rows(samples)
+    n_nonfinite = samples.shape[0] - finite.shape[0]
+
+    if box is None:
+        pts = [finite] + ([_finite_rows(reference)] if reference is not None else [])
+        pts = np.concatenate(pts)
+        if pts.shape[0] == 0:
+            lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+        else:
+            # Percentiles, so a few stray points do not shrink the picture to a dot.
+            lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
+            pad = 0.05 * np.maximum(hi - lo, 1e-6)
+            lo, hi = lo - pad, hi + pad
+    else:
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in box)
+        if lo.shape != (2,) or hi.shape != (2,) or not np.all(hi > lo):
+            raise ValueError(f"box must be (lo, hi) with shapes [2] and lo < hi; got {box!r}.")
+
+    aspect = float(np.clip((hi[1] - lo[1]) / (hi[0] - lo[0]), 0.25, 4.0))
+    fig = Figure(figsize=(5.0, 5.0 * aspect + 0.4) if aspect <= 1 else (5.0 / aspect, 5.4), dpi=150)
+    ax = fig.add_subplot()
+    if reference is not None:
+        ref = _finite_rows(reference)
+        counts, xe, ye = np.histogram2d(ref[:, 0], ref[:, 1], bins=128, range=[[lo[0], hi[0]], [lo[1], hi[1]]])
+        if counts.max() > 0:
+            ax.pcolormesh(
+                xe, ye, np.ma.masked_equal(counts.T, 0), cmap="Greys",
+                norm=LogNorm(vmin=1, vmax=counts.max()), alpha=0.45, rasterized=True, zorder=0,
+            )
+    n = max(finite.shape[0], 1)
+    size = float(np.clip(4000.0 / n, 0.2, 4.0))  # marker area, points^2
+    alpha = float(np.clip(5000.0 / n, 0.1, 0.8))
+    ax.scatter(finite[:, 0], finite[:, 1], s=size, c="tab:red", alpha=alpha, linewidths=0, rasterized=True, zorder=1)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=7)
+
+    outside = np.count_nonzero(np.any((finite < lo) | (finite > hi), axis=1))
+    notes = [f"n = {samples.shape[0]:,}"]
+    if outside:
+        notes.append(f"{outside:,} outside {'box' if box is not None else 'view'}")
+    if n_nonfinite:
+        notes.append(f"{n_nonfinite:,} NaN/inf")
+    ax.text(0.01, 0.99, ", ".join(notes), transform=ax.transAxes, va="top", ha="left", fontsize=7,
+            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.7))
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def image_grid(images, path, *, nrow: int | None = None, title: str | None = None,
+               min_size: int = 64, pad: int = 2) -> None:
+    """Tile images into one grid PNG.
+
+    images: [n, h, w, c] in [-1, 1] with c = 1 (shown in grayscale) or 3 (RGB); values are
+    clipped to [-1, 1] and NaN / inf are shown as 0 (mid grey).  nrow: images per row
+    (default ceil(sqrt(n))).  Each image is upscaled by an integer factor with nearest-neighbour
+    repetition until it is at least min_size pixels tall, so 8x8 digits stay crisp; pad is the
+    white gap between tiles in output pixels.  The PNG has exactly one pixel per grid pixel
+    (plus a title band when title is given).
+    """
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have shape [n, h, w, c] with c in (1, 3); got {x.shape}.")
+    n, h, w, c = x.shape
+    if n == 0:
+        raise ValueError("images is empty; nothing to plot.")
+    if nrow is None:
+        nrow = math.ceil(math.sqrt(n))
+    if isinstance(nrow, bool) or not isinstance(nrow, (int, np.integer)) or nrow < 1:
+        raise ValueError(f"nrow (images per row) must be a positive int; got {nrow!r}.")
+    ncol_imgs = min(int(nrow), n)
+    nrows_imgs = math.ceil(n / ncol_imgs)
+
+    x = (np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0) + 1.0) / 2.0
+    scale = max(1, math.ceil(min_size / h))
+    x = np.repeat(np.repeat(x, scale, axis=1), scale, axis=2)  # [n, h*s, w*s, c]
+    th, tw = h * scale, w * scale
+    grid = np.ones((nrows_imgs * (th + pad) + pad, ncol_imgs * (tw + pad) + pad, c))
+    for k in range(n):
+        r, q = divmod(k, ncol_imgs)
+        y0, x0 = pad + r * (th + pad), pad + q * (tw + pad)
+        grid[y0:y0 + th, x0:x0 + tw] = x[k]
+
+    dpi = 100
+    gh, gw = grid.shape[:2]
+    title_px = 24 if title else 0
+    fig = Figure(figsize=(gw / dpi, (gh + title_px) / dpi), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, gh / (gh + title_px)))
+    ax.set_axis_off()
+    if c == 1:
+        ax.imshow(grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(grid, interpolation="nearest")
+    if title:
+        fig.text(0.5, 1.0 - 0.5 * title_px / (gh + title_px), title, ha="center", va="center", fontsize=9)
+    _save(fig, path, dpi=dpi)
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str, *,
+                logx: bool = True, logy: bool = False, title: str | None = None) -> None:
+    """One line per value of rows[i][group], y against x, saved as a PNG.
+
+    rows: records such as {"integrator": "heun", "nfe": 16, "tv": 0.05}; x, y, group: keys
+    present in every row.  Groups keep their first-appearance order; points within a group are
+    sorted by x.  Non-finite y values leave a gap.  Used for quality-vs-NFE plots.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows is empty; nothing to plot.")
+    for i, row in enumerate(rows):
+        missing = [k for k in (x, y, group) if k not in row]
+        if missing:
+            raise ValueError(f"row {i} lacks key(s) {missing}; it has {sorted(row)}.")
+    groups: dict[Any, list[tuple[float, float]]] = {}
+    for row in rows:
+        groups.setdefault(row[group], []).append((float(row[x]), float(row[y])))
+    if logx and any(px <= 0 for pts in groups.values() for px, _ in pts):
+        raise ValueError(f"logx=True needs {x!r} > 0 in every row; pass logx=False.")
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=150)
+    ax = fig.add_subplot()
+    for name, pts in groups.items():
+        pts.sort(key=lambda p: p[0])
+        xs, ys = np.array(pts).T
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=str(name))
+    if logx:
+        ax.set_xscale("log")
+        xs_all = sorted({px for pts in groups.values() for px, _ in pts})
+        if len(xs_all) <= 12:  # label the measured x values (e.g. NFE 4, 8, 16) instead of 10^k
+            ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
+            ax.xaxis.set_minor_locator(NullLocator())
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title=group, fontsize=7, title_fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

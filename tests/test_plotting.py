@@ -1,0 +1,86 @@
+"""Tests for flowmatch.plotting: each function writes a real PNG without pyplot."""
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from flowmatch import plotting
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path, min_bytes=1000):
+    data = path.read_bytes()
+    assert len(data) >= min_bytes and data[:8] == PNG_MAGIC
+    return matplotlib.image.imread(path)
+
+
+def test_plot_2d(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(5000, 2))
+    samples[:3] = [np.nan, 0.0]  # non-finite and outside-the-box points must not break the plot
+    samples[3] = 50.0
+    box = (np.full(2, -4.0), np.full(2, 4.0))
+    plotting.plot_2d(samples, tmp_path / "a.png", reference=rng.normal(size=(20000, 2)), box=box, title="gauss")
+    _assert_png(tmp_path / "a.png")
+    plotting.plot_2d(samples[3:], tmp_path / "sub" / "b.png")  # no reference, box from the data
+    _assert_png(tmp_path / "sub" / "b.png")
+    with pytest.raises(ValueError, match=r"\[n, 2\]"):
+        plotting.plot_2d(np.zeros((4, 3)), tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid(tmp_path, channels):
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1.5, 1.5, size=(10, 8, 8, channels))  # out of range: clipped
+    plotting.image_grid(images, tmp_path / "grid.png", nrow=4, pad=1)
+    img = _assert_png(tmp_path / "grid.png")
+    # 8x8 upscaled x8 to 64 px, 4 per row and 3 rows, 1-px gaps: exact pixel size.
+    assert img.shape[:2] == (3 * 65 + 1, 4 * 65 + 1)
+    plotting.image_grid(images, tmp_path / "titled.png", title="digits")
+    _assert_png(tmp_path / "titled.png")
+
+
+def test_image_grid_nearest_upscaling_is_exact(tmp_path):
+    images = -np.ones((1, 2, 2, 1))
+    images[0, 0, 1, 0] = 1.0  # one white pixel top right
+    plotting.image_grid(images, tmp_path / "g.png", pad=0, min_size=4)
+    img = _assert_png(tmp_path / "g.png", min_bytes=60)[..., 0]
+    expected = np.kron(np.array([[0.0, 1.0], [0.0, 0.0]]), np.ones((2, 2)))
+    np.testing.assert_allclose(img, expected, atol=1 / 255)
+
+
+def test_image_grid_errors(tmp_path):
+    with pytest.raises(ValueError, match="c in"):
+        plotting.image_grid(np.zeros((2, 8, 8, 2)), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="nrow"):
+        plotting.image_grid(np.zeros((2, 8, 8, 1)), tmp_path / "x.png", nrow=0)
+
+
+def test_plot_curves(tmp_path):
+    rows = [
+        {"integrator": name, "nfe": nfe, "tv": 1.0 / nfe ** order}
+        for name, order in [("euler", 1), ("heun", 2)]
+        for nfe in [32, 4, 8, 16]
+    ]
+    plotting.plot_curves(rows, tmp_path / "c.png", "nfe", "tv", "integrator", logy=True, title="TV vs NFE")
+    _assert_png(tmp_path / "c.png")
+    with pytest.raises(ValueError, match="lacks key"):
+        plotting.plot_curves(rows + [{"nfe": 2}], tmp_path / "d.png", "nfe", "tv", "integrator")
+    with pytest.raises(ValueError, match="logx"):
+        plotting.plot_curves([{"g": 0, "x": 0, "y": 1}], tmp_path / "e.png", "x", "y", "g")
+
+
+def test_does_not_touch_pyplot(tmp_path):
+    # Headless-safe: the module never imports pyplot, so it cannot switch the global backend.
+    code = (
+        "import sys, numpy as np\n"
+        "from flowmatch import plotting\n"
+        f"plotting.image_grid(np.zeros((2, 4, 4, 3)), {str(tmp_path / 'g.png')!r})\n"
+        f"plotting.plot_2d(np.zeros((10, 2)), {str(tmp_path / 'p.png')!r})\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": ""})
