@@ -1,0 +1,147 @@
+"""Time embeddings and small helpers shared by the networks.
+
+Time convention: t = 0 is noise, t = 1 is data; every embedding takes float times t in [0, 1].
+Embeddings are computed in float32 whatever the network's compute dtype: sin(1000 t) in bfloat16
+would lose the time resolution the network needs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": nn.silu,
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+    "softplus": nn.softplus,
+}
+
+TIME_EMBEDDINGS = ("sinusoidal", "fourier")
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Returns the activation function called `name`; ValueError listing the known ones."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def check_time_embedding(kind: str) -> None:
+    """Raises ValueError unless `kind` names a time embedding."""
+    if kind not in TIME_EMBEDDINGS:
+        raise ValueError(
+            f"unknown time_embedding {kind!r}; choose one of: {', '.join(TIME_EMBEDDINGS)}")
+
+
+def batch_times(t: jax.Array | float, batch_size: int) -> jax.Array:
+    """Returns t as float32 [batch_size]; a scalar t is broadcast, a [batch_size] t kept."""
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim == 0:
+        return jnp.broadcast_to(t, (batch_size,))
+    if t.shape != (batch_size,):
+        raise ValueError(
+            f"t must be a scalar or have shape [batch]=({batch_size},); got shape {t.shape}")
+    return t
+
+
+def class_labels(cond: jax.Array | None, batch_size: int, num_classes: int) -> jax.Array:
+    """Returns int32 labels [batch_size] for a class-embedding table of num_classes + 1 rows.
+
+    cond=None means "no label": every example gets the null class, index num_classes (the row
+    that classifier-free guidance trains by replacing labels with num_classes).
+    """
+    if num_classes <= 0:
+        raise ValueError(
+            "cond was given but the model was built with num_classes=0 (unconditional); "
+            "pass cond=None or build the model with num_classes > 0")
+    if cond is None:
+        return jnp.full((batch_size,), num_classes, jnp.int32)
+    cond = jnp.asarray(cond)
+    if cond.shape != (batch_size,) or not jnp.issubdtype(cond.dtype, jnp.integer):
+        raise ValueError(
+            f"cond must be integer class labels of shape [batch]=({batch_size},); "
+            f"got shape {cond.shape} and dtype {cond.dtype}")
+    return cond.astype(jnp.int32)
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0,
+                         max_period: float = 10000.0) -> jax.Array:
+    """Transformer-style sinusoidal embedding of times t.
+
+    emb = [sin(scale t w_k), cos(scale t w_k)], w_k = max_period^(-k / half), k < half = dim // 2.
+    With scale=1000, t in [0, 1] sees the frequencies a DDPM timestep in 0..1000 would.
+    An odd `dim` gets a trailing zero column.
+
+    Args:
+      t: [B] float times (a scalar is treated as [1]).
+      dim: embedding width.
+    Returns:
+      [B, dim] float32.
+    """
+    t = jnp.atleast_1d(jnp.asarray(t, jnp.float32))
+    if t.ndim != 1:
+        raise ValueError(f"t must have shape [batch]; got shape {t.shape}")
+    half = dim // 2
+    freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (scale * t)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class FourierFeatures(nn.Module):
+    """Gaussian random Fourier features of t: [sin(2 pi t w), cos(2 pi t w)], w ~ N(0, scale^2).
+
+    The frequencies w are a constant, drawn with numpy from `seed` when the module is traced, so
+    they are fixed, not trainable, the same for every init, and need no variable collection
+    besides "params" (this module has no parameters). An odd `dim` gets a trailing zero column.
+
+    Call: t [B] -> [B, dim] float32.
+    """
+    dim: int
+    scale: float = 16.0
+    seed: int = 0
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        t = jnp.atleast_1d(jnp.asarray(t, jnp.float32))
+        freqs = self.scale * np.random.default_rng(self.seed).standard_normal(self.dim // 2)
+        args = (2.0 * np.pi) * t[:, None] * jnp.asarray(freqs, jnp.float32)[None, :]
+        emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+        if self.dim % 2:
+            emb = jnp.pad(emb, ((0, 0), (0, 1)))
+        return emb
+
+
+class TimeEmbedding(nn.Module):
+    """DDPM time embedding: features of t (sinusoidal or Fourier, width `dim`), then
+    Dense(hidden) -> activation -> Dense(hidden).
+
+    Call: t [B] -> [B, hidden] in `dtype` (features in float32, Dense layers compute in `dtype`,
+    parameters float32).
+    """
+    dim: int
+    hidden: int
+    kind: str = "sinusoidal"
+    activation: str = "silu"
+    fourier_scale: float = 16.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        check_time_embedding(self.kind)
+        act = get_activation(self.activation)
+        if self.kind == "sinusoidal":
+            emb = sinusoidal_embedding(t, self.dim)
+        else:
+            emb = FourierFeatures(self.dim, scale=self.fourier_scale)(t)
+        emb = nn.Dense(self.hidden, dtype=self.dtype, name="dense_0")(emb)
+        return nn.Dense(self.hidden, dtype=self.dtype, name="dense_1")(act(emb))
