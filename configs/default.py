@@ -1,0 +1,99 @@
+"""Shared defaults of every flowmatch config.  Not a runnable experiment on its own: the
+per-dataset files (configs/<dataset>.py) start from `get_config()` here and change a few fields.
+
+Keys (what the training loop reads):
+  seed, batch_size (global), num_train_steps, steps_per_call (train steps per jitted call),
+  log_every_steps, eval_every_steps, checkpoint_every_steps, ema_decay, ema_warmup,
+  progress_bar, tensorboard,
+  data.*       name, path, image_size, channels, random_flip, skip_bad
+  model.*      name ('mlp' | 'unet'), dtype ('float32' | 'bfloat16'), and the network's own fields
+  path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
+  objective.*  name, prediction ('velocity' | 'x1' | 'x0'), time_sampling ('uniform' |
+               'logit_normal'), logit_normal_loc, logit_normal_scale, t_min, t_max
+  optimizer.*  AdamW: learning_rate, b1, b2, eps, weight_decay, warmup_steps, schedule
+               ('cosine' | 'constant'), end_lr_factor, grad_clip_norm (0 = off)
+  sampling.*   the default sampler of evaluation and scripts/sample.py: method, num_steps
+               (fixed grid), rtol / atol (adaptive; when set, num_steps is not used)
+  eval.*       num_tv_samples, num_w2_samples, tv_bins, chunk_size, num_plot_samples,
+               num_image_samples
+  checkpoint.* max_to_keep
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 256
+    c.num_train_steps = 10_000
+    c.steps_per_call = 10
+    c.log_every_steps = 100
+    c.eval_every_steps = 5_000
+    c.checkpoint_every_steps = 1_000
+    c.ema_decay = 0.999
+    c.ema_warmup = True
+    c.progress_bar = True
+    c.tensorboard = False
+
+    c.data = ml_collections.ConfigDict(dict(
+        name="checkerboard", path="", image_size=0, channels=3, random_flip=False,
+        skip_bad=False))
+
+    c.model = ml_collections.ConfigDict(dict(
+        name="mlp", dtype="float32", hidden_sizes=(256, 256, 256), activation="silu",
+        time_embedding="sinusoidal", time_embed_dim=64, num_classes=0))
+
+    c.path = ml_collections.ConfigDict(dict(schedule="cond_ot", sigma_min=0.0, exponent=2.0))
+
+    c.objective = ml_collections.ConfigDict(dict(
+        name="flow_matching", prediction="velocity", time_sampling="uniform",
+        logit_normal_loc=0.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0))
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        warmup_steps=200, schedule="cosine", end_lr_factor=0.0, grad_clip_norm=1.0))
+
+    c.sampling = ml_collections.ConfigDict(dict(
+        method="heun", num_steps=50, rtol=config_dict.placeholder(float),
+        atol=config_dict.placeholder(float)))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        num_tv_samples=100_000, num_w2_samples=2_000, tv_bins=64, chunk_size=100_000,
+        num_plot_samples=5_000, num_image_samples=64))
+
+    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
+    return c
+
+
+def smoke(c):
+    """Shrinks a config to seconds on a CPU: for tests, not for results."""
+    c.num_train_steps = 4
+    c.steps_per_call = 2
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 2
+    c.batch_size = min(c.batch_size, 16)
+    c.progress_bar = False
+    c.sampling.num_steps = 2
+    c.eval.num_tv_samples = 2_000
+    c.eval.num_w2_samples = 200
+    c.eval.chunk_size = 2_000
+    c.eval.num_plot_samples = 200
+    c.eval.num_image_samples = 4
+    return c
+
+
+VARIANTS = ("", "smoke")
+
+
+def apply_variant(c, variant):
+    """`variant` is what follows ':' in --config=configs/X.py:VARIANT."""
+    variant = variant or ""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; choose one of: "
+                         "(none), smoke  (e.g. --config=configs/moons.py:smoke)")
+    if variant == "smoke":
+        smoke(c)
+    return c

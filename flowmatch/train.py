@@ -1,0 +1,397 @@
+"""The training loop: one loop for every objective, model and dataset.
+
+    train_and_evaluate(config, workdir)
+
+reads the ConfigDict once (`Experiment.from_config`, which validates everything before any
+compilation) and from then on works with plain objects.  One jitted call runs
+`config.steps_per_call` train steps under `lax.scan` with the state donated; the RNG of step k is
+fold_in(train_key, k), and data batch k is a pure function of (seed, k), so a resumed run repeats
+exactly the randomness of an uninterrupted one.
+
+Files written under `workdir`: config.json, metrics.jsonl (one JSON object per logged step),
+checkpoints/<step>/ (orbax), samples_<step>.png, and TensorBoard events if asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from flowmatch import checkpoint as checkpoint_lib
+from flowmatch import data as data_lib
+from flowmatch import ema as ema_lib
+from flowmatch import integrators
+from flowmatch import metrics as metrics_lib
+from flowmatch import models as models_lib
+from flowmatch import objectives as objectives_lib
+from flowmatch import paths as paths_lib
+from flowmatch import plotting
+from flowmatch import sampling
+from flowmatch import schedules as schedules_lib
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: the message says what was wrong and what to do."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that evolves during training (the data position is step-derived)."""
+
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+    ema_params: Any
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _positive_int(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, num_train_steps: int):
+    """optax AdamW with linear warmup, cosine or constant decay, and global-norm clipping.
+
+    Returns (tx, learning_rate_schedule).
+    """
+    lr = opt.learning_rate
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"optimizer.learning_rate must be > 0, got {lr!r}")
+    warmup = int(opt.warmup_steps)
+    if warmup < 0:
+        raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
+    if opt.schedule == "cosine":
+        decay_steps = max(num_train_steps, warmup + 1)
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
+            decay_steps=decay_steps, end_value=lr * opt.end_lr_factor)
+    elif opt.schedule == "constant":
+        schedule = (optax.linear_schedule(0.0, lr, warmup) if warmup else optax.constant_schedule(lr))
+        if warmup:
+            schedule = optax.join_schedules([schedule, optax.constant_schedule(lr)], [warmup])
+    else:
+        raise ConfigError(
+            f"unknown optimizer.schedule {opt.schedule!r}; choose one of: cosine, constant")
+    if opt.name != "adamw":
+        raise ConfigError(f"unknown optimizer.name {opt.name!r}; choose one of: adamw")
+    parts = []
+    if opt.grad_clip_norm:
+        if opt.grad_clip_norm < 0:
+            raise ConfigError(f"optimizer.grad_clip_norm must be >= 0 (0 = off), got {opt.grad_clip_norm}")
+        parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay))
+    return optax.chain(*parts), schedule
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config, validated, before anything is compiled."""
+
+    config: ml_collections.ConfigDict
+    source: Any
+    model: Any
+    path: paths_lib.AffinePath
+    objective: Any
+    tx: optax.GradientTransformation
+    lr_schedule: Callable
+    compute_dtype: Any
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
+        try:
+            return cls._build(config)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+            raise ConfigError(str(e)) from e
+
+    @classmethod
+    def _build(cls, config):
+        for key in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+                    "checkpoint_every_steps", "steps_per_call"):
+            _positive_int(key, config[key])
+        k = config.steps_per_call
+        for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+            if config[key] % k:
+                raise ConfigError(
+                    f"{key}={config[key]} is not a multiple of steps_per_call={k}; logs, evaluations "
+                    "and checkpoints happen between jitted calls, so make it a multiple (or set "
+                    "steps_per_call=1)")
+        if config.eval_every_steps % config.log_every_steps:
+            raise ConfigError(
+                f"eval_every_steps={config.eval_every_steps} must be a multiple of "
+                f"log_every_steps={config.log_every_steps} (evaluation results go into that step's "
+                "metrics row)")
+        if config.model.dtype not in DTYPES:
+            raise ConfigError(
+                f"unknown model.dtype {config.model.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if not 0.0 <= config.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+
+        d = config.data
+        source = data_lib.make_source(
+            d.name, split="train", path=d.get("path") or None, image_size=d.get("image_size") or None,
+            channels=d.get("channels", 3), random_flip=d.get("random_flip", False),
+            skip_bad=d.get("skip_bad", False))
+
+        compute_dtype = DTYPES[config.model.dtype]
+        model_kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+        for key, value in model_kwargs.items():
+            if isinstance(value, list):
+                model_kwargs[key] = tuple(value)
+        if config.model.name == "unet" and source.kind != "image":
+            raise ConfigError(
+                f"model 'unet' needs image data, but data.name={d.name!r} is {source.kind}; "
+                "use model.name='mlp' for 2-D data")
+        if config.model.name == "mlp" and len(source.example_shape) != 1:
+            raise ConfigError(
+                f"model 'mlp' takes vectors, but data {d.name!r} has examples of shape "
+                f"{tuple(source.example_shape)}; use model.name='unet' for images")
+        model = models_lib.build_model(config.model.name, dtype=compute_dtype, **model_kwargs)
+
+        p = config.path
+        sched_cls = schedules_lib.SCHEDULES.get(p.schedule)
+        if sched_cls is None:
+            schedules_lib.make_schedule(p.schedule)  # raises the error listing the known names
+        fields = {f.name for f in dataclasses.fields(sched_cls)}
+        path = paths_lib.make_path(p.schedule, **{k: v for k, v in p.items() if k in fields})
+        obj_kwargs = {k: v for k, v in config.objective.items() if k != "name"}
+        objective = objectives_lib.build_objective(config.objective.name, path=path, **obj_kwargs)
+
+        s = config.sampling
+        integrators.check_arguments(s.method, num_steps=s.num_steps or None, time_grid=None,
+                                    rtol=s.rtol or None, atol=s.atol or None)
+        tx, lr_schedule = make_optimizer(config.optimizer, config.num_train_steps)
+        return cls(config=config, source=source, model=model, path=path, objective=objective, tx=tx,
+                   lr_schedule=lr_schedule, compute_dtype=compute_dtype)
+
+    # -- pieces of the loop --------------------------------------------------------------------
+
+    def conditional(self) -> bool:
+        return getattr(self.model, "num_classes", 0) > 0
+
+    def apply(self, params, x, t, cond=None, *, train=False, dropout_key=None):
+        rngs = {"dropout": dropout_key} if dropout_key is not None else None
+        return self.model.apply({"params": params}, x, t, cond=cond, train=train, rngs=rngs)
+
+    def init_state(self, key) -> TrainState:
+        shape = (1, *self.source.example_shape)
+        cond = jnp.zeros((1,), jnp.int32) if self.conditional() else None
+        params = self.model.init(key, jnp.zeros(shape, jnp.float32), jnp.zeros((1,)),
+                                 cond=cond)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), ema_params=ema_lib.init(params))
+
+    def train_step(self, state: TrainState, batch, train_key):
+        """One optimisation step on a global batch {"x": [B, ...], "label": [B]}."""
+        key = jax.random.fold_in(train_key, state.step)
+        key_loss, key_dropout = jax.random.split(key)
+        cond = batch["label"] if self.conditional() else None
+
+        def loss_fn(params):
+            predict = lambda x_t, t: self.apply(params, x_t, t, cond, train=True,
+                                                dropout_key=key_dropout)
+            return self.objective.loss(predict, batch["x"], key_loss)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_lib.decay_at(state.step, self.config.ema_decay, self.config.ema_warmup)
+        ema_params = ema_lib.update(state.ema_params, params, decay)
+        metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
+                       learning_rate=self.lr_schedule(state.step))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  ema_params=ema_params)
+        return new_state, metrics
+
+    def make_multi_step(self):
+        """jit(state, batches [k, B, ...], key) -> (state, metrics [k]); state donated."""
+
+        def multi_step(state, batches, train_key):
+            return jax.lax.scan(lambda s, b: self.train_step(s, b, train_key), state, batches)
+
+        return jax.jit(multi_step, donate_argnums=(0,))
+
+    def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None):
+        s = self.config.sampling
+        method = method or s.method
+        if method == s.method and num_steps is None and rtol is None and atol is None:
+            num_steps, rtol, atol = s.num_steps or None, s.rtol or None, s.atol or None
+        apply_fn = lambda params, x, t, cond: self.apply(params, x, t, cond)
+        return sampling.make_sampler(apply_fn, self.objective, tuple(self.source.example_shape),
+                                     method=method, num_steps=num_steps, rtol=rtol, atol=atol)
+
+
+def _batch_to_device(batches):
+    return {"x": jnp.asarray(batches["x"]), "label": jnp.asarray(batches["label"])}
+
+
+class Evaluator:
+    """Periodic evaluation: samples with the EMA parameters, a picture, and quality metrics."""
+
+    def __init__(self, exp: Experiment, workdir: str, eval_key):
+        self.exp, self.workdir = exp, workdir
+        self.key = eval_key
+        cfg = exp.config.eval
+        self.sample = exp.make_sampler()
+        src = exp.source
+        self.is_2d = src.kind == "toy2d"
+        if self.is_2d:
+            ref_key = jax.random.fold_in(eval_key, 1)
+            self.num_samples = cfg.num_tv_samples
+            self.reference = np.asarray(src.sample_reference(ref_key, cfg.num_tv_samples))
+            self.reference_w2 = np.asarray(
+                src.sample_reference(jax.random.fold_in(eval_key, 2), cfg.num_w2_samples))
+        else:
+            self.num_samples = cfg.num_image_samples
+        self.labels = None
+        if exp.conditional():
+            self.labels = np.arange(self.num_samples) % exp.model.num_classes
+
+    def __call__(self, step: int, ema_params) -> dict:
+        cfg = self.exp.config.eval
+        samples, nfe, ok = sampling.sample_in_chunks(
+            self.sample, ema_params, jax.random.fold_in(self.key, 0), self.num_samples,
+            cfg.chunk_size, labels=self.labels)
+        out = {"eval_nfe": nfe}
+        png = os.path.join(self.workdir, f"samples_{step}.png")
+        if self.is_2d:
+            box = self.exp.source.box
+            m = metrics_lib.metrics_2d(samples, self.reference_w2, self.reference, box,
+                                       bins=cfg.tv_bins, n_w2=cfg.num_w2_samples)
+            out.update(m)
+            plotting.plot_2d(samples[:cfg.num_plot_samples], png, reference=self.reference, box=box,
+                             title=f"{self.exp.config.data.name}, step {step}: tv={m['tv']:.3f}")
+        else:
+            plotting.image_grid(samples[:cfg.num_plot_samples], png,
+                                title=f"{self.exp.config.data.name}, step {step}")
+        if not ok:
+            logging.warning("the sampler reported a failed solve (max_steps reached) at step %d", step)
+        return out
+
+
+def save_config(config, workdir):
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was trained with (written at its start)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no config.json in {workdir!r}: is it the --workdir of a flowmatch training run?")
+    with open(path) as f:
+        raw = json.load(f)
+
+    def fix(v):
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return tuple(fix(x) for x in v)
+        return v
+
+    return ml_collections.ConfigDict(fix(raw))
+
+
+def _host_scalars(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) the run described by `config` in `workdir`; returns the final state."""
+    exp = Experiment.from_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    save_config(config, workdir)
+
+    root = jax.random.PRNGKey(config.seed)
+    init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
+    state = jax.jit(exp.init_state)(init_key)
+    num_params = models_lib.count_params(state.params)
+    logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
+    print(f"flowmatch: {config.model.name} with {num_params:,} parameters; data {config.data.name} "
+          f"{tuple(exp.source.example_shape)}; workdir {workdir}", flush=True)
+
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=config.checkpoint.max_to_keep)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    restored = ckpt.restore_latest(checkpoint_lib.abstract_like(state))
+    if restored is not None:
+        step0, state, meta = restored
+        logging.info("resumed from checkpoint at step %d", step0)
+        print(f"flowmatch: resuming from step {step0}", flush=True)
+        if os.path.exists(metrics_path):
+            metrics_lib.truncate_metrics(metrics_path, step0)
+    elif os.path.exists(metrics_path):
+        metrics_lib.truncate_metrics(metrics_path, 0)  # a fresh start: no rows from an old run
+    step = int(state.step)
+    # Global batch i is a pure function of (seed, i): the saved position is all the iterator needs.
+    data_index = int(meta["data"]["index"]) if restored is not None else 0
+    iterator = data_lib.BatchIterator(exp.source, config.batch_size, config.seed, index=data_index)
+    writer = metrics_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
+    multi_step = exp.make_multi_step()
+    evaluator = Evaluator(exp, workdir, eval_key)
+    k = config.steps_per_call
+    total = config.num_train_steps
+
+    progress = None
+    if config.progress_bar:
+        import tqdm  # pylint: disable=g-import-not-at-top
+        progress = tqdm.tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
+                             smoothing=0.1)
+    window, window_start, t_window = [], step, time.perf_counter()
+    try:
+        while step < total:
+            n = min(k, total - step)
+            batches = _batch_to_device(iterator.batches(data_index, n))
+            state, step_metrics = multi_step(state, batches, train_key)
+            step += n
+            data_index += n
+            window.append(step_metrics)
+            if progress is not None:
+                progress.update(n)
+            is_last = step == total
+            if step % config.log_every_steps == 0 or is_last:
+                host = jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *window))
+                elapsed = time.perf_counter() - t_window
+                row = {name: float(np.mean(v)) for name, v in host.items()}
+                row["learning_rate"] = float(host["learning_rate"][-1])
+                row["steps_per_sec"] = (step - window_start) / max(elapsed, 1e-9)
+                if not math.isfinite(row["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite loss between steps {window_start + 1} and {step}; lower "
+                        "optimizer.learning_rate or check the data")
+            if step % config.checkpoint_every_steps == 0 or is_last:
+                # Asynchronous: the save proceeds while evaluation and training go on.
+                ckpt.save(step, state, {"data": {"index": data_index}, "step": step})
+            if step % config.log_every_steps == 0 or is_last:
+                if step % config.eval_every_steps == 0 or is_last:
+                    t_eval = time.perf_counter()
+                    row.update(evaluator(step, state.ema_params))
+                    row["eval_seconds"] = time.perf_counter() - t_eval
+                writer.write(step, row)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                window, window_start, t_window = [], step, time.perf_counter()
+    finally:
+        if progress is not None:
+            progress.close()
+        writer.close()
+        ckpt.close()
+    return state
