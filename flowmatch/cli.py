@@ -81,3 +81,43 @@ def sample_main(argv):
     f = flags.FLAGS
     generate.sample_to_file(f.workdir, f.output, num_samples=f.num_samples, method=f.method,
                             num_steps=f.steps, rtol=f.rtol, atol=f.atol, seed=f.seed, step=f.step)
+
+
+# --- compare integrators -------------------------------------------------------------------
+
+
+def define_compare_flags():
+    from flowmatch import compare  # pylint: disable=g-import-not-at-top
+    flags.DEFINE_string("workdir", None, "The --workdir of a training run.")
+    flags.DEFINE_string("output", None, "Output directory for integrators.json, .csv and .png.")
+    flags.DEFINE_list("methods", list(compare.DEFAULT_METHODS), "Integrators to compare.")
+    flags.DEFINE_list("nfe", [str(b) for b in compare.DEFAULT_NFE_BUDGETS],
+                      "NFE budgets of the fixed-grid solves (positive integers).")
+    flags.DEFINE_list("tolerances", [f"{t:g}" for t in compare.DEFAULT_TOLERANCES],
+                      "rtol = atol values swept by the adaptive methods (bosh3, dopri5, tsit5).")
+    flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's eval size).")
+    flags.DEFINE_integer("seed", 0, "Seed of the noise every solve starts from.")
+    flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+    flags.DEFINE_bool("nll", False, "2-D data: also the mean NLL (nats) of fresh data points per "
+                      "integrator (exact divergence).")
+    flags.mark_flags_as_required(["workdir", "output"])
+
+
+def _parse_list(name: str, values, kind, what: str) -> list:
+    try:
+        return [kind(v) for v in values]
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma-separated list of {what}, got "
+                          f"{','.join(values)!r}") from None
+
+
+def compare_main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
+    from flowmatch import compare  # pylint: disable=g-import-not-at-top
+    f = flags.FLAGS
+    compare.compare_integrators(
+        f.workdir, f.output, methods=f.methods,
+        nfe_budgets=_parse_list("nfe", f.nfe, int, "positive integers"),
+        tolerances=_parse_list("tolerances", f.tolerances, float, "positive numbers"),
+        num_samples=f.num_samples, seed=f.seed, step=f.step, nll=f.nll)

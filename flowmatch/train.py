@@ -32,12 +32,12 @@ from absl import logging
 from flowmatch import checkpoint as checkpoint_lib
 from flowmatch import data as data_lib
 from flowmatch import ema as ema_lib
+from flowmatch import evaluation
 from flowmatch import integrators
 from flowmatch import metrics as metrics_lib
 from flowmatch import models as models_lib
 from flowmatch import objectives as objectives_lib
 from flowmatch import paths as paths_lib
-from flowmatch import plotting
 from flowmatch import sampling
 from flowmatch import schedules as schedules_lib
 
@@ -242,50 +242,6 @@ def _batch_to_device(batches):
     return {"x": jnp.asarray(batches["x"]), "label": jnp.asarray(batches["label"])}
 
 
-class Evaluator:
-    """Periodic evaluation: samples with the EMA parameters, a picture, and quality metrics."""
-
-    def __init__(self, exp: Experiment, workdir: str, eval_key):
-        self.exp, self.workdir = exp, workdir
-        self.key = eval_key
-        cfg = exp.config.eval
-        self.sample = exp.make_sampler()
-        src = exp.source
-        self.is_2d = src.kind == "toy2d"
-        if self.is_2d:
-            ref_key = jax.random.fold_in(eval_key, 1)
-            self.num_samples = cfg.num_tv_samples
-            self.reference = np.asarray(src.sample_reference(ref_key, cfg.num_tv_samples))
-            self.reference_w2 = np.asarray(
-                src.sample_reference(jax.random.fold_in(eval_key, 2), cfg.num_w2_samples))
-        else:
-            self.num_samples = cfg.num_image_samples
-        self.labels = None
-        if exp.conditional():
-            self.labels = np.arange(self.num_samples) % exp.model.num_classes
-
-    def __call__(self, step: int, ema_params) -> dict:
-        cfg = self.exp.config.eval
-        samples, nfe, ok = sampling.sample_in_chunks(
-            self.sample, ema_params, jax.random.fold_in(self.key, 0), self.num_samples,
-            cfg.chunk_size, labels=self.labels)
-        out = {"eval_nfe": nfe}
-        png = os.path.join(self.workdir, f"samples_{step}.png")
-        if self.is_2d:
-            box = self.exp.source.box
-            m = metrics_lib.metrics_2d(samples, self.reference_w2, self.reference, box,
-                                       bins=cfg.tv_bins, n_w2=cfg.num_w2_samples)
-            out.update(m)
-            plotting.plot_2d(samples[:cfg.num_plot_samples], png, reference=self.reference, box=box,
-                             title=f"{self.exp.config.data.name}, step {step}: tv={m['tv']:.3f}")
-        else:
-            plotting.image_grid(samples[:cfg.num_plot_samples], png,
-                                title=f"{self.exp.config.data.name}, step {step}")
-        if not ok:
-            logging.warning("the sampler reported a failed solve (max_steps reached) at step %d", step)
-        return out
-
-
 def save_config(config, workdir):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -346,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     iterator = data_lib.BatchIterator(exp.source, config.batch_size, config.seed, index=data_index)
     writer = metrics_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
     multi_step = exp.make_multi_step()
-    evaluator = Evaluator(exp, workdir, eval_key)
+    evaluator = evaluation.Evaluator(exp, workdir, eval_key)
     k = config.steps_per_call
     total = config.num_train_steps
 

@@ -452,7 +452,7 @@ def test_make_source_toy_and_errors(tmp_path):
     src = data.make_source("checkerboard")
     assert (src.name, src.kind, src.example_shape, src.num_classes, src.num_examples) == (
         "checkerboard", "toy2d", (2,), 0, None)
-    np.testing.assert_array_equal(src.box[1], [4, 4])
+    np.testing.assert_array_equal(src.box[1], [5, 5])
     key = jax.random.PRNGKey(11)
     np.testing.assert_array_equal(np.asarray(src.sample_reference(key, 64)),
                                   np.asarray(data.checkerboard(key, 64)))
