@@ -26,12 +26,12 @@ from ml_collections import config_dict
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.batch_size = 256
-    c.num_train_steps = 10_000
+    c.batch_size = 1024
+    c.num_train_steps = 16_000
     c.steps_per_call = 10
     c.log_every_steps = 100
-    c.eval_every_steps = 5_000
-    c.checkpoint_every_steps = 1_000
+    c.eval_every_steps = 8_000
+    c.checkpoint_every_steps = 2_000
     c.ema_decay = 0.999
     c.ema_warmup = True
     c.progress_bar = True
@@ -42,17 +42,17 @@ def get_config():
         skip_bad=False))
 
     c.model = ml_collections.ConfigDict(dict(
-        name="mlp", dtype="float32", hidden_sizes=(256, 256, 256), activation="silu",
-        time_embedding="sinusoidal", time_embed_dim=64, num_classes=0))
+        name="mlp", dtype="float32", hidden_sizes=(256, 256, 256), activation="relu",
+        time_embedding="sinusoidal", time_scale=10.0, time_embed_dim=64, num_classes=0))
 
     c.path = ml_collections.ConfigDict(dict(schedule="cond_ot", sigma_min=0.0, exponent=2.0))
 
     c.objective = ml_collections.ConfigDict(dict(
-        name="flow_matching", prediction="velocity", time_sampling="uniform",
-        logit_normal_loc=0.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0))
+        name="flow_matching", prediction="velocity", time_sampling="logit_normal",
+        logit_normal_loc=1.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0))
 
     c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        name="adamw", learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
         warmup_steps=200, schedule="cosine", end_lr_factor=0.0, grad_clip_norm=1.0))
 
     c.sampling = ml_collections.ConfigDict(dict(
@@ -97,3 +97,12 @@ def apply_variant(c, variant):
     if variant == "smoke":
         smoke(c)
     return c
+
+
+def unet_model(**fields):
+    """A model section for the U-Net: DDPM's choices unless `fields` says otherwise."""
+    model = dict(name="unet", dtype="float32", time_embedding="sinusoidal", time_scale=1000.0,
+                 num_classes=0, num_heads=1, base_channels=128, channel_mult=(1, 2, 2, 2),
+                 num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_groups=32)
+    model.update(fields)
+    return ml_collections.ConfigDict(model)

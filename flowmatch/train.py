@@ -175,8 +175,13 @@ class Experiment:
         objective = objectives_lib.build_objective(config.objective.name, path=path, **obj_kwargs)
 
         s = config.sampling
-        integrators.check_arguments(s.method, num_steps=s.num_steps or None, time_grid=None,
-                                    rtol=s.rtol or None, atol=s.atol or None)
+        if s.method not in integrators.ADAPTIVE_METHODS and (
+                s.rtol is not None or s.atol is not None):
+            raise ConfigError(
+                f"sampling.rtol/atol are set but sampling.method={s.method!r} is a fixed-step "
+                "method; drop the tolerances or choose an adaptive method: "
+                f"{', '.join(integrators.ADAPTIVE_METHODS)}")
+        sampler_settings(s)
         tx, lr_schedule = make_optimizer(config.optimizer, config.num_train_steps)
         return cls(config=config, source=source, model=model, path=path, objective=objective, tx=tx,
                    lr_schedule=lr_schedule, compute_dtype=compute_dtype)
@@ -228,14 +233,31 @@ class Experiment:
 
         return jax.jit(multi_step, donate_argnums=(0,))
 
+    def sampler_settings(self, method=None, num_steps=None, rtol=None, atol=None) -> dict:
+        """Integrator settings: explicit arguments, else the run's config.sampling.
+
+        With no steps or tolerances given, an adaptive method takes config.sampling.rtol/atol
+        when they are set, and every other method takes config.sampling.num_steps.
+        """
+        return sampler_settings(self.config.sampling, method, num_steps, rtol, atol)
+
     def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None):
-        s = self.config.sampling
-        method = method or s.method
-        if method == s.method and num_steps is None and rtol is None and atol is None:
-            num_steps, rtol, atol = s.num_steps or None, s.rtol or None, s.atol or None
         apply_fn = lambda params, x, t, cond: self.apply(params, x, t, cond)
         return sampling.make_sampler(apply_fn, self.objective, tuple(self.source.example_shape),
-                                     method=method, num_steps=num_steps, rtol=rtol, atol=atol)
+                                     **self.sampler_settings(method, num_steps, rtol, atol))
+
+
+def sampler_settings(s, method=None, num_steps=None, rtol=None, atol=None) -> dict:
+    """See `Experiment.sampler_settings`; `s` is config.sampling.  Validates the combination."""
+    method = method or s.method
+    if num_steps is None and rtol is None and atol is None:
+        tolerances = s.rtol is not None or s.atol is not None
+        if method in integrators.ADAPTIVE_METHODS and tolerances:
+            rtol, atol = s.rtol, s.atol
+        else:
+            num_steps = s.num_steps
+    integrators.check_arguments(method, num_steps=num_steps, time_grid=None, rtol=rtol, atol=atol)
+    return dict(method=method, num_steps=num_steps, rtol=rtol, atol=atol)
 
 
 def _batch_to_device(batches):

@@ -31,6 +31,7 @@ class MLP(nn.Module):
     hidden_sizes: Sequence[int] = (256, 256, 256)
     activation: str = "silu"
     time_embedding: str = "sinusoidal"
+    time_scale: float = 1000.0
     time_embed_dim: int = 64
     num_classes: int = 0
     dtype: Any = jnp.float32
@@ -58,6 +59,7 @@ class MLP(nn.Module):
         data_dim = h.shape[-1]
 
         emb = TimeEmbedding(self.time_embed_dim, self.time_embed_dim, kind=self.time_embedding,
+                            time_scale=self.time_scale,
                             activation=self.activation, dtype=self.dtype,
                             name="time_embed")(batch_times(t, batch))
         if self.num_classes > 0 or cond is not None:

@@ -153,6 +153,7 @@ class UNet(nn.Module):
     num_heads: int = 1
     num_classes: int = 0
     time_embedding: str = "sinusoidal"
+    time_scale: float = 1000.0
     resample_with_conv: bool = True
     out_channels: int | None = None
     dtype: Any = jnp.float32
@@ -230,6 +231,7 @@ class UNet(nn.Module):
 
         emb_dim = 4 * self.base_channels
         emb = TimeEmbedding(self.base_channels, emb_dim, kind=self.time_embedding,
+                            time_scale=self.time_scale,
                             activation="silu", dtype=self.dtype,
                             name="time_embed")(batch_times(t, batch))
         if self.num_classes > 0 or cond is not None:

@@ -1,0 +1,33 @@
+"""digits: scikit-learn's bundled 8x8 handwritten digits (1,438 training images), a small U-Net.
+
+Run (2 CPU cores):
+  python scripts/train.py --config=configs/digits.py --workdir=runs/digits
+  python scripts/sample.py --workdir=runs/digits --output=runs/digits/samples.npz
+Expected: RESULT_digits
+Smoke variant (tests): --config=configs/digits.py:smoke
+"""
+
+from configs import default
+
+
+def get_config(variant=""):
+    c = default.get_config()
+    c.data.name = "digits"
+    c.batch_size = 128
+    c.num_train_steps = 6_000
+    c.log_every_steps = 100
+    c.eval_every_steps = 2_000
+    c.checkpoint_every_steps = 1_000
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.warmup_steps = 200
+    c.objective.time_sampling = "uniform"
+    c.objective.logit_normal_loc = 0.0
+    c.model = default.unet_model(
+        base_channels=32, channel_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
+        dropout=0.1, num_groups=8)
+    c.sampling.method = "heun"
+    c.sampling.num_steps = 50
+    c.eval.num_image_samples = 100
+    c.eval.num_plot_samples = 100
+    c.eval.chunk_size = 100
+    return default.apply_variant(c, variant)
