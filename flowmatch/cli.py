@@ -121,3 +121,26 @@ def compare_main(argv):
         nfe_budgets=_parse_list("nfe", f.nfe, int, "positive integers"),
         tolerances=_parse_list("tolerances", f.tolerances, float, "positive numbers"),
         num_samples=f.num_samples, seed=f.seed, step=f.step, nll=f.nll)
+
+
+# --- benchmark -----------------------------------------------------------------------------
+
+
+def define_benchmark_flags():
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    config_flags.DEFINE_config_file(
+        "config", "configs/checkerboard.py", "2-D config whose network is benchmarked.",
+        lock_config=False)
+    flags.DEFINE_bool("quick", False, "Fewer repeats (a smoke run of the benchmark itself).")
+    flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
+
+
+def benchmark_main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    import json  # pylint: disable=g-import-not-at-top
+    from flowmatch import benchmark  # pylint: disable=g-import-not-at-top
+    figures = benchmark.run(flags.FLAGS.config, quick=flags.FLAGS.quick)
+    if flags.FLAGS.output:
+        with open(flags.FLAGS.output, "w") as f:
+            json.dump(figures, f, indent=2)
