@@ -8,8 +8,10 @@ Keys (what the training loop reads):
   data.*       name, path, image_size, channels, random_flip, skip_bad
   model.*      name ('mlp' | 'unet'), dtype ('float32' | 'bfloat16'), and the network's own fields
   path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
-  objective.*  name, prediction ('velocity' | 'x1' | 'x0'), time_sampling ('uniform' |
-               'logit_normal'), logit_normal_loc, logit_normal_scale, t_min, t_max
+  objective.*  name ('flow_matching' | 'ddpm'), prediction (flow matching: 'velocity' | 'x1' |
+               'x0'; ddpm: 'eps' | 'x0' | 'v'); flow matching: time_sampling ('uniform' |
+               'logit_normal'), logit_normal_loc, logit_normal_scale, t_min, t_max; ddpm:
+               beta_schedule ('linear' | 'cosine'), num_timesteps
   optimizer.*  AdamW: learning_rate, b1, b2, eps, weight_decay, warmup_steps, schedule
                ('cosine' | 'constant'), end_lr_factor, grad_clip_norm (0 = off)
   sampling.*   the default sampler of evaluation and scripts/sample.py: method, num_steps
@@ -49,7 +51,8 @@ def get_config():
 
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",
-        logit_normal_loc=1.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0))
+        logit_normal_loc=1.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0,
+        beta_schedule="linear", num_timesteps=1000))
 
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

@@ -85,18 +85,38 @@ class FlowMatching:
         return self.path.velocity(pred, x_t, t, self.prediction)
 
 
-OBJECTIVES = ("flow_matching",)
+OBJECTIVES = ("flow_matching", "ddpm")
+
+
+def objective_class(name: str):
+    """The dataclass of a named objective: FlowMatching, or `flowmatch.ddpm.DDPM`."""
+    if name == "flow_matching":
+        return FlowMatching
+    if name == "ddpm":
+        from flowmatch import ddpm  # pylint: disable=g-import-not-at-top  (ddpm builds on paths)
+        return ddpm.DDPM
+    raise ValueError(
+        f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)} "
+        "(config key: objective.name)")
+
+
+def objective_fields(name: str) -> set:
+    """The settings a named objective takes (besides the path of flow matching)."""
+    return {f.name for f in dataclasses.fields(objective_class(name)) if f.init} - {"path"}
 
 
 def build_objective(name: str, *, path: paths_lib.AffinePath, **kwargs):
-    """Builds a named objective; kwargs are its dataclass fields."""
-    if name != "flow_matching":
-        raise ValueError(
-            f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)} "
-            "(config key: objective.name)")
-    allowed = {f.name for f in dataclasses.fields(FlowMatching)} - {"path"}
+    """Builds a named objective from its settings.
+
+    'flow_matching' trains on `path`; 'ddpm' (the discrete-time baseline) has its own noise
+    schedule (beta_schedule, num_timesteps) and ignores `path`.
+    """
+    cls = objective_class(name)
+    allowed = objective_fields(name)
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(
             f"objective {name!r} has no setting(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return FlowMatching(path=path, **kwargs)
+    if cls is FlowMatching:
+        return FlowMatching(path=path, **kwargs)
+    return cls(**kwargs)

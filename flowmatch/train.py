@@ -171,7 +171,9 @@ class Experiment:
             schedules_lib.make_schedule(p.schedule)  # raises the error listing the known names
         fields = {f.name for f in dataclasses.fields(sched_cls)}
         path = paths_lib.make_path(p.schedule, **{k: v for k, v in p.items() if k in fields})
-        obj_kwargs = {k: v for k, v in config.objective.items() if k != "name"}
+        # config.objective holds the settings of every objective; each takes its own.
+        fields = objectives_lib.objective_fields(config.objective.name)
+        obj_kwargs = {k: v for k, v in config.objective.items() if k in fields}
         objective = objectives_lib.build_objective(config.objective.name, path=path, **obj_kwargs)
 
         s = config.sampling

@@ -128,6 +128,7 @@ def test_bad_config_values_fail_before_compiling(field, value, match, tmp_path):
     ("model", "dtype", "float16", "float16"),
     ("path", "schedule", "sigmoid", "cond_ot, cosine, polynomial"),
     ("objective", "prediction", "score", "velocity, x1, x0"),
+    ("objective", "name", "score_sde", "flow_matching, ddpm"),
     ("objective", "time_sampling", "beta", "uniform, logit_normal"),
     ("optimizer", "learning_rate", -1.0, "learning_rate must be > 0"),
     ("optimizer", "schedule", "step", "cosine, constant"),
@@ -154,3 +155,13 @@ def test_config_json_round_trips(tmp_path):
     loaded = train.load_config(str(tmp_path))
     assert loaded.model.hidden_sizes == tuple(config.model.hidden_sizes)
     assert json.loads(loaded.to_json()) == json.loads(config.to_json())
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddpm_baseline_trains_in_the_same_loop(prediction, tmp_path):
+    config = small_config()
+    config.objective.name = "ddpm"
+    config.objective.prediction = prediction
+    state = train.train_and_evaluate(config, str(tmp_path))
+    rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert int(state.step) == 8 and np.isfinite(rows[-1]["loss"]) and "tv" in rows[-1]
