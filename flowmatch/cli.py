@@ -144,3 +144,22 @@ def benchmark_main(argv):
     if flags.FLAGS.output:
         with open(flags.FLAGS.output, "w") as f:
             json.dump(figures, f, indent=2)
+
+
+# --- benchmark_ddpm ------------------------------------------------------------------------
+
+
+def define_benchmark_ddpm_flags():
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    config_flags.DEFINE_config_file(
+        "config", None, "A configs/benchmark/*.py file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for both runs and the benchmark files.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def benchmark_ddpm_main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    from flowmatch import benchmark_ddpm  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.WARNING)
+    benchmark_ddpm.run_benchmark(flags.FLAGS.config, flags.FLAGS.workdir)
