@@ -64,7 +64,8 @@ def define_sample_flags():
     flags.DEFINE_string("workdir", None, "The --workdir of a training run.")
     flags.DEFINE_string("output", None, "Output .npz file; a picture is written beside it (.png).")
     flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's eval size).")
-    flags.DEFINE_string("method", None, "Integrator (default: the run's config.sampling.method).")
+    flags.DEFINE_string("method", None, "Integrator (default: the run's config.sampling.method), "
+                        "or for DDPM runs also 'ancestral' or 'ddim'.")
     flags.DEFINE_integer("steps", None, "Steps of a fixed-grid method (default: the run's "
                          "config.sampling.num_steps).")
     flags.DEFINE_float("rtol", None, "Relative tolerance of an adaptive method.")

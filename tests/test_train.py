@@ -165,3 +165,20 @@ def test_ddpm_baseline_trains_in_the_same_loop(prediction, tmp_path):
     state = train.train_and_evaluate(config, str(tmp_path))
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert int(state.step) == 8 and np.isfinite(rows[-1]["loss"]) and "tv" in rows[-1]
+
+
+def test_ddpm_run_samples_with_ancestral_ddim_and_ode(tmp_path):
+    from flowmatch import generate
+    config = small_config()
+    config.objective.name = "ddpm"
+    config.objective.prediction = "eps"
+    config.objective.num_timesteps = 50
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    for method, steps, nfe in (("ancestral", None, 50), ("ancestral", 5, 5), ("ddim", 7, 7),
+                               ("heun", 3, 6)):
+        out = generate.sample_to_file(str(tmp_path / "run"), str(tmp_path / f"{method}.npz"),
+                                      num_samples=64, method=method, num_steps=steps)
+        assert out["nfe"] == nfe and out["success"]
+        assert np.load(tmp_path / f"{method}.npz")["samples"].shape == (64, 2)
+    with pytest.raises(train.ConfigError, match="samples DDPM models"):
+        generate.make_ddpm_sampler(train.Experiment.from_config(small_config()), "ddim")
