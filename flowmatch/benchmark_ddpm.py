@@ -70,9 +70,10 @@ class _Sampler:
         return samples, nfe, ok, seconds
 
 
-def _fixed_steps(method: str, nfe: int):
+def _fixed_steps(method: str, nfe: int, extra: int = 0):
+    """The most steps of `method` whose NFE, plus `extra` evaluations, fits the budget."""
     per_step = integrators.nfe_for(method, 1)
-    return nfe // per_step if nfe >= per_step else None
+    return (nfe - extra) // per_step if nfe - extra >= per_step else None
 
 
 def _sampler_grid(b, num_timesteps: int):
@@ -87,7 +88,8 @@ def _sampler_grid(b, num_timesteps: int):
                                  dict(kind="ode", method=method, rtol=tol, atol=tol)))
                 continue
             for nfe in b.nfe:
-                steps = _fixed_steps(method, nfe)
+                # The DDPM probability-flow sampler ends with one denoising evaluation.
+                steps = _fixed_steps(method, nfe, extra=0 if model == "fm" else 1)
                 if steps:
                     grid.append((model, f"{prefix}{method}",
                                  dict(kind="ode", method=method, num_steps=steps)))
