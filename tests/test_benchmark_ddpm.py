@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from flowmatch import benchmark_ddpm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,3 +45,15 @@ def test_smoke_benchmark_writes_every_sampler_family(tmp_path):
     assert nfe[("ddpm", "ddim")] == nfe[("ddpm", "ancestral_respaced")] == 4
     assert nfe[("fm", "euler")] == 4
     assert {r["metric"] for r in rows} == {"tv", "w2"}
+
+
+@pytest.mark.slow
+def test_smoke_image_benchmark_reports_fd_and_bits_per_dim(tmp_path):
+    config = load("configs/benchmark/digits.py", "smoke")
+    rows = benchmark_ddpm.run_benchmark(config, str(tmp_path))
+    metrics = {(r["model"], r["metric"]) for r in rows}
+    assert {("fm", "fd"), ("ddpm", "fd"), ("fm", "bpd"), ("ddpm", "bpd")} <= metrics
+    for r in rows:
+        assert r["value"] == r["value"], r  # not NaN
+        if r["metric"] == "bpd":
+            assert r["value"] > 0
