@@ -3,9 +3,9 @@
 Run (2 CPU cores):
   python scripts/train.py --config=configs/digits.py --workdir=runs/digits
   python scripts/sample.py --workdir=runs/digits --output=runs/digits/samples.npz
-Expected: recognisable digits in samples_<step>.png. Not yet run to the end in this repository:
-runtime and a measured quality (the classifier Frechet distance of flowmatch.image_metrics) are
-still to be recorded here.
+Expected: digit-like samples in samples_5000.png, many recognisable (0, 3, 5, 7, 9), with loss
+about 0.44; 316 s measured on 2 CPU cores shared with other jobs (about 16 steps/s). A measured
+quality number (the classifier Frechet distance of flowmatch.image_metrics) is still to come.
 Smoke variant (tests): --config=configs/digits.py:smoke
 """
 
