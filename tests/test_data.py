@@ -118,7 +118,7 @@ def test_registry_names_and_errors():
         lo, hi = data.toy_box(name)
         assert lo.shape == hi.shape == (2,) and lo.dtype == hi.dtype == np.float32
         assert np.all(lo < hi)
-    np.testing.assert_array_equal(data.toy_box("checkerboard")[0], [-4, -4])
+    np.testing.assert_array_equal(data.toy_box("checkerboard")[0], [-5, -5])
     with pytest.raises(ValueError, match="unknown toy dataset 'moon'.*moons, 8gaussians"):
         data.sample_toy("moon", jax.random.PRNGKey(0), 4)
     with pytest.raises(ValueError, match="checkerboard"):
