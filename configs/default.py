@@ -5,6 +5,13 @@ Keys (what the training loop reads):
   seed, batch_size (global), num_train_steps, steps_per_call (train steps per jitted call),
   log_every_steps, eval_every_steps, checkpoint_every_steps, ema_decay, ema_warmup,
   progress_bar, tensorboard,
+  grad_accum_steps (1 = off; the global batch is split into that many micro-batches whose
+               gradients are averaged: the same update as one batch, less memory),
+  parallel.*   mode ('sharding': jit over a device mesh | 'pmap'), data_axis_size (-1 = all
+               devices), fsdp_axis_size (1 = parameters replicated; > 1 splits parameters and
+               optimizer state over that many devices, mode 'sharding' only), fsdp_min_size
+               (parameters with fewer elements stay replicated); batch_size must divide by
+               data_axis_size x fsdp_axis_size x grad_accum_steps
   data.*       name, path, image_size, channels, random_flip, skip_bad
   model.*      name ('mlp' | 'unet'), dtype ('float32' | 'bfloat16'), and the network's own fields
   path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
@@ -38,6 +45,10 @@ def get_config():
     c.ema_warmup = True
     c.progress_bar = True
     c.tensorboard = False
+    c.grad_accum_steps = 1
+
+    c.parallel = ml_collections.ConfigDict(dict(
+        mode="sharding", data_axis_size=-1, fsdp_axis_size=1, fsdp_min_size=2**14))
 
     c.data = ml_collections.ConfigDict(dict(
         name="checkerboard", path="", image_size=0, channels=3, random_flip=False,

@@ -45,16 +45,34 @@ def define_train_flags():
         "config", None, "Path to a config file, e.g. configs/checkerboard.py (append ':smoke' for "
         "the tiny test variant). Override fields with --config.a.b=value.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples. Running "
-                        "the same command again resumes from its latest checkpoint.")
+                        "the same command again resumes from its latest checkpoint. Multi-host: "
+                        "one directory every process can reach (a shared file system: NFS, a gcsfuse "
+                        "mount of a bucket).")
+    flags.DEFINE_string("coordinator_address", None, "Multi-process runs: HOST:PORT of process 0, "
+                        "the same on every process (with --num_processes and --process_id).")
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, "
+                         "0 .. num_processes - 1.")
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "jax.distributed without the three flags above: 'auto' starts it under a "
+                      "multi-task SLURM job or a multi-host TPU environment, 'on' always (JAX "
+                      "detects the cluster, e.g. on a Cloud TPU pod slice), 'off' never.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def train_main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    f = flags.FLAGS
+    try:  # before anything else touches JAX
+        parallel.maybe_initialize_distributed(f.coordinator_address, f.num_processes,
+                                              f.process_id, mode=f.distributed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     from flowmatch import train  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.INFO)
-    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    train.train_and_evaluate(f.config, f.workdir)
 
 
 # --- sample --------------------------------------------------------------------------------
@@ -134,6 +152,9 @@ def define_benchmark_flags():
         lock_config=False)
     flags.DEFINE_bool("quick", False, "Fewer repeats (a smoke run of the benchmark itself).")
     flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
+    flags.DEFINE_string("unet_config", None, "Also benchmark the U-Net train step of this config "
+                        "(e.g. configs/cifar10.py): FLOPs per step, step time, MFU on GPU/TPU, "
+                        "per-device throughput at 1, 2, 4, 8 simulated CPU devices.")
 
 
 def benchmark_main(argv):
@@ -142,6 +163,14 @@ def benchmark_main(argv):
     import json  # pylint: disable=g-import-not-at-top
     from flowmatch import benchmark  # pylint: disable=g-import-not-at-top
     figures = benchmark.run(flags.FLAGS.config, quick=flags.FLAGS.quick)
+    if flags.FLAGS.unet_config:
+        import importlib.util  # pylint: disable=g-import-not-at-top
+        from flowmatch import benchmark_parallel  # pylint: disable=g-import-not-at-top
+        spec = importlib.util.spec_from_file_location("unet_config", flags.FLAGS.unet_config)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        figures["unet"] = benchmark_parallel.run_unet_benchmark(
+            module.get_config(), repeats=2 if flags.FLAGS.quick else 5)
     if flags.FLAGS.output:
         with open(flags.FLAGS.output, "w") as f:
             json.dump(figures, f, indent=2)

@@ -12,6 +12,7 @@ import numpy as np
 from flowmatch import checkpoint as checkpoint_lib
 from flowmatch import ddpm as ddpm_lib
 from flowmatch import metrics as metrics_lib
+from flowmatch import parallel as parallel_lib
 from flowmatch import plotting
 from flowmatch import sampling
 from flowmatch import train as train_lib
@@ -20,8 +21,10 @@ from flowmatch import train as train_lib
 def restore_run(workdir: str, step: int | None = None):
     """(experiment, state, step) of the run in `workdir`: its saved config and a checkpoint."""
     config = train_lib.load_config(workdir)
-    exp = train_lib.Experiment.from_config(config)
-    abstract = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
+    # Sampling uses every local device, whatever the run was trained on; orbax restores the
+    # checkpoint onto this layout.
+    exp = train_lib.Experiment.from_config(config, plan=parallel_lib.Plan.all_devices())
+    abstract = exp.abstract_state()
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.checkpoint.max_to_keep)
     try:

@@ -1,0 +1,332 @@
+"""Data parallelism for the trainer: the device mesh, shardings, pmap layout, multi-host set-up.
+
+The mesh has two axes, ``("data", "fsdp")``.  The global batch is split over both (every device
+is data-parallel); parameters, optimizer state and EMA are replicated over "data" and, when
+``fsdp`` > 1, split over "fsdp" (FSDP / ZeRO-3 style: each weight's largest divisible dimension
+is sharded and XLA gathers it where it is used).  Two ways to run a train step on that mesh:
+
+- "sharding" (default): one `jax.jit` program over global arrays with `NamedSharding`s; XLA
+  partitions it (GSPMD) and inserts the gradient all-reduce.
+- "pmap": `jax.pmap` over the same devices (fsdp must be 1); the state is stacked with a leading
+  device axis and the step averages gradients with `lax.pmean`.
+
+Global shard s (the s-th device of the mesh, row-major) holds rows [s b, (s + 1) b) of the global
+batch, b = batch_size / num_shards.  Devices are ordered by process, so process p's devices hold
+one contiguous block of rows: exactly the rows `data.BatchIterator(process_index=p)` loads.
+
+Nothing here knows about losses or samplers; the trainer (`flowmatch.train`) uses these pieces.
+Multi-process runs call `maybe_initialize_distributed` before any other JAX call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MODES = ("sharding", "pmap")
+DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch dimension is split over every device
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSettings:
+    """config.parallel as a typed record (see configs/default.py)."""
+
+    mode: str = "sharding"
+    data_axis_size: int = -1
+    fsdp_axis_size: int = 1
+    fsdp_min_size: int = 2**14
+
+    @classmethod
+    def from_config(cls, section) -> "ParallelSettings":
+        """From a config.parallel section (None or missing keys: the defaults)."""
+        section = dict(section or {})
+        unknown = set(section) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown parallel setting(s) {sorted(unknown)}; allowed: "
+                f"{sorted(f.name for f in dataclasses.fields(cls))}")
+        out = cls(**section)
+        out.validate()
+        return out
+
+    def validate(self):
+        if self.mode not in MODES:
+            raise ValueError(
+                f"unknown parallel.mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        for name in ("data_axis_size", "fsdp_axis_size", "fsdp_min_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"parallel.{name} must be an integer, got {value!r}")
+        if self.data_axis_size == 0 or self.data_axis_size < -1:
+            raise ValueError(
+                f"parallel.data_axis_size must be a positive integer or -1 (all devices not used "
+                f"by fsdp), got {self.data_axis_size}")
+        if self.fsdp_axis_size < 1:
+            raise ValueError(
+                f"parallel.fsdp_axis_size must be >= 1 (1 = parameters replicated), got "
+                f"{self.fsdp_axis_size}")
+        if self.fsdp_min_size < 0:
+            raise ValueError(f"parallel.fsdp_min_size must be >= 0, got {self.fsdp_min_size}")
+        if self.mode == "pmap" and self.fsdp_axis_size != 1:
+            raise ValueError(
+                f"parallel.fsdp_axis_size={self.fsdp_axis_size} needs parallel.mode='sharding'; "
+                "pmap replicates the parameters on every device (set fsdp_axis_size=1)")
+
+
+def mesh_shape(settings: ParallelSettings, num_devices: int, process_count: int = 1):
+    """(data, fsdp) axis sizes for `num_devices` devices; raises ValueError if they do not fit.
+
+    A single process may use the first data * fsdp devices only; a multi-process run must use
+    every device (each process feeds its own).
+    """
+    fsdp = settings.fsdp_axis_size
+    data = settings.data_axis_size
+    if data == -1:
+        if num_devices % fsdp:
+            raise ValueError(
+                f"parallel.fsdp_axis_size={fsdp} does not divide the {num_devices} devices; "
+                "choose a divisor of the device count")
+        data = num_devices // fsdp
+    used = data * fsdp
+    if used > num_devices:
+        raise ValueError(
+            f"the mesh data_axis_size x fsdp_axis_size = {data} x {fsdp} = {used} devices does not "
+            f"fit the {num_devices} available; set parallel.data_axis_size=-1 (all devices) or "
+            f"sizes whose product is at most {num_devices}")
+    if process_count > 1 and used != num_devices:
+        raise ValueError(
+            f"the mesh {data} x {fsdp} uses {used} of {num_devices} devices, but a run over "
+            f"{process_count} processes must use them all; set parallel.data_axis_size=-1")
+    return data, fsdp
+
+
+def check_batch(batch_size: int, num_shards: int, grad_accum_steps: int = 1):
+    """Raises ValueError unless the global batch splits over shards and micro-batches."""
+    unit = num_shards * grad_accum_steps
+    if batch_size % unit:
+        what = f"{num_shards} data-parallel devices"
+        if grad_accum_steps > 1:
+            what += f" x grad_accum_steps={grad_accum_steps} micro-batches"
+        raise ValueError(
+            f"batch_size={batch_size} (the global batch) is not divisible by {what} = {unit}; "
+            f"choose a multiple of it, e.g. {max(1, round(batch_size / unit)) * unit}")
+
+
+def make_mesh(data: int, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ("data", "fsdp") mesh over the first data * fsdp devices, ordered by process.
+
+    Process-major order keeps each process's devices on one contiguous block of the batch and
+    puts the fsdp axis (the one that gathers weights every step) on neighbouring devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    devices.sort(key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices[:data * fsdp]).reshape(data, fsdp), BATCH_AXES)
+
+
+def fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
+    """Where a state leaf of `shape` is split over "fsdp": its largest dimension divisible by
+    fsdp (the last such on ties), if it has at least `min_size` elements; else replicated."""
+    if fsdp == 1 or not shape or math.prod(shape) < min_size:
+        return P()
+    candidates = [i for i, n in enumerate(shape) if n % fsdp == 0]
+    if not candidates:
+        return P()
+    axis = max(candidates, key=lambda i: (shape[i], i))
+    return P(*[FSDP_AXIS if i == axis else None for i in range(len(shape))])
+
+
+class Plan:
+    """A mesh and a mode: where every array of the trainer lives.
+
+    The trainer's canonical state is a pytree of global arrays with `state_shardings`; in pmap
+    mode it is converted to the stacked [num_shards, ...] layout for the step (`stack`) and back
+    (`unstack`) at checkpoints and evaluations.
+    """
+
+    def __init__(self, mesh: Mesh, mode: str = "sharding", fsdp_min_size: int = 2**14):
+        if mode not in MODES:
+            raise ValueError(f"unknown parallel mode {mode!r}; choose one of: {', '.join(MODES)}")
+        self.mesh, self.mode, self.fsdp_min_size = mesh, mode, fsdp_min_size
+        self.devices = tuple(mesh.devices.flat)
+        self.num_shards = mesh.size
+        self.fsdp = mesh.shape[FSDP_AXIS]
+        self.replicated = NamedSharding(mesh, P())
+        # pmap maps over the same devices in the same order, as one axis.
+        self.pmap_mesh = Mesh(np.array(self.devices), (DATA_AXIS,))
+
+    @classmethod
+    def from_settings(cls, settings: ParallelSettings) -> "Plan":
+        data, fsdp = mesh_shape(settings, jax.device_count(), jax.process_count())
+        return cls(make_mesh(data, fsdp), settings.mode, settings.fsdp_min_size)
+
+    @classmethod
+    def all_devices(cls) -> "Plan":
+        """Data parallel over every device, state replicated (the default settings)."""
+        return cls.from_settings(ParallelSettings())
+
+    def __repr__(self):
+        return (f"Plan(mode={self.mode!r}, mesh={dict(self.mesh.shape)}, "
+                f"processes={jax.process_count()})")
+
+    # -- shardings ------------------------------------------------------------------------------
+
+    def batch_sharding(self, leading: int = 0) -> NamedSharding:
+        """Rows split over every device, after `leading` unsplit dimensions (e.g. steps)."""
+        return NamedSharding(self.mesh, P(*([None] * leading), BATCH_AXES))
+
+    def state_shardings(self, abstract_state):
+        """A sharding per leaf: replicated, or split over "fsdp" (see `fsdp_spec`)."""
+        return jax.tree.map(
+            lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp, self.fsdp_min_size)),
+            abstract_state)
+
+    def process_rows(self, batch_size: int) -> tuple[int, int]:
+        """[lo, hi): the rows of a global batch that this process's devices hold."""
+        index_map = self.batch_sharding().addressable_devices_indices_map((batch_size,))
+        bounds = sorted((s[0].start or 0, s[0].stop or batch_size) for s in index_map.values())
+        lo, hi = bounds[0][0], bounds[-1][1]
+        covered = sorted(set(bounds))
+        if any(a[1] != b[0] for a, b in zip(covered, covered[1:])):
+            raise ValueError("this process's devices do not hold one contiguous block of the batch")
+        return lo, hi
+
+    # -- host data -> device arrays -------------------------------------------------------------
+
+    def replicate(self, tree):
+        """Host values that are the same on every process -> global replicated arrays."""
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
+
+    def put_batches(self, local, leading: int = 1):
+        """This process's rows of stacked global batches -> device arrays for the step.
+
+        local: {name: [k, local_batch, ...]}.  "sharding": global arrays [k, batch, ...] split over
+        the mesh.  "pmap": [num_shards, k, batch / num_shards, ...], shard s on device s.
+        """
+        if self.mode == "sharding":
+            sharding = self.batch_sharding(leading)
+            return jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+        n_local = self.num_shards // jax.process_count()
+
+        def stack(x):
+            x = np.asarray(x)
+            lead, rows = x.shape[:leading], x.shape[leading]
+            x = x.reshape(*lead, n_local, rows // n_local, *x.shape[leading + 1:])
+            x = np.moveaxis(x, leading, 0)
+            return jax.make_array_from_process_local_data(
+                NamedSharding(self.pmap_mesh, P(DATA_AXIS)), x)
+
+        return jax.tree.map(stack, local)
+
+    def shard_offsets(self, rows_per_shard: int):
+        """pmap: the global index of each shard's first row, [num_shards] int32 (one per device)."""
+        sharding = NamedSharding(self.pmap_mesh, P(DATA_AXIS))
+        offsets = np.arange(self.num_shards, dtype=np.int32) * rows_per_shard
+        return jax.make_array_from_callback(offsets.shape, sharding, lambda idx: offsets[idx])
+
+    # -- pmap layout ----------------------------------------------------------------------------
+
+    def stack(self, tree):
+        """Replicated global arrays -> [num_shards, ...] copies, one per device (pmap layout)."""
+        sharding = NamedSharding(self.pmap_mesh, P(DATA_AXIS))
+
+        def one(x):
+            shards = [s.data[None] for s in x.addressable_shards]
+            return jax.make_array_from_single_device_arrays(
+                (self.num_shards, *x.shape), sharding, shards)
+
+        return jax.tree.map(one, tree)
+
+    def unstack(self, tree):
+        """pmap layout (global, or host-local as pmap returns it on many processes) -> the
+        replicated global arrays; every device keeps its own copy (no communication)."""
+
+        def one(x):
+            shards = [s.data.reshape(s.data.shape[1:]) for s in x.addressable_shards]
+            return jax.make_array_from_single_device_arrays(x.shape[1:], self.replicated, shards)
+
+        return jax.tree.map(one, tree)
+
+
+def split_microbatches(x, num_micro: int, num_shards: int):
+    """[b, ...] -> [num_micro, b / num_micro, ...] where every micro-batch takes an equal slice of
+    each of the `num_shards` contiguous shards of the rows (no data crosses devices)."""
+    b = x.shape[0]
+    per = b // (num_shards * num_micro)
+    x = x.reshape(num_shards, num_micro, per, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape(num_micro, num_shards * per, *x.shape[3:])
+
+
+# -- multi-host ----------------------------------------------------------------------------------
+
+DISTRIBUTED_MODES = ("auto", "on", "off")
+
+
+def _cluster_detected() -> str | None:
+    """The name of a multi-process launcher found in the environment, or None."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return "SLURM"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "TPU multislice"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "TPU pod slice"
+    return None
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None, *,
+                                 mode: str = "auto") -> bool:
+    """Starts `jax.distributed` when the run spans several processes; returns whether it did.
+
+    Must run before any other JAX call.  With `coordinator_address` ("HOST:PORT" of process 0)
+    the three arguments are passed on; otherwise mode "auto" initialises (arguments detected by
+    JAX) under a multi-task SLURM job or a multi-host TPU environment, "on" always, "off" never.
+    """
+    if mode not in DISTRIBUTED_MODES:
+        raise ValueError(
+            f"unknown distributed mode {mode!r}; choose one of: {', '.join(DISTRIBUTED_MODES)}")
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        if mode == "off":
+            raise ValueError("--coordinator_address/--num_processes/--process_id were given with "
+                             "--distributed=off; drop one or the other")
+        if None in explicit:
+            raise ValueError(
+                "multi-process flags come together: --coordinator_address=HOST:PORT "
+                "--num_processes=N --process_id=I (got coordinator_address="
+                f"{coordinator_address!r}, num_processes={num_processes!r}, "
+                f"process_id={process_id!r})")
+        host, _, port = coordinator_address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"coordinator_address must be HOST:PORT of process 0, got {coordinator_address!r}")
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"need num_processes >= 1 and 0 <= process_id < num_processes, got "
+                f"num_processes={num_processes}, process_id={process_id}")
+    elif mode == "off" or (mode == "auto" and _cluster_detected() is None):
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    logging.info("jax.distributed.initialize(%s)", "auto-detected" if coordinator_address is None
+                 else f"{coordinator_address}, {num_processes}, {process_id}")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return True
+
+
+def is_main_process() -> bool:
+    """True on the process that writes logs, metrics and pictures (process 0)."""
+    return jax.process_index() == 0

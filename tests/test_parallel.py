@@ -1,0 +1,322 @@
+"""Data parallelism on simulated CPU devices: 1 vs 2 vs 4 vs 8 devices, jit-with-shardings vs
+pmap, FSDP, two processes through jax.distributed, gradient accumulation, bfloat16 and errors.
+
+The device count of a process is fixed when JAX starts
+(XLA_FLAGS=--xla_force_host_platform_device_count=N), so multi-device runs happen in
+subprocesses running this file as a script (`worker`); the pytest process keeps its one device.
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 20
+
+
+def load_config(name, variant="smoke"):
+    spec = importlib.util.spec_from_file_location(
+        f"configs.{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def small_config(overrides=None):
+    """Checkerboard smoke with a small MLP: 20 steps of batch 32, every step logged."""
+    config = load_config("checkerboard")
+    config.num_train_steps = STEPS
+    config.steps_per_call = 1
+    config.log_every_steps = 1
+    config.eval_every_steps = STEPS
+    config.checkpoint_every_steps = STEPS // 2
+    config.batch_size = 32
+    config.model.hidden_sizes = (64, 64)
+    for key, value in (overrides or {}).items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
+
+
+# -- the subprocess side ---------------------------------------------------------------------------
+
+
+def worker(spec):
+    """Runs spec["runs"] ([name, overrides, steps]) one after another in this process and writes
+    <out>/<name>.<process>.npz (losses, parameters) and .json (eval metrics, parameter specs)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    if spec.get("coordinator"):
+        parallel.maybe_initialize_distributed(spec["coordinator"], spec["num_processes"],
+                                              spec["process_id"])
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    out = spec["out"]
+    for name, overrides, steps in spec["runs"]:
+        config = small_config(overrides)
+        config.num_train_steps = steps
+        workdir = os.path.join(out, "work", name)
+        state = train.train_and_evaluate(config, workdir)
+        rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        tag = f"{name}.{jax.process_index()}"
+        leaves = jax.tree.leaves(state.params)
+        np.savez(os.path.join(out, f"{tag}.npz"), losses=[r["loss"] for r in rows],
+                 steps=[r["step"] for r in rows], *[np.asarray(x) for x in leaves])
+        with open(os.path.join(out, f"{tag}.json"), "w") as f:
+            json.dump({"eval": {k: rows[-1][k] for k in ("tv", "w2") if k in rows[-1]},
+                       "specs": [str(x.sharding.spec) for x in leaves],
+                       "devices": jax.device_count(), "processes": jax.process_count()}, f)
+    for name, overrides in spec.get("errors", []):
+        try:
+            train.Experiment.from_config(small_config(overrides))
+            message = None
+        except train.ConfigError as e:
+            message = str(e)
+        with open(os.path.join(out, f"error_{name}.json"), "w") as f:
+            json.dump({"message": message}, f)
+
+
+def spawn(spec, num_devices):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), json.dumps(spec)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(*procs, timeout=600):
+    """Waits for every process; if one fails or hangs, stops the others and reports its log."""
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, out[-4000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def result(out, name, process=0):
+    with np.load(os.path.join(out, f"{name}.{process}.npz")) as f:
+        params = [f[f"arr_{i}"] for i in range(len(f.files) - 2)]
+        losses, steps = f["losses"], f["steps"]
+    with open(os.path.join(out, f"{name}.{process}.json")) as f:
+        info = json.load(f)
+    return losses, steps, params, info
+
+
+# -- one 8-device process: every layout of the same run ----------------------------------------
+
+RUNS = {
+    "1dev": {"parallel.data_axis_size": 1},
+    "2dev": {"parallel.data_axis_size": 2},
+    "4dev": {"parallel.data_axis_size": 4},
+    "8dev": {},
+    "pmap2": {"parallel.mode": "pmap", "parallel.data_axis_size": 2},
+    "pmap8_accum2": {"parallel.mode": "pmap", "grad_accum_steps": 2},
+    "fsdp4x2": {"parallel.data_axis_size": 4, "parallel.fsdp_axis_size": 2,
+                "parallel.fsdp_min_size": 0},
+}
+ERRORS = {
+    "batch": {"batch_size": 12},
+    "fsdp": {"parallel.fsdp_axis_size": 3},
+    "mesh": {"parallel.data_axis_size": 4, "parallel.fsdp_axis_size": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eight"))
+    # "resumed": half the run on 8 devices, the rest resumed from its checkpoint on 2.
+    resumed = [["resumed", {}, STEPS // 2], ["resumed", {"parallel.data_axis_size": 2}, STEPS]]
+    spec = {"out": out, "runs": [[n, o, STEPS] for n, o in RUNS.items()] + resumed,
+            "errors": [[n, o] for n, o in ERRORS.items()]}
+    finish(spawn(spec, 8))
+    return out
+
+
+def assert_same_run(a, b, what):
+    (loss_a, steps_a, params_a, info_a), (loss_b, steps_b, params_b, info_b) = a, b
+    assert list(steps_a) == list(steps_b) == list(range(1, STEPS + 1)), what
+    # Same maths, different reduction order: float32 round-off only.
+    np.testing.assert_allclose(loss_a, loss_b, rtol=2e-6, atol=0, err_msg=what)
+    for x, y in zip(params_a, params_b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-6, err_msg=what)
+    np.testing.assert_allclose(info_a["eval"]["w2"], info_b["eval"]["w2"], rtol=1e-5, err_msg=what)
+
+
+@pytest.mark.parametrize("name", [n for n in RUNS if n != "1dev"] + ["resumed"])
+def test_every_layout_trains_like_one_device(eight_devices, name):
+    reference = result(eight_devices, "1dev")
+    run = result(eight_devices, name)
+    assert_same_run(reference, run, name)
+    assert run[3]["devices"] == 8
+    if name.startswith("fsdp"):
+        assert any("fsdp" in s for s in run[3]["specs"]), run[3]["specs"]
+
+
+def test_loss_curve_is_not_trivially_equal(eight_devices):
+    losses = result(eight_devices, "1dev")[0]
+    assert np.all(np.isfinite(losses)) and len(set(np.round(losses, 4))) > STEPS // 2
+
+
+@pytest.mark.parametrize("name,match", [
+    ("batch", "batch_size=12 .*not divisible by 8 data-parallel devices"),
+    ("fsdp", "fsdp_axis_size=3 does not divide the 8 devices"),
+    ("mesh", "4 x 4 = 16 devices does not fit the 8 available"),
+])
+def test_bad_layouts_are_refused_with_the_numbers(eight_devices, name, match):
+    import re  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(eight_devices, f"error_{name}.json")) as f:
+        message = json.load(f)["message"]
+    assert message is not None and re.search(match, message), message
+
+
+# -- two processes x two devices through jax.distributed -----------------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_four_devices(eight_devices, tmp_path):
+    out = str(tmp_path)
+    coordinator = f"127.0.0.1:{free_port()}"
+    # Sharding mode in two launches (the second resumes from the first's step-10 checkpoint),
+    # then pmap mode from scratch.
+    runs = [["sharding", {}, STEPS // 2], ["sharding", {}, STEPS],
+            ["pmap", {"parallel.mode": "pmap"}, STEPS]]
+    procs = [spawn({"out": out, "runs": runs, "coordinator": coordinator, "num_processes": 2,
+                    "process_id": i}, 2) for i in range(2)]
+    finish(*procs)
+    reference = result(eight_devices, "4dev")
+    for name in ("sharding", "pmap"):
+        first, second = result(out, name, 0), result(out, name, 1)
+        assert first[3]["processes"] == 2 and first[3]["devices"] == 4
+        for x, y in zip(first[2], second[2]):
+            np.testing.assert_array_equal(x, y)  # every process holds the same parameters
+        assert_same_run(reference, first, name)
+        # One set of files, written by process 0.
+        workdir = os.path.join(out, "work", name)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            assert [json.loads(line)["step"] for line in f] == list(range(1, STEPS + 1))
+        assert os.path.exists(os.path.join(workdir, f"samples_{STEPS}.png"))
+        assert str(STEPS) in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+# -- in this process (one device) ----------------------------------------------------------------
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    states, losses = [], []
+    for k in (1, 4):
+        config = small_config({"grad_accum_steps": k, "num_train_steps": 6,
+                               "checkpoint_every_steps": 6, "eval_every_steps": 6})
+        states.append(train.train_and_evaluate(config, str(tmp_path / str(k))))
+        losses.append([r["loss"] for r in metrics.read_metrics(str(tmp_path / str(k) /
+                                                                   "metrics.jsonl"))])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=2e-6)
+    for x, y in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-6)
+
+
+def test_bfloat16_compute_keeps_float32_state_and_loss():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    config = load_config("digits")
+    config.model.dtype = "bfloat16"
+    config.model.update(base_channels=8, num_res_blocks=1, num_groups=4)
+    config.batch_size = 4
+    exp = train.Experiment.from_config(config)
+    state = exp.create_state(jax.random.PRNGKey(0))
+    batch = {"x": jnp.zeros((1, 4, *exp.source.example_shape)),
+             "label": jnp.zeros((1, 4), jnp.int32)}
+    key = exp.plan.replicate(jax.random.PRNGKey(1))
+    jaxpr = str(jax.make_jaxpr(exp.train_step)(state, jax.tree.map(lambda v: v[0], batch), key))
+    assert "bf16[" in jaxpr and " = conv_general_dilated" in jaxpr
+    for line in jaxpr.splitlines():
+        if " = conv_general_dilated" in line:  # every convolution runs in bfloat16
+            assert "bf16[" in line.split("=")[0], line
+    state, metrics = exp.make_multi_step()(state, exp.plan.put_batches(batch), key)
+    for leaf in jax.tree.leaves((state.params, state.opt_state, state.ema_params)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+    assert metrics["loss"].dtype == jnp.float32 and np.isfinite(metrics["loss"]).all()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"parallel.data_axis_size": 2}, "does not fit the 1 available"),
+    ({"parallel.mode": "spmd"}, "unknown parallel.mode 'spmd'; choose one of: sharding, pmap"),
+    ({"parallel.mode": "pmap", "parallel.fsdp_axis_size": 2}, "needs parallel.mode='sharding'"),
+    ({"grad_accum_steps": 3}, "batch_size=32 .*grad_accum_steps=3"),
+    ({"grad_accum_steps": 0}, "grad_accum_steps must be a positive integer"),
+    ({"parallel.data_axis_size": 0}, "data_axis_size must be a positive integer or -1"),
+])
+def test_bad_parallel_settings_fail_before_compiling(overrides, match, tmp_path):
+    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    with pytest.raises(train.ConfigError, match=match):
+        train.train_and_evaluate(small_config(overrides), str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_distributed_flags_are_checked_and_single_process_runs_skip_it(monkeypatch):
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    for var in ("SLURM_JOB_ID", "SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS",
+                "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    assert parallel.maybe_initialize_distributed() is False
+    assert parallel.maybe_initialize_distributed(mode="off") is False
+    with pytest.raises(ValueError, match="come together"):
+        parallel.maybe_initialize_distributed("127.0.0.1:1234", 2)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parallel.maybe_initialize_distributed("localhost", 2, 0)
+    with pytest.raises(ValueError, match="0 <= process_id < num_processes"):
+        parallel.maybe_initialize_distributed("127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="auto, on, off"):
+        parallel.maybe_initialize_distributed(mode="yes")
+
+
+def test_fsdp_splits_the_largest_divisible_dimension_of_large_leaves():
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    P = parallel.P
+    assert parallel.fsdp_spec((3, 3, 64, 128), 4, 1000) == P(None, None, None, "fsdp")
+    assert parallel.fsdp_spec((256, 6), 4, 1000) == P("fsdp", None)
+    assert parallel.fsdp_spec((128,), 4, 1000) == P()  # too small: replicated
+    assert parallel.fsdp_spec((7, 999), 4, 0) == P()  # nothing divides
+    assert parallel.fsdp_spec((), 4, 0) == P()
+    assert parallel.fsdp_spec((64, 64), 1, 0) == P()
+
+
+def test_microbatches_take_an_equal_slice_of_every_shard():
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    x = np.arange(16)
+    micro = np.asarray(parallel.split_microbatches(x, 2, 4))
+    # 4 shards of 4 rows; micro-batch m holds rows 2m, 2m+1 of each shard.
+    np.testing.assert_array_equal(micro, [[0, 1, 4, 5, 8, 9, 12, 13],
+                                          [2, 3, 6, 7, 10, 11, 14, 15]])
+    assert sorted(micro.reshape(-1)) == list(range(16))
+
+
+def test_train_script_reports_a_bad_parallel_setting_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config=configs/checkerboard.py:smoke",
+         f"--workdir={tmp_path}", "--config.parallel.mode=mpi"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown parallel.mode 'mpi'")
+
+
+if __name__ == "__main__":
+    worker(json.loads(sys.argv[1]))
