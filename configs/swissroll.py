@@ -4,8 +4,8 @@ Run (2 CPU cores):
   python scripts/train.py --config=configs/swissroll.py --workdir=runs/swissroll
   python scripts/sample.py --workdir=runs/swissroll --output=runs/swissroll/samples.npz
 Expected: tv 0.060 (floor 0.053), w2 0.185 with sample.py's default sampler (heun, 50
-steps). Runtime: about 2 minutes on a quiet 2-core CPU (this recipe's checkerboard tuning run took
-109 s including evaluation); this run took 477 s on 2 cores shared with other jobs.
+steps). Runtime: about 2.5 minutes on a quiet 2-core CPU (the checkerboard run: 145 s including
+evaluation); this run took 477 s on 2 cores shared with other jobs.
 Smoke variant (tests): --config=configs/swissroll.py:smoke
 """
 
