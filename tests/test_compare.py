@@ -1,7 +1,6 @@
 """The integrator comparison: rows, files, NFE accounting, convergence to the reference, errors."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,20 +10,13 @@ import numpy as np
 import pytest
 
 from flowmatch import compare, integrators, train
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "compare_integrators.py")
 # The smoke model's sinusoidal time embedding (sin(1000 t ...)) makes v(t, x) oscillate in t,
 # so integrators only reach their asymptotic regime at a few hundred NFE: budgets go that high.
 BUDGETS = (4, 64, 1024)
-
-
-def load_config(name, variant="smoke"):
-    spec = importlib.util.spec_from_file_location(
-        f"configs.{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ The device count of a process is fixed when JAX starts
 subprocesses running this file as a script (`worker`); the pytest process keeps its one device.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -15,17 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
-
-
-def load_config(name, variant="smoke"):
-    spec = importlib.util.spec_from_file_location(
-        f"configs.{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 def small_config(overrides=None):

@@ -1,7 +1,6 @@
 """The training loop: one smoke step per shipped config, exact resume, errors, checkpoints."""
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -10,20 +9,13 @@ import numpy as np
 import pytest
 
 from flowmatch import metrics, train
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
     os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
     if not os.path.basename(p).startswith(("_", "default")))
 NEEDS_PATH = {"cifar10", "image_folder"}
-
-
-def load_config(name, variant="smoke"):
-    spec = importlib.util.spec_from_file_location(
-        f"configs.{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 def leaves_equal(a, b):
