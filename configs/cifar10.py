@@ -18,10 +18,10 @@ from configs import default
 def get_config(variant=""):
     c = default.get_config()
     c.data.name = "cifar10"
+    default.for_images(c, num_samples=64)
     c.data.random_flip = True
     c.batch_size = 128
     c.num_train_steps = 800_000
-    c.steps_per_call = 1
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 10_000
@@ -29,17 +29,12 @@ def get_config(variant=""):
     c.optimizer.learning_rate = 2e-4
     c.optimizer.warmup_steps = 5_000
     c.optimizer.schedule = "constant"
-    c.objective.time_sampling = "uniform"
-    c.objective.logit_normal_loc = 0.0
     c.model = default.unet_model(
         base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
         dropout=0.1, num_groups=32)
     c.sampling.method = "dopri5"
     c.sampling.rtol = 1e-5
     c.sampling.atol = 1e-5
-    c.eval.num_image_samples = 64
-    c.eval.num_plot_samples = 64
-    c.eval.chunk_size = 64
     c = default.apply_variant(c, variant)
     if variant == "smoke":
         c.model.base_channels = 16

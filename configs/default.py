@@ -120,3 +120,16 @@ def unet_model(**fields):
                  num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_groups=32)
     model.update(fields)
     return ml_collections.ConfigDict(model)
+
+
+def for_images(c, num_samples: int):
+    """Settings every image config shares: uniform training times, one train step per jitted
+    call (train.py does not loop a single step: XLA on CPU runs convolutions in a loop many times
+    slower), and `num_samples` images per evaluation, plotted and sampled in one chunk."""
+    c.steps_per_call = 1
+    c.objective.time_sampling = "uniform"
+    c.objective.logit_normal_loc = 0.0
+    c.eval.num_image_samples = num_samples
+    c.eval.num_plot_samples = num_samples
+    c.eval.chunk_size = num_samples
+    return c

@@ -15,24 +15,17 @@ from configs import default
 def get_config(variant=""):
     c = default.get_config()
     c.data.name = "digits"
+    default.for_images(c, num_samples=100)
     c.batch_size = 64
     c.num_train_steps = 5_000
-    # One train step per jitted call: XLA on CPU runs convolutions inside lax.scan many times
-    # slower (measured about 16x on this U-Net), so image configs do not scan over steps.
-    c.steps_per_call = 1
     c.log_every_steps = 100
     c.eval_every_steps = 2_500
     c.checkpoint_every_steps = 1_000
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 200
-    c.objective.time_sampling = "uniform"
-    c.objective.logit_normal_loc = 0.0
     c.model = default.unet_model(
         base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
         dropout=0.1, num_groups=8)
     c.sampling.method = "heun"
     c.sampling.num_steps = 50
-    c.eval.num_image_samples = 100
-    c.eval.num_plot_samples = 100
-    c.eval.chunk_size = 100
     return default.apply_variant(c, variant)

@@ -15,28 +15,23 @@ from configs import default
 def get_config(variant=""):
     c = default.get_config()
     c.data.name = "image_folder"
+    default.for_images(c, num_samples=64)
     c.data.image_size = 32
     c.data.channels = 3
     c.data.random_flip = True
     c.batch_size = 64
     c.num_train_steps = 100_000
-    c.steps_per_call = 1
     c.log_every_steps = 100
     c.eval_every_steps = 5_000
     c.checkpoint_every_steps = 5_000
     c.ema_decay = 0.9999
     c.optimizer.learning_rate = 2e-4
     c.optimizer.warmup_steps = 1_000
-    c.objective.time_sampling = "uniform"
-    c.objective.logit_normal_loc = 0.0
     c.model = default.unet_model(
         base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
         dropout=0.1, num_groups=32)
     c.sampling.method = "heun"
     c.sampling.num_steps = 50
-    c.eval.num_image_samples = 64
-    c.eval.num_plot_samples = 64
-    c.eval.chunk_size = 64
     c = default.apply_variant(c, variant)
     if variant == "smoke":
         c.data.image_size = 8
