@@ -11,7 +11,9 @@ then samples both from the same noise over an NFE grid:
 and scores every sample set with the data's metrics: `tv` and `w2` for 2-D data; for images the
 Frechet distance `fd` in a classifier's feature space (flowmatch.image_metrics) plus held-out
 negative log-likelihood in bits/dim (`bpd`: the exact likelihood for fm, the variational bound
-for ddpm).  Writes benchmark.json / .csv / .png under `workdir` and prints the table.
+for ddpm).  Writes benchmark.json / .csv / .png under `workdir` and prints the table, and
+benchmark_reference.json: the floors the numbers are read against (real data scored like the
+samples) and, for images, the feature classifier's test accuracy.
 """
 
 from __future__ import annotations
@@ -140,11 +142,18 @@ def _make_fn(exp, spec):
 
 
 def _quality_fn(exp, config, workdir):
-    """samples -> {metric: value} for the data kind."""
+    """(samples -> {metric: value}, reference) for the data kind.
+
+    reference: what the numbers are read against, written to benchmark_reference.json: for 2-D
+    data the tv / w2 of fresh data against fresh data (`evaluation.reference_floors`); for images
+    the feature classifier's test accuracy and the real-vs-real Frechet floors at this sample count.
+    """
     src = exp.source
+    b = config.benchmark
     if src.kind == "toy2d":
+        from flowmatch import evaluation  # pylint: disable=g-import-not-at-top
         e = config.eval
-        key = jax.random.PRNGKey(config.benchmark.seed + 1)
+        key = jax.random.PRNGKey(b.seed + 1)
         ref = np.asarray(src.sample_reference(jax.random.fold_in(key, 0), e.num_tv_samples))
         ref_w2 = np.asarray(src.sample_reference(jax.random.fold_in(key, 1), e.num_w2_samples))
 
@@ -152,10 +161,21 @@ def _quality_fn(exp, config, workdir):
             m = metrics_lib.metrics_2d(samples, ref_w2, ref, src.box, bins=e.tv_bins,
                                        n_w2=e.num_w2_samples)
             return {"tv": m["tv"], "w2": m["w2"]}
-        return quality
+        floors = evaluation.reference_floors(config.data.name, num_tv=e.num_tv_samples,
+                                             num_w2=e.num_w2_samples, bins=e.tv_bins)
+        reference = {"data": config.data.name, "num_samples": b.num_samples,
+                     "tv_floor": floors["tv"], "w2_floor": floors["w2"],
+                     "note": "fresh data vs fresh data, mean over 5 seeds"}
+        return quality, reference
     from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
     metric = image_metrics.make_image_metric(config.data.name, os.path.join(workdir, "cache"))
-    return lambda samples: {"fd": metric(samples)["fd"]}
+    floors = metric.floors(num_samples=b.num_samples)
+    reference = {"data": config.data.name, "num_samples": b.num_samples,
+                 "classifier_test_accuracy": float(metric.classifier.test_accuracy),
+                 "num_reference_images": metric.num_reference, **floors,
+                 "note": "fd floors: real images scored like the samples (train subset of "
+                         "num_samples vs the test split; two test halves)"}
+    return (lambda samples: {"fd": metric(samples)["fd"]}), reference
 
 
 def _bpd_rows(exps, states, config):
@@ -203,7 +223,12 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]
     x_T = np.asarray(jax.random.normal(key, (n, *src.example_shape)))
     padded = np.resize(x_T, (-(-n // chunk) * chunk, *src.example_shape))
     x_chunks = [jnp.asarray(padded[i:i + chunk]) for i in range(0, len(padded), chunk)]
-    quality = _quality_fn(exps["fm"], config, workdir)
+    quality, reference = _quality_fn(exps["fm"], config, workdir)
+    with open(os.path.join(workdir, "benchmark_reference.json"), "w") as f:
+        json.dump(reference, f, indent=1)
+    print("benchmark: reference " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in reference.items()
+        if k != "note"), flush=True)
 
     rows = []
     grid = _sampler_grid(b, exps["ddpm"].objective.num_timesteps)

@@ -45,6 +45,9 @@ def test_smoke_benchmark_writes_every_sampler_family(tmp_path):
     assert nfe[("ddpm", "ddim")] == nfe[("ddpm", "ancestral_respaced")] == 4
     assert nfe[("fm", "euler")] == 4
     assert {r["metric"] for r in rows} == {"tv", "w2"}
+    reference = json.load(open(tmp_path / "benchmark_reference.json"))
+    # 2,000 points in the smoke variant: floors well above the full-size ones, still below 1.
+    assert 0 < reference["tv_floor"] < 0.5 and 0 < reference["w2_floor"] < 0.5
 
 
 @pytest.mark.slow
@@ -57,3 +60,6 @@ def test_smoke_image_benchmark_reports_fd_and_bits_per_dim(tmp_path):
         assert r["value"] == r["value"], r  # not NaN
         if r["metric"] == "bpd":
             assert r["value"] > 0
+    reference = json.load(open(tmp_path / "benchmark_reference.json"))
+    assert 0.5 < reference["classifier_test_accuracy"] <= 1.0
+    assert 0 < reference["fd_train_vs_test"] and 0 < reference["fd_test_halves"]
