@@ -168,6 +168,8 @@ def _quality_fn(exp, config, workdir):
                      "note": "fresh data vs fresh data, mean over 5 seeds"}
         return quality, reference
     from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
+    if config.data.name not in image_metrics.CLASSIFIER_DEFAULTS:
+        return _fid_quality_fn(config, workdir)
     metric = image_metrics.make_image_metric(config.data.name, os.path.join(workdir, "cache"))
     floors = metric.floors(num_samples=b.num_samples)
     reference = {"data": config.data.name, "num_samples": b.num_samples,
@@ -176,6 +178,40 @@ def _quality_fn(exp, config, workdir):
                  "note": "fd floors: real images scored like the samples (train subset of "
                          "num_samples vs the test split; two test halves)"}
     return (lambda samples: {"fd": metric(samples)["fd"]}), reference
+
+
+def _fid_quality_fn(config, workdir):
+    """FID (Inception pool3) for data sets without a feature classifier, e.g. CIFAR-10.
+
+    benchmark.fid_weights: the converted FID Inception weights (.npz; see models.inception for
+    where to get and how to convert them).  benchmark.fid_stats: a .npz of reference statistics
+    ("mu", "sigma"); if empty, the statistics of the whole training split are computed once and
+    cached in workdir/cache/ (the standard CIFAR-10 protocol: 50,000 samples against the 50,000
+    training images).
+    """
+    from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import images as images_lib  # pylint: disable=g-import-not-at-top
+    b = config.benchmark
+    extractor = image_metrics.load_inception_extractor(b.fid_weights)  # checked at the start
+    stats_path = b.get("fid_stats", "") or os.path.join(
+        workdir, "cache", f"fid_stats_{config.data.name}_train.npz")
+    if not os.path.exists(stats_path):
+        if b.get("fid_stats", ""):
+            raise FileNotFoundError(f"benchmark.fid_stats {stats_path!r} not found; leave it "
+                                    "empty to compute the training split's statistics")
+        train = images_lib.load_image_dataset(
+            config.data.name, split="train", path=config.data.get("path") or None,
+            image_size=config.data.get("image_size") or None,
+            channels=config.data.get("channels", 3)).x
+        print(f"benchmark: FID statistics of {len(train)} training images -> {stats_path}",
+              flush=True)
+        image_metrics.save_stats(stats_path, *image_metrics.compute_stats(extractor, train))
+    stats = image_metrics.load_stats(stats_path)
+    reference = {"data": config.data.name, "num_samples": b.num_samples,
+                 "fid_reference_stats": stats_path,
+                 "note": "FID against the reference statistics; comparable only at equal "
+                         "num_samples (the standard protocol uses 50,000)"}
+    return (lambda samples: {"fid": image_metrics.compute_fid(extractor, samples, stats)}), reference
 
 
 def _bpd_rows(exps, states, config):
@@ -205,8 +241,27 @@ def _bpd_rows(exps, states, config):
     return rows
 
 
+def _check_metric_inputs(config):
+    """Fails before any training when the quality metric cannot be computed at the end."""
+    from flowmatch.data import images as images_lib  # pylint: disable=g-import-not-at-top
+    from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
+    name = config.data.name
+    if name in images_lib.IMAGE_DATASETS and name not in image_metrics.CLASSIFIER_DEFAULTS:
+        weights = config.benchmark.get("fid_weights", "")
+        if not weights:
+            raise train_lib.ConfigError(
+                f"data {name!r} has no feature classifier, so the benchmark scores it by FID: set "
+                "--config.benchmark.fid_weights to the converted FID Inception weights (.npz; "
+                "flowmatch/models/inception.py says where to get and how to convert them)")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"benchmark.fid_weights {weights!r} not found; flowmatch/models/inception.py says "
+                "where to get the FID Inception weights and how to convert them to .npz")
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains/resumes both models, evaluates every sampler, writes and returns the rows."""
+    _check_metric_inputs(config)
     os.makedirs(workdir, exist_ok=True)
     configs = model_configs(config)
     exps, states = {}, {}
@@ -243,7 +298,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]
         _print_row(rows, model, label, nfe, seconds)
     if src.kind == "image" and b.num_bpd_images > 0:
         rows.extend(_bpd_rows(exps, states, config))
-    _write(rows, workdir)
+    _write(rows, workdir, reference)
     return rows
 
 
@@ -253,7 +308,10 @@ def _print_row(rows, model, label, nfe, seconds):
     print(f"  {model:<5} {label:<22} nfe={nfe:<5} {values}  ({seconds:.2f} s)", flush=True)
 
 
-def _write(rows, workdir):
+FLOOR_KEYS = {"tv": ("tv_floor",), "w2": ("w2_floor",), "fd": ("fd_train_vs_test",)}
+
+
+def _write(rows, workdir, reference=None):
     with open(os.path.join(workdir, "benchmark.json"), "w") as f:
         json.dump(rows, f, indent=1)
     keys = list(ROW_KEYS) + ["success"]
@@ -272,7 +330,10 @@ def _write(rows, workdir):
         path = os.path.join(workdir, "benchmark.png" if metric == metrics[0]
                             else f"benchmark_{metric}.png")
         plotting.plot_curves(curve_rows, path, x="nfe", y="value", group="line", logx=True,
-                             logy=True, title=f"{metric} vs NFE (same network, data, budget)")
+                             logy=True, title=f"{metric} vs NFE (same network, data, budget)",
+                             ylabel=metric, dashed=lambda line: line.startswith("ddpm"),
+                             hlines={f"floor ({k})": reference[k]
+                                     for k in FLOOR_KEYS.get(metric, ()) if k in (reference or {})})
     print(format_table(rows))
 
 

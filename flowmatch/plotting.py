@@ -9,6 +9,7 @@ import math
 import os
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
@@ -148,12 +149,17 @@ def image_grid(images, path, *, nrow: int | None = None, title: str | None = Non
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str, *,
-                logx: bool = True, logy: bool = False, title: str | None = None) -> None:
+                logx: bool = True, logy: bool = False, title: str | None = None,
+                ylabel: str | None = None, dashed=None,
+                hlines: dict[str, float] | None = None) -> None:
     """One line per value of rows[i][group], y against x, saved as a PNG.
 
     rows: records such as {"integrator": "heun", "nfe": 16, "tv": 0.05}; x, y, group: keys
     present in every row.  Groups keep their first-appearance order; points within a group are
     sorted by x.  Non-finite y values leave a gap.  Used for quality-vs-NFE plots.
+    ylabel: the y axis label (default y); dashed: optional predicate on a group name, True draws
+    that group's line dashed (e.g. to tell two models apart when their samplers share colours);
+    hlines: {label: y} drawn as grey dotted horizontal lines (e.g. real-data floors).
     """
     rows = list(rows)
     if not rows:
@@ -170,10 +176,18 @@ def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str
 
     fig = Figure(figsize=(5.5, 4.0), dpi=150)
     ax = fig.add_subplot()
-    for name, pts in groups.items():
+    # Beyond ten lines the default colour cycle repeats: take distinct colours from tab20.
+    colors = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"].colors
+    for i, (name, pts) in enumerate(groups.items()):
         pts.sort(key=lambda p: p[0])
         xs, ys = np.array(pts).T
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=str(name))
+        style = "--" if dashed is not None and dashed(name) else "-"
+        ax.plot(xs, ys, style, marker="o", markersize=3, linewidth=1.2, label=str(name),
+                color=colors[i % len(colors)])
+    for label, value in (hlines or {}).items():
+        ax.axhline(value, color="0.4", linestyle=":", linewidth=1.0)
+        ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6,
+                    color="0.3", va="bottom")
     if logx:
         ax.set_xscale("log")
         xs_all = sorted({px for pts in groups.values() for px, _ in pts})
@@ -183,7 +197,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_ylabel(ylabel or y)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title=group, fontsize=7, title_fontsize=8)
     if title:

@@ -3,10 +3,12 @@
 import importlib.util
 import json
 import os
+import types
 
 import pytest
 
 from flowmatch import benchmark_ddpm
+from flowmatch.data import images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,3 +65,59 @@ def test_smoke_image_benchmark_reports_fd_and_bits_per_dim(tmp_path):
     reference = json.load(open(tmp_path / "benchmark_reference.json"))
     assert 0.5 < reference["classifier_test_accuracy"] <= 1.0
     assert 0 < reference["fd_train_vs_test"] and 0 < reference["fd_test_halves"]
+
+
+def _write_tiny_cifar(folder, sizes=(4, 4, 4, 4, 4), test_size=4):
+    """A tiny CIFAR-10 in the release's folder format (random pixels)."""
+    import pickle  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name, m in zip(names, list(sizes) + [test_size]):
+        obj = {b"labels": [int(v) for v in rng.integers(0, 10, m)],
+               b"data": rng.integers(0, 256, size=(m, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    return folder
+
+
+def test_fid_benchmark_needs_the_inception_weights_before_training(tmp_path):
+    config = load("configs/benchmark/cifar10.py", "smoke")
+    with pytest.raises(benchmark_ddpm.train_lib.ConfigError, match=r"fid_weights.*inception"):
+        benchmark_ddpm.run_benchmark(config, str(tmp_path / "run"))
+    config.benchmark.fid_weights = str(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match=r"missing\.npz.*convert"):
+        benchmark_ddpm.run_benchmark(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing trained or written
+
+
+def test_fid_quality_scores_samples_and_caches_the_training_statistics(tmp_path, monkeypatch):
+    from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
+    from flowmatch.models import inception  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    tiny = inception.FIDInceptionV3(width_multiplier=1 / 16, resize_to=75)
+    loads = []
+
+    def load_tiny(path):
+        loads.append(path)
+        return image_metrics.InceptionExtractor(inception.random_variables(tiny), tiny,
+                                                batch_size=8)
+
+    monkeypatch.setattr(image_metrics, "load_inception_extractor", load_tiny)
+    config = load("configs/benchmark/cifar10.py", "smoke")
+    config.data.path = str(_write_tiny_cifar(tmp_path / "cifar-10-batches-py"))
+    config.benchmark.fid_weights = "weights.npz"
+    exp = types.SimpleNamespace(source=types.SimpleNamespace(kind="image"))
+    quality, reference = benchmark_ddpm._quality_fn(exp, config, str(tmp_path / "run"))
+    stats = tmp_path / "run" / "cache" / "fid_stats_cifar10_train.npz"
+    assert stats.exists() and reference["fid_reference_stats"] == str(stats)
+    assert loads == ["weights.npz"]
+    train = images.load_image_dataset("cifar10", split="train", path=config.data.path).x
+    # The training images against their own statistics: 0 up to rounding; other images: > 0
+    # (small numbers: a random, 1/16-width network's features).
+    assert abs(quality(train)["fid"]) < 1e-6
+    noise = np.random.default_rng(0).uniform(-1, 1, train.shape).astype(np.float32)
+    assert quality(noise)["fid"] > 1e-3 and quality(-train)["fid"] > 1e-3
+    mtime = stats.stat().st_mtime_ns
+    benchmark_ddpm._quality_fn(exp, config, str(tmp_path / "run"))
+    assert stats.stat().st_mtime_ns == mtime  # cached: not recomputed

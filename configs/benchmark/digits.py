@@ -2,8 +2,11 @@
 distance in a digits classifier's feature space (`fd`) over an NFE grid, and held-out bits/dim
 (exact likelihood for fm, the variational bound for ddpm).
 
-Run (2 CPU cores; not yet timed end to end on a quiet machine: budget about 30 minutes):
+Run (2 CPU cores):
   python scripts/benchmark_ddpm.py --config=configs/benchmark/digits.py --workdir=runs/bench_digits
+Measured: 37 min wall on 2 cores shared with four other jobs (800 s CPU time); fm fd about 1.85
+from NFE 8 on, ddpm 1.31 with 1,000 ancestral steps, 2.3 with its ODE samplers; real-data floor
+1.13; bits/dim fm 4.74, ddpm 3.14 (README "Flow matching vs DDPM").
 Smoke variant (tests): --config=configs/benchmark/digits.py:smoke
 """
 
