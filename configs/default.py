@@ -12,12 +12,23 @@ Keys (what the training loop reads):
                optimizer state over that many devices, mode 'sharding' only), fsdp_min_size
                (parameters with fewer elements stay replicated); batch_size must divide by
                data_axis_size x fsdp_axis_size x grad_accum_steps
-  data.*       name, path, image_size, channels, random_flip, skip_bad
+  data.*       name, path, image_size, channels, random_flip, skip_bad ('pairs' with path = a
+               directory of (x0, x1) pairs from flowmatch.reflow trains on paired data)
   model.*      name ('mlp' | 'unet'), dtype ('float32' | 'bfloat16'), and the network's own fields
   path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
+  source.*     p0, what flows start from at t = 0: name ('normal' | a 2-D data set such as
+               '8gaussians', for 2-D data), scale (multiplies its samples)
+  coupling.*   how p0 samples are paired with data rows (flow matching): name ('independent' |
+               'exact': optimal assignment by an auction | 'sinkhorn': entropic plan, a partner
+               drawn per row), scope ('global': the whole global batch, gathered across devices
+               | 'local': each device's rows), per_class (pairs stay within a label),
+               sinkhorn_reg (relative to the batch's largest pair cost), num_iters (Sinkhorn),
+               tolerance (auction: mean pair cost within tolerance x cost range of the optimum),
+               bidders (auction rows bidding per round); see flowmatch/couplings.py
   objective.*  name ('flow_matching' | 'ddpm'), prediction (flow matching: 'velocity' | 'x1' |
                'x0'; ddpm: 'eps' | 'x0' | 'v'); flow matching: time_sampling ('uniform' |
-               'logit_normal'), logit_normal_loc, logit_normal_scale, t_min, t_max; ddpm:
+               'logit_normal' | 'zero': t = t_min always, one-step distillation on pairs),
+               logit_normal_loc, logit_normal_scale, t_min, t_max; ddpm:
                beta_schedule ('linear' | 'cosine'), num_timesteps
   optimizer.*  AdamW: learning_rate, b1, b2, eps, weight_decay, warmup_steps, schedule
                ('cosine' | 'constant'), end_lr_factor, grad_clip_norm (0 = off)
@@ -25,7 +36,11 @@ Keys (what the training loop reads):
                (fixed grid), rtol / atol (adaptive; when set, num_steps is not used)
   eval.*       num_tv_samples, num_w2_samples, tv_bins, chunk_size, num_plot_samples,
                num_image_samples
-  checkpoint.* max_to_keep
+  checkpoint.* max_to_keep (the newest sealed checkpoints kept; see flowmatch/checkpoint.py)
+  nonfinite.*  policy ('skip': a step whose loss, gradients or update are not finite leaves the
+               state unchanged, counted in metrics as skipped_steps | 'stop': such a step stops
+               the run with an error naming it), max_consecutive_skips ('skip': stop after this
+               many such steps in a row)
 """
 
 import ml_collections
@@ -60,6 +75,11 @@ def get_config():
 
     c.path = ml_collections.ConfigDict(dict(schedule="cond_ot", sigma_min=0.0, exponent=2.0))
 
+    c.source = ml_collections.ConfigDict(dict(name="normal", scale=1.0))
+    c.coupling = ml_collections.ConfigDict(dict(
+        name="independent", scope="global", per_class=False, sinkhorn_reg=0.01, num_iters=50,
+        tolerance=1e-6, bidders=32))
+
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",
         logit_normal_loc=1.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0,
@@ -78,13 +98,16 @@ def get_config():
         num_plot_samples=5_000, num_image_samples=64))
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
+
+    c.nonfinite = ml_collections.ConfigDict(dict(policy="skip", max_consecutive_skips=10))
     return c
 
 
 def smoke(c):
     """Shrinks a config to seconds on a CPU: for tests, not for results."""
     c.num_train_steps = 4
-    c.steps_per_call = 2
+    # Image configs keep their one step per call: a scanned U-Net step compiles for minutes on CPU.
+    c.steps_per_call = min(c.steps_per_call, 2)
     c.log_every_steps = 2
     c.eval_every_steps = 4
     c.checkpoint_every_steps = 2

@@ -188,9 +188,9 @@ def _parse_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> (uint8 [m, 32, 32, 3], int32 [m]); ValueError naming ``where``."""
     try:
         batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"{where} is not a valid CIFAR-10 batch ({e}); download it again "
-                         f"from {CIFAR10_URL}") from e
+    except Exception as e:  # noqa: BLE001 -- damaged pickles raise anything, MemoryError included
+        raise ValueError(f"{where} is not a valid CIFAR-10 batch ({type(e).__name__}: {e}); "
+                         f"download it again from {CIFAR10_URL}") from e
     if not isinstance(batch, dict):
         raise ValueError(f"{where} is not a valid CIFAR-10 batch (expected a dict)")
     data = batch.get(b"data", batch.get("data"))
@@ -218,20 +218,28 @@ def _cifar_missing(path: Path, what: str) -> FileNotFoundError:
 
 
 def _cifar_batches_from_dir(folder: Path, names: tuple[str, ...], path: Path):
+    """Yields (name, batch or the error that made it unusable) for each of ``names``."""
     for name in names:
         file = folder / name
         if not file.is_file():
-            raise _cifar_missing(path, f"no file {file}")
+            yield name, _cifar_missing(path, f"no file {file}")
+            continue
         try:
             raw = file.read_bytes()
         except OSError as e:
-            raise OSError(f"cannot read CIFAR-10 batch {file}: {e}") from e
-        yield _parse_cifar_batch(raw, str(file))
+            yield name, OSError(f"cannot read CIFAR-10 batch {file}: {e}")
+            continue
+        try:
+            yield name, _parse_cifar_batch(raw, str(file))
+        except ValueError as e:
+            yield name, e
 
 
 def _cifar_batches_from_tar(archive: Path, names: tuple[str, ...]):
+    """Like `_cifar_batches_from_dir`; members before a damaged part of the archive are kept."""
     hint = f"download it again from {CIFAR10_URL}"
     raw: dict[str, tuple[str, bytes]] = {}
+    damage = None
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:  # one pass: seeking back in a .gz stream means decompressing again
@@ -239,23 +247,32 @@ def _cifar_batches_from_tar(archive: Path, names: tuple[str, ...]):
                 if member.isfile() and base in names:
                     raw[base] = (member.name, tar.extractfile(member).read())
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ValueError(
+        damage = ValueError(
             f"cannot read CIFAR-10 archive {archive} (corrupt or truncated: "
             f"{type(e).__name__}: {e}); {hint}"
-        ) from e
+        )
     for name in names:
         if name not in raw:
-            raise ValueError(f"{archive} has no member {_CIFAR10_DIR}/{name}; {hint}")
+            yield name, damage or ValueError(
+                f"{archive} has no member {_CIFAR10_DIR}/{name}; {hint}")
+            continue
         member_name, data = raw[name]
-        yield _parse_cifar_batch(data, f"{archive}:{member_name}")
+        try:
+            yield name, _parse_cifar_batch(data, f"{archive}:{member_name}")
+        except ValueError as e:
+            yield name, e
 
 
-def load_cifar10(path: str | os.PathLike, split: str = "train") -> ImageDataset:
+def load_cifar10(path: str | os.PathLike, split: str = "train",
+                 skip_bad: bool = False) -> ImageDataset:
     """CIFAR-10 from the python-pickle release, read without extracting to disk.
 
     ``path``: ``cifar-10-python.tar.gz``, the extracted ``cifar-10-batches-py/`` folder, or a folder
     holding either.  train = data_batch_1..5 (50,000), test = test_batch (10,000), all = train
     then test.  Each row is 3,072 bytes in CHW order; returns x [N, 32, 32, 3] = v / 255 * 2 - 1.
+    A missing, truncated or corrupt batch file raises (FileNotFoundError / ValueError / OSError,
+    naming the file) unless ``skip_bad``, which leaves that batch out (10,000 images each in the
+    release), logs a warning and counts the files in ``num_skipped``.
     """
     _check_split(split)
     names = {"train": _CIFAR10_TRAIN, "test": _CIFAR10_TEST, "all": _CIFAR10_TRAIN + _CIFAR10_TEST}[
@@ -267,18 +284,38 @@ def load_cifar10(path: str | os.PathLike, split: str = "train") -> ImageDataset:
     if path.is_file() and path.name in _CIFAR10_TRAIN + _CIFAR10_TEST + ("batches.meta",):
         path = path.parent  # a file inside the extracted folder: use the folder
     if path.is_file():
-        batches = list(_cifar_batches_from_tar(path, names))
-    elif (path / names[0]).is_file():
-        batches = list(_cifar_batches_from_dir(path, names, path))
+        results = _cifar_batches_from_tar(path, names)
+    elif (path / names[0]).is_file() or (path / names[-1]).is_file():
+        results = _cifar_batches_from_dir(path, names, path)
     elif (path / _CIFAR10_DIR).is_dir():
-        batches = list(_cifar_batches_from_dir(path / _CIFAR10_DIR, names, path))
+        results = _cifar_batches_from_dir(path / _CIFAR10_DIR, names, path)
     elif (path / _CIFAR10_TAR).is_file():
-        batches = list(_cifar_batches_from_tar(path / _CIFAR10_TAR, names))
+        results = _cifar_batches_from_tar(path / _CIFAR10_TAR, names)
     else:
         raise _cifar_missing(path, f"no {names[0]}, {_CIFAR10_DIR}/ or {_CIFAR10_TAR} in {path}")
+    batches, bad = [], []
+    for name, result in results:
+        if isinstance(result, Exception):
+            if not skip_bad:
+                if isinstance(result, ValueError) and "skip_bad" not in str(result):
+                    raise ValueError(f"{result} (or set --config.data.skip_bad=True to train "
+                                     "without the damaged batch)") from None
+                raise result
+            logger.warning("skipping CIFAR-10 batch %s: %s", name, result)
+            bad.append(name)
+        else:
+            batches.append(result)
+    if not batches:
+        raise ValueError(f"no CIFAR-10 batch of split {split!r} under {path} could be read "
+                         f"({len(bad)} skipped: {', '.join(bad)}); download it again from "
+                         f"{CIFAR10_URL}")
+    if bad:
+        logger.warning("CIFAR-10 %s: skipped %d damaged batch file(s) (%s); %d images remain",
+                       split, len(bad), ", ".join(bad), sum(len(b[0]) for b in batches))
     x = np.concatenate([b[0] for b in batches])
     label = np.concatenate([b[1] for b in batches])
-    return ImageDataset(x=_to_unit_range(x, 255.0), label=label, num_classes=10)
+    return ImageDataset(x=_to_unit_range(x, 255.0), label=label, num_classes=10,
+                        num_skipped=len(bad))
 
 
 # -------------------------------------------------------------------------------- image folder
@@ -289,10 +326,14 @@ def _is_image(p: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
+    """Image files under ``folder``; a broken link with an image name is listed (unreadable)."""
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(p for p in (Path(root) / n for n in sorted(names)) if _is_image(p))
+        files.extend(p for p in (Path(root) / n for n in sorted(names))
+                     if _is_image(p) or (p.is_symlink() and not p.exists() and not
+                                         p.name.startswith(".") and
+                                         p.suffix.lower() in IMAGE_EXTENSIONS))
     return files
 
 
@@ -421,7 +462,8 @@ def load_image_dataset(
     """Load ``name`` from :data:`IMAGE_DATASETS`.
 
     ``image_size`` must be unset or native for digits / mnist / cifar10 and is required for
-    image_folder; ``channels`` and ``skip_bad`` apply to image_folder only.  An image folder
+    image_folder; ``channels`` applies to image_folder only, ``skip_bad`` (leave unreadable
+    files out, counted in ``num_skipped``) to image_folder and cifar10.  An image folder
     has no held-out part: split "train" and "all" both give every image, "test" is an error.
     """
     info = image_dataset_info(name)
@@ -438,7 +480,7 @@ def load_image_dataset(
     if name == "mnist":
         return load_mnist(split)
     if name == "cifar10":
-        return load_cifar10(path, split)
+        return load_cifar10(path, split, skip_bad=skip_bad)
     if image_size is None:
         raise ValueError("dataset 'image_folder' needs --config.data.image_size=...")
     if split == "test":
