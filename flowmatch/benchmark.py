@@ -2,6 +2,11 @@
 
 * Train steps/s of the 2-D MLP at batch 256: torchcfm's example width (64 x 3 hidden layers) and
   the default config's network, at 1 and at several steps per jitted call.
+* Coupled train steps (minibatch OT, `flowmatch.couplings`): steps/s of the exact and the
+  Sinkhorn coupling against the uncoupled step, at torchcfm's OT-CFM setting (batch 256, the
+  64 x 3 network, moons from 8gaussians), measured interleaved so that a busy machine slows all
+  alike; and the time of the coupling alone per batch.  torchcfm's OT-CFM reference: 45-60
+  steps/s on this project's 2-core CPU (a host OT solve of 10-16 ms per batch; issue 7).
 * Sampling throughput of the default sampler, and for every integrator the ratio
       time of an N-evaluation solve / (N x time of one jitted forward pass on the same batch),
   whose physical floor is 1.0 (integrator overhead is what exceeds it).
@@ -18,9 +23,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
+from flowmatch import couplings as couplings_lib
+from flowmatch import data as data_lib
 from flowmatch import integrators
 from flowmatch import sampling
 from flowmatch import train as train_lib
+from flowmatch.data import toy2d
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, min_time: float = 0.2) -> float:
@@ -40,7 +50,6 @@ def train_steps_per_second(config, *, steps_per_call: int, calls: int = 20) -> f
     exp = train_lib.Experiment.from_config(config)
     state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
     multi_step = exp.make_multi_step()
-    from flowmatch import data as data_lib  # pylint: disable=g-import-not-at-top
     it = data_lib.BatchIterator(exp.source, config.batch_size, config.seed)
     batches = {k: jnp.asarray(v) for k, v in it.batches(0, steps_per_call).items()}
     key = jax.random.PRNGKey(1)
@@ -53,13 +62,87 @@ def train_steps_per_second(config, *, steps_per_call: int, calls: int = 20) -> f
     return steps_per_call / _median_seconds(run, calls)
 
 
+TORCHCFM_OT_CFM_STEPS_PER_SEC = (45.0, 60.0)  # measured on the project's 2-core CPU (issue 7)
+
+
+def _coupled_config(config, coupling: str, steps_per_call: int):
+    c = config.copy_and_resolve_references()
+    c.unlock()
+    c.batch_size = 256
+    c.model.hidden_sizes = (64, 64, 64)
+    c.data.name, c.source.name = "moons", "8gaussians"
+    c.coupling.name = coupling
+    c.steps_per_call = steps_per_call
+    c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = steps_per_call
+    return c
+
+
+def coupled_steps_per_second(config, *, couplings=couplings_lib.COUPLINGS,
+                             steps_per_call: int = 1, rounds: int = 20) -> dict:
+    """Steps/s of the train step with each coupling (torchcfm's setting, see `_coupled_config`).
+
+    Every variant is compiled first; then `rounds` rounds time one call of each in turn, and
+    each variant's figure is steps_per_call / its median call time (interleaving keeps the
+    ratios fair on a machine whose load changes).
+    """
+    runners = {}
+    for name in couplings:
+        c = _coupled_config(config, name, steps_per_call)
+        exp = train_lib.Experiment.from_config(c)
+        multi_step = exp.make_multi_step()
+        it = data_lib.BatchIterator(exp.source, c.batch_size, c.seed)
+        batches = {k: jnp.asarray(v) for k, v in it.batches(0, steps_per_call).items()}
+        holder = [jax.jit(exp.init_state)(jax.random.PRNGKey(0))]
+        key = jax.random.PRNGKey(1)
+
+        def run(holder=holder, multi_step=multi_step, batches=batches, key=key):
+            holder[0], m = multi_step(holder[0], batches, key)
+            return m["loss"]
+
+        jax.block_until_ready(run())
+        runners[name] = run
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t)
+    return {name: steps_per_call / statistics.median(t) for name, t in times.items()}
+
+
+def coupling_seconds(config, *, n: int = 256, num_batches: int = 8, repeats: int = 3) -> dict:
+    """Seconds per batch of the coupling alone (jitted `couplings.couple` on n moons points and
+    n 8gaussians draws; the mean over num_batches batches of the median of `repeats` calls),
+    and the auction's mean number of bidding rounds."""
+    settings = couplings_lib.CouplingSettings.from_config(config.get("coupling"))
+    kw = settings.kwargs()
+    out = {}
+    keys = [jax.random.PRNGKey(100 + i) for i in range(num_batches)]
+    batches = [(toy2d.moons(jax.random.fold_in(k, 0), n),
+                toy2d.eight_gaussians(jax.random.fold_in(k, 1), n),
+                jax.random.uniform(jax.random.fold_in(k, 2), (n,))) for k in keys]
+    for name in ("exact", "sinkhorn"):
+        fn = jax.jit(lambda x1, x0, u, name=name: couplings_lib.couple(
+            name, x1, x0, uniforms=u, **kw).index)
+        seconds = []
+        for x1, x0, u in batches:
+            seconds.append(_median_seconds(lambda: fn(x1, x0, u), repeats, min_time=0.0))
+        out[name] = float(np.mean(seconds))
+    rounds = jax.jit(lambda x1, x0: couplings_lib.exact_assignment(
+        couplings_lib.squared_distances(x1, x0), tolerance=settings.tolerance,
+        bidders=settings.bidders).rounds)
+    out["exact_rounds"] = float(np.mean([int(rounds(x1, x0)) for x1, x0, _ in batches]))
+    out["settings"] = kw
+    return out
+
+
 def integrator_overhead(config, *, num_points: int = 10_000, num_steps: int = 16,
                         methods=None, rtol: float = 1e-5, atol: float = 1e-5) -> list[dict]:
     """For each method: seconds per solve, NFE, and solve / (NFE x forward) on num_points points."""
     exp = train_lib.Experiment.from_config(config)
     params = jax.jit(exp.init_state)(jax.random.PRNGKey(0)).params
     apply_fn = lambda p, x, t, cond: exp.apply(p, x, t, cond)
-    x0 = jax.random.normal(jax.random.PRNGKey(2), (num_points, *exp.source.example_shape))
+    x0 = exp.sample_source(jax.random.PRNGKey(2), num_points)
     v = sampling.velocity_fn(apply_fn, params, exp.objective)
     forward = jax.jit(lambda x: v(jnp.float32(0.5), x))
     t_forward = _median_seconds(lambda: forward(x0), 30)
@@ -96,6 +179,28 @@ def run(config, *, quick: bool = False) -> dict:
             sps = train_steps_per_second(c, steps_per_call=k, calls=calls)
             out[f"train_steps_per_sec[{label}, k={k}]"] = sps
             print(f"  {label:<28} {k:>10} {sps:>10.0f}")
+
+    print("\ncoupled train steps/s: torchcfm's OT-CFM setting (batch 256, 64 x 3 network, moons "
+          "from 8gaussians);\n  median of interleaved compiled calls; torchcfm's OT-CFM: "
+          f"{TORCHCFM_OT_CFM_STEPS_PER_SEC[0]:.0f}-{TORCHCFM_OT_CFM_STEPS_PER_SEC[1]:.0f} steps/s")
+    print(f"  {'coupling':<12} {'steps/call':>10} {'steps/s':>9} {'cost vs uncoupled':>18} "
+          f"{'vs torchcfm OT-CFM':>19}")
+    for k in (1, 10):
+        sps = coupled_steps_per_second(config, steps_per_call=k, rounds=5 if quick else 20)
+        base = sps["independent"]
+        for name, value in sps.items():
+            out[f"coupled_steps_per_sec[{name}, k={k}]"] = value
+            lo, hi = (value / r for r in TORCHCFM_OT_CFM_STEPS_PER_SEC[::-1])
+            print(f"  {name:<12} {k:>10} {value:>9.0f} {base / value:>17.2f}x "
+                  f"{lo:>10.1f}-{hi:.1f}x")
+    alone = coupling_seconds(config, num_batches=2 if quick else 8, repeats=2 if quick else 5)
+    kw = alone["settings"]
+    print(f"  coupling alone per batch of 256: exact {alone['exact'] * 1e3:.2f} ms (tolerance "
+          f"{kw['tolerance']:g}, {alone['exact_rounds']:.0f} bidding rounds), sinkhorn "
+          f"{alone['sinkhorn'] * 1e3:.2f} ms (reg {kw['sinkhorn_reg']:g}, {kw['num_iters']} "
+          "iterations)")
+    out["coupling_ms[exact]"] = alone["exact"] * 1e3
+    out["coupling_ms[sinkhorn]"] = alone["sinkhorn"] * 1e3
 
     s = config.sampling
     n = 10_000

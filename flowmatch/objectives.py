@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from flowmatch import paths as paths_lib
 
-TIME_SAMPLERS = ("uniform", "logit_normal")
+TIME_SAMPLERS = ("uniform", "logit_normal", "zero")
 
 Predict = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -26,11 +26,15 @@ def sample_time(key, n: int, kind: str = "uniform", *, loc: float = 0.0, scale: 
 
     'uniform': U[0, 1).  'logit_normal': sigmoid(loc + scale * N(0, 1)) (Esser et al. 2024), which
     puts more weight on intermediate times.  Either is then mapped affinely onto [t_min, t_max].
+    'zero': every time is t_min: one-step distillation (Liu et al. 2023), which on paired data
+    and the cond-OT path with sigma_min = 0 fits v(x0, t_min = 0) = x1 - x0 (one Euler step).
     """
     if kind == "uniform":
         u = jax.random.uniform(key, (n,), dtype)
     elif kind == "logit_normal":
         u = jax.nn.sigmoid(loc + scale * jax.random.normal(key, (n,), dtype))
+    elif kind == "zero":
+        u = jnp.zeros((n,), dtype)
     else:
         raise ValueError(
             f"unknown time sampling {kind!r}; choose one of: {', '.join(TIME_SAMPLERS)} "
@@ -40,10 +44,13 @@ def sample_time(key, n: int, kind: str = "uniform", *, loc: float = 0.0, scale: 
 
 @dataclasses.dataclass(frozen=True)
 class FlowMatching:
-    """Conditional flow matching (Lipman et al. 2023; Liu et al. 2023; Albergo & Vanden-Eijnden 2023).
+    """Conditional flow matching (Lipman et al. 2023; Liu et al. 2023; Albergo & Vanden-Eijnden
+    2023).
 
-    loss = E_{t, x0 ~ N(0, I), x1 ~ data} || f(x_t, t) - target ||^2, averaged over elements,
-    where target is dx_t (prediction='velocity'), x1 ('x1') or x0 ('x0').
+    loss = E_{t, (x0, x1)} || f(x_t, t) - target ||^2, averaged over elements, where target is
+    dx_t (prediction='velocity'), x1 ('x1') or x0 ('x0'), and the pairs are x0 ~ N(0, I)
+    independent of x1 ~ data unless the caller passes x0 (a coupling, another source p0, pairs
+    from a file).
     """
 
     path: paths_lib.AffinePath
@@ -69,16 +76,31 @@ class FlowMatching:
                            scale=self.logit_normal_scale, t_min=self.t_min, t_max=self.t_max,
                            dtype=dtype)
 
-    def loss(self, predict: Predict, x1, key):
-        """Monte-Carlo flow-matching loss on a batch x1: [B, ...].  Returns (loss, aux)."""
+    def loss(self, predict: Predict, x1, key, x0=None):
+        """Monte-Carlo flow-matching loss on a batch x1: [B, ...].  Returns (loss, aux).
+
+        x0: [B, ...] the source samples paired with x1 (from a coupling, another source
+        distribution or a file of pairs); None draws x0 ~ N(0, I) from `key`.  Either way t is
+        drawn from the first half of jax.random.split(key) and x0 from the second
+        (`draw_noise`), so passing x0 = draw_noise(key, x1) changes nothing.
+        """
         key_t, key_x0 = jax.random.split(key)
         t = self.sample_time(key_t, x1.shape[0], x1.dtype)
-        x0 = jax.random.normal(key_x0, x1.shape, x1.dtype)
+        if x0 is None:
+            x0 = jax.random.normal(key_x0, x1.shape, x1.dtype)
+        elif x0.shape != x1.shape:
+            raise ValueError(f"x0 must have the shape of x1 {x1.shape}, got {x0.shape}")
+        x0 = x0.astype(x1.dtype)
         ps = self.path.sample(x0, x1, t)
         pred = predict(ps.x_t, t)
         err = jnp.square(pred.astype(jnp.float32) - self.path.target(ps, self.prediction))
         loss = jnp.mean(err)
         return loss, {"loss": loss}
+
+    @staticmethod
+    def draw_noise(key, x1):
+        """The x0 ~ N(0, I) that `loss(predict, x1, key)` draws itself: [B, ...] like x1."""
+        return jax.random.normal(jax.random.split(key)[1], x1.shape, x1.dtype)
 
     def velocity(self, pred, x_t, t):
         """The velocity implied by this objective's prediction (for ODE sampling)."""

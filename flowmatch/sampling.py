@@ -34,7 +34,8 @@ def velocity_fn(apply_fn: Callable, params: Any, objective, cond=None) -> Callab
 def solve_from_noise(apply_fn: Callable, params: Any, objective, x0, *, method: str,
                      num_steps: int | None = None, rtol: float | None = None,
                      atol: float | None = None, time_grid=None, cond=None):
-    """Integrates the learned flow from x0 (noise, t = 0) to t = 1.  Returns an integrators.Solution."""
+    """Integrates the learned flow from x0 (source samples, t = 0) to t = 1.  Returns an
+    integrators.Solution."""
     v = velocity_fn(apply_fn, params, objective, cond)
     return integrators.solve(v, x0, method=method, num_steps=num_steps, time_grid=time_grid,
                              rtol=rtol, atol=atol)
@@ -42,18 +43,24 @@ def solve_from_noise(apply_fn: Callable, params: Any, objective, x0, *, method: 
 
 def make_sampler(apply_fn: Callable, objective, example_shape: Sequence[int], *, method: str,
                  num_steps: int | None = None, rtol: float | None = None,
-                 atol: float | None = None, dtype=jnp.float32):
+                 atol: float | None = None, dtype=jnp.float32,
+                 source_sample: Callable | None = None):
     """A jitted `sample(params, key, n, cond=None) -> (x [n, *example_shape], nfe)`.
 
-    Noise x0 ~ N(0, I) is drawn from `key`; the solver runs as one XLA program.  Tolerances only
-    for adaptive methods (the integrator checks the combination and says what to pass).
+    x0 is drawn from `key`: N(0, I), or source_sample(key, n) -> [n, *example_shape] for another
+    source distribution (e.g. `flowmatch.sources.SourceDistribution.sample`); the solver runs as
+    one XLA program.  Tolerances only for adaptive methods (the integrator checks the
+    combination and says what to pass).
     """
     # Validate the method / step / tolerance combination now, on the host, not at first trace.
     integrators.check_arguments(method, num_steps=num_steps, time_grid=None, rtol=rtol, atol=atol)
 
     @functools.partial(jax.jit, static_argnums=(2,))
     def sample(params, key, n, cond=None):
-        x0 = jax.random.normal(key, (n, *example_shape), dtype)
+        if source_sample is None:
+            x0 = jax.random.normal(key, (n, *example_shape), dtype)
+        else:
+            x0 = jnp.asarray(source_sample(key, n), dtype)
         sol = solve_from_noise(apply_fn, params, objective, x0, method=method, num_steps=num_steps,
                                rtol=rtol, atol=atol, cond=cond)
         return sol.x, sol.nfe, sol.success

@@ -1,4 +1,6 @@
-"""Speed figures: train steps/s of the 2-D MLPs and the integrators' overhead over the network.
+"""Speed figures: train steps/s of the 2-D MLPs, of the OT-coupled train step (exact and Sinkhorn
+couplings vs the uncoupled step, at torchcfm's OT-CFM setting) and the integrators' overhead over
+the network.
 
   python scripts/benchmark.py [--config=configs/checkerboard.py] [--quick] [--output=bench.json]
 """

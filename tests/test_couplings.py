@@ -1,0 +1,394 @@
+"""Minibatch couplings and source distributions: the auction against scipy's optimum, Sinkhorn
+marginals and sampling, classes, the trainer's pairing (same pairs on 1 and 8 devices, jit and
+pmap), and training from a non-normal source with each coupling.
+
+Multi-device runs happen in a subprocess running this file as a script (the device count of a
+process is fixed when JAX starts), as in tests/test_parallel.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.optimize
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _points(rng, n, d, shift=0.0):
+    return (rng.normal(size=(n, d)) + shift).astype(np.float32)
+
+
+def _optimum(cost):
+    cost = np.asarray(cost, np.float64)
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    return cost[rows, cols].sum(), cols
+
+
+# -- exact assignment ----------------------------------------------------------------------------
+
+
+def test_exact_assignment_reaches_scipys_optimum():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(0)
+    solve = jax.jit(couplings.exact_assignment)
+    same = 0
+    cases = [(n, d) for n, d in ((3, 2), (64, 2), (64, 10), (256, 2)) for _ in range(2)]
+    for n, d in cases:
+        x1, x0 = _points(rng, n, d), _points(rng, n, d, shift=1.0)
+        cost = np.asarray(couplings.squared_distances(x1, x0), np.float64)
+        result = solve(cost.astype(np.float32))
+        index = np.asarray(result.index)
+        assert sorted(index) == list(range(n)), (n, d)  # a permutation
+        assert bool(result.converged)
+        best, cols = _optimum(cost)
+        ours = cost[np.arange(n), index].sum()
+        # The stated guarantee: mean pair cost within tolerance x (max C - min C) of the optimum
+        # (plus float32 round-off of the costs themselves).
+        bound = couplings.DEFAULT_TOLERANCE * (cost.max() - cost.min()) + 1e-6 * cost.mean()
+        assert (ours - best) / n <= bound, (n, d, ours, best)
+        same += bool(np.array_equal(index, cols))
+    assert same >= len(cases) - 2  # in practice the very permutation scipy finds
+
+
+def test_exact_assignment_degenerate_inputs():
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    solve = jax.jit(couplings.exact_assignment)
+    one = solve(jnp.ones((1, 1)))
+    assert list(np.asarray(one.index)) == [0] and bool(one.converged)
+    # All costs equal (identical points): any permutation is optimal; it must be one.
+    ties = solve(jnp.zeros((16, 16)))
+    assert sorted(np.asarray(ties.index)) == list(range(16)) and bool(ties.converged)
+    # NaN input: still a permutation, flagged as not converged.
+    bad = jax.jit(lambda a, b: couplings.couple("exact", a, b))(jnp.full((8, 2), jnp.nan),
+                                                                jnp.zeros((8, 2)))
+    assert sorted(np.asarray(bad.index)) == list(range(8)) and not bool(bad.converged)
+
+
+def test_per_class_pairs_stay_in_their_class_and_are_optimal_within_it():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(1)
+    n = 48
+    x1, x0 = _points(rng, n, 2), _points(rng, n, 2)
+    labels = rng.integers(0, 4, n)
+    uniforms = rng.uniform(size=n)
+    index = {}
+    for name in ("exact", "sinkhorn"):
+        pair = jax.jit(lambda a, b, y, u, name=name: couplings.couple(
+            name, a, b, labels=y, uniforms=u).index)
+        index[name] = np.asarray(pair(x1, x0, jnp.asarray(labels), jnp.asarray(uniforms)))
+        assert np.array_equal(labels[index[name]], labels), name
+    cost = np.asarray(couplings.squared_distances(x1, x0), np.float64)
+    index = index["exact"]
+    for k in range(4):  # the optimum of each class's own problem
+        rows = np.flatnonzero(labels == k)
+        best, _ = _optimum(cost[np.ix_(rows, rows)])
+        assert cost[rows, index[rows]].sum() <= best + 1e-4
+
+
+# -- Sinkhorn --------------------------------------------------------------------------------------
+
+
+def test_sinkhorn_marginals_and_convergence_to_the_exact_plan():
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(2)
+    n = 32
+    cost = couplings.squared_distances(_points(rng, n, 2), _points(rng, n, 2, 0.5))
+    plan = couplings.sinkhorn(cost, reg=0.05, num_iters=200)
+    p = np.exp(np.asarray(plan.log_plan, np.float64))
+    np.testing.assert_allclose(plan.plan, p, rtol=1e-4, atol=1e-12)  # scaling form = log form
+    np.testing.assert_allclose(p.sum(1), np.full(n, 1 / n), rtol=1e-4)  # fitted last: exact
+    np.testing.assert_allclose(p.sum(0), np.full(n, 1 / n), rtol=1e-3)
+    assert float(plan.marginal_error) < 1e-3
+    best, _ = _optimum(cost)
+    c = np.asarray(cost, np.float64)
+    transport = [float((np.exp(np.asarray(couplings.sinkhorn(cost, reg=r, num_iters=k).log_plan,
+                                          np.float64)) * c).sum() * n)
+                 for r, k in ((0.1, 100), (0.01, 300), (0.001, 3000))]
+    # Smaller reg: closer to the optimal transport cost, from above.
+    assert transport[0] > transport[1] > transport[2] >= best * (1 - 1e-4)
+    assert transport[2] < best * 1.05
+    # Forbidden (infinite) entries get no mass.
+    masked = couplings.sinkhorn(couplings.class_cost(cost, jnp.arange(n) % 2), reg=0.05,
+                                num_iters=50)
+    p = np.exp(np.asarray(masked.log_plan))
+    assert p[np.arange(n)[:, None] % 2 != np.arange(n)[None, :] % 2].max() == 0.0
+    np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-4)
+
+
+def test_sample_rows_draws_from_each_rows_conditional():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.0, 0.5]])
+    m = 20_000
+    u = jax.random.uniform(jax.random.PRNGKey(0), (m,))
+    draws = np.asarray(couplings.sample_rows(jnp.asarray(np.repeat(probs, m // 2, 0)), u))
+    for row in range(2):
+        freq = np.bincount(draws[row * m // 2:(row + 1) * m // 2], minlength=3) / (m // 2)
+        np.testing.assert_allclose(freq, probs[row], atol=0.015)
+    assert not np.any(draws[m // 2:] == 1)  # zero mass is never drawn
+
+
+def test_couplings_lower_the_mean_pair_cost():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    n = 128
+    x1 = toy2d.moons(jax.random.PRNGKey(0), n)
+    x0 = toy2d.eight_gaussians(jax.random.PRNGKey(1), n)
+    u = jax.random.uniform(jax.random.PRNGKey(2), (n,))
+    cost = {name: float(jax.jit(lambda a, b, v, name=name: couplings.couple(
+        name, a, b, uniforms=v, num_iters=100).cost)(x1, x0, u)) for name in couplings.COUPLINGS}
+    best, _ = _optimum(couplings.squared_distances(x1, x0))
+    assert cost["independent"] > 2 * cost["sinkhorn"]
+    assert cost["sinkhorn"] > cost["exact"] * (1 - 1e-6)
+    np.testing.assert_allclose(cost["exact"], best / n, rtol=1e-5)
+
+
+def test_bad_coupling_arguments_say_what_to_do():
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ValueError, match="unknown coupling 'ot'; choose one of: independent"):
+        couplings.couple("ot", np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="pass uniforms"):
+        couplings.couple("sinkhorn", np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="square cost"):
+        couplings.exact_assignment(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="coupling.scope"):
+        couplings.CouplingSettings.from_config({"scope": "world"})
+    with pytest.raises(ValueError, match=r"unknown coupling setting\(s\) \['reg'\]"):
+        couplings.CouplingSettings.from_config({"reg": 0.1})
+
+
+# -- sources ---------------------------------------------------------------------------------------
+
+
+def test_source_densities_and_samples():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import sources  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    key = jax.random.PRNGKey(0)
+    p0 = sources.SourceDistribution("8gaussians", scale=0.5)
+    np.testing.assert_array_equal(p0.sample(key, 64), 0.5 * toy2d.eight_gaussians(key, 64))
+    # Densities integrate to 1 (a fine grid over the support).
+    g = np.linspace(-6, 6, 241, dtype=np.float32)
+    grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2))
+    cell = (g[1] - g[0]) ** 2
+    for p in (p0, sources.SourceDistribution("normal", scale=1.5)):  # jitted (as compare.py)
+        assert abs(float(jnp.sum(jnp.exp(jax.jit(p.log_prob)(grid)))) * cell - 1.0) < 2e-3, p
+    z = np.array([[0.3, -1.2]], np.float32)
+    np.testing.assert_allclose(sources.SourceDistribution("normal", example_shape=(2,))
+                               .log_prob(z), -0.5 * (z**2).sum() - np.log(2 * np.pi), rtol=1e-6)
+    with pytest.raises(ValueError, match="no tractable density"):
+        sources.SourceDistribution("moons").log_prob(z)
+    with pytest.raises(ValueError, match="2-D data set, but the data's examples have shape"):
+        sources.SourceDistribution("8gaussians", example_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match="unknown source distribution 'uniform'"):
+        sources.SourceDistribution("uniform")
+
+
+# -- the trainer -----------------------------------------------------------------------------------
+
+
+def small_config(**overrides):
+    config = load_config("moons")
+    config.batch_size = 32
+    config.model.hidden_sizes = (32, 32)
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
+
+
+def test_default_pairing_gives_the_loss_of_the_noise_the_loss_draws_itself():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    exp = train.Experiment.from_config(small_config())
+    params = exp.init_state(jax.random.PRNGKey(0)).params
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(1), (32, 2)),
+             "label": jnp.zeros((32,), jnp.int32)}
+    idx, key = jnp.arange(32, dtype=jnp.int32), jax.random.PRNGKey(2)
+    paired = jax.jit(exp.pair_batch)(batch, idx, key)
+    loss = jax.jit(exp.batch_loss)
+    plain, _ = loss(params, batch, idx, key)
+    with_x0, aux = loss(params, paired, idx, key)
+    assert float(plain) == float(with_x0)  # bit for bit: runs without coupling are unchanged
+    np.testing.assert_allclose(aux["pair_cost"],
+                               np.mean(np.sum((paired["x0"] - batch["x"]) ** 2, 1)), rtol=1e-5)
+    # x0 that comes with the batch (pairs from a file) is used as it is.
+    given = dict(batch, x0=jnp.ones((32, 2)))
+    assert exp.pair_batch(given, idx, key) is given
+    assert float(loss(params, given, idx, key)[0]) != float(plain)
+
+
+def test_per_class_pairing_of_labelled_images_in_the_trainer():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    config = load_config("digits")
+    config.coupling.name, config.coupling.per_class = "exact", True
+    exp = train.Experiment.from_config(config)
+    b = 24
+    labels = jnp.arange(b, dtype=jnp.int32) % 3
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(0), (b, *exp.source.example_shape)),
+             "label": labels}
+    idx, key = jnp.arange(b, dtype=jnp.int32), jax.random.PRNGKey(1)
+    drawn = np.asarray(jax.jit(exp.draw_source)(batch, idx, key)).reshape(b, -1)
+    paired = np.asarray(jax.jit(exp.pair_batch)(batch, idx, key)["x0"]).reshape(b, -1)
+    for k in range(3):  # each class's rows get a permutation of that class's draws
+        rows = np.flatnonzero(np.asarray(labels) == k)
+        assert sorted(map(tuple, paired[rows])) == sorted(map(tuple, drawn[rows]))
+    assert not np.array_equal(paired, drawn)
+
+
+@pytest.mark.parametrize("coupling", ["sinkhorn"])  # exact: test_reproduce_ot_smoke_...
+def test_training_from_8gaussians_with_a_coupling(coupling, tmp_path):
+    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    config = small_config(**{"coupling.name": coupling, "source.name": "8gaussians"})
+    state = train.train_and_evaluate(config, str(tmp_path))
+    rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert int(state.step) == config.num_train_steps
+    assert all(np.isfinite(r["loss"]) and r["pair_cost"] > 0 for r in rows)
+    assert np.isfinite(rows[-1]["w2"])
+    exp = train.Experiment.from_config(config)
+    import jax  # pylint: disable=g-import-not-at-top
+    x, _, ok = exp.make_sampler("euler", 1)(state.ema_params, jax.random.PRNGKey(0), 16)
+    assert bool(ok) and x.shape == (16, 2)
+
+
+@pytest.mark.slow
+def test_reproduce_ot_smoke_writes_the_table(tmp_path):
+    from flowmatch import reproduce_ot  # pylint: disable=g-import-not-at-top
+    config = load_config("ot_8gaussians_moons")
+    config.reproduce.seeds = (0,)
+    report = reproduce_ot.reproduce(config, str(tmp_path))
+    assert [(r["coupling"], r["seed"]) for r in report["runs"]] == [("independent", 0),
+                                                                     ("exact", 0)]
+    for row in report["runs"]:
+        assert row["success_euler"] and row["nfe_euler"] == 1 and np.isfinite(row["w2_euler"])
+        np.testing.assert_allclose(row["w2sq_adaptive"], row["w2_adaptive"] ** 2)
+    # The OT run pairs its batches at a lower cost than independent draws.
+    assert report["runs"][1]["pair_cost"] < report["runs"][0]["pair_cost"]
+    table = (tmp_path / "ot_reproduction.md").read_text()
+    assert "| exact | 1 |" in table and "6.232" in table
+    # Running again keeps the finished runs.
+    again = reproduce_ot.reproduce(config, str(tmp_path))
+    assert again["runs"] == report["runs"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"objective.name": "ddpm", "objective.prediction": "eps", "coupling.name": "exact"},
+     "needs coupling.name='independent'"),
+    ({"objective.name": "ddpm", "objective.prediction": "eps", "source.name": "8gaussians"},
+     "source.name='normal'"),
+    ({"coupling.per_class": True}, "has no labels; set coupling.per_class=False"),
+    ({"coupling.name": "hungarian"}, "unknown coupling.name 'hungarian'"),
+    ({"source.name": "gaussian"}, "unknown source distribution 'gaussian'"),
+])
+def test_bad_coupling_or_source_configs_fail_before_compiling(overrides, match):
+    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    with pytest.raises(train.ConfigError, match=match):
+        train.Experiment.from_config(small_config(**overrides))
+
+
+# -- 1 vs 8 devices (subprocess) -------------------------------------------------------------------
+
+
+def worker(out):
+    """On 8 simulated devices: the paired x0 of one global batch under each coupling, scope and
+    parallel mode, with the 1-device result alongside; writes <out>/pairs.npz."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings, parallel, train  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    b = 32
+    x1 = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (b, 2)) + 1.0)
+    batch = {"x": x1, "label": np.zeros((b,), np.int32)}
+    key = jax.random.PRNGKey(2)
+    results = {}
+    runs = [("exact", "global", m) for m in ("one", "sharding", "pmap")] + [
+        ("exact", "local", "sharding")] + [
+        ("sinkhorn", "global", m) for m in ("one", "sharding", "pmap")]
+    for coupling, scope, mode in runs:
+        config = small_config(**{"coupling.name": coupling, "coupling.scope": scope,
+                                 "source.name": "8gaussians", "batch_size": b,
+                                 "parallel.data_axis_size": 1 if mode == "one" else -1,
+                                 "parallel.mode": "pmap" if mode == "pmap" else "sharding"})
+        exp = train.Experiment.from_config(config)
+        plan = exp.plan
+        if mode == "pmap":
+            rows = b // plan.num_shards
+            fn = jax.pmap(lambda bt, first, exp=exp, rows=rows: exp.pair_batch(
+                bt, first + jnp.arange(rows, dtype=jnp.int32), key)["x0"],
+                axis_name=parallel.DATA_AXIS, devices=plan.devices)
+            stacked = plan.put_batches(jax.tree.map(lambda v: v[None], batch))
+            x0 = fn(jax.tree.map(lambda v: v[:, 0], stacked),
+                    plan.shard_offsets(rows)).reshape(b, 2)
+        else:
+            fn = jax.jit(lambda bt, exp=exp: exp.pair_batch(
+                bt, jnp.arange(b, dtype=jnp.int32), key)["x0"],
+                in_shardings=(plan.batch_sharding(),))
+            x0 = fn(jax.tree.map(lambda v: jax.device_put(v, plan.batch_sharding()), batch))
+        results[f"{coupling}-{scope}-{mode}"] = np.asarray(x0)
+        results[f"devices-{coupling}-{scope}-{mode}"] = np.int32(plan.num_shards)
+    # The unpaired draws, for the local-scope check.
+    exp = train.Experiment.from_config(small_config(**{
+        "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1}))
+    results["independent"] = np.asarray(exp.pair_batch(
+        batch, jnp.arange(b, dtype=jnp.int32), key)["x0"])
+    results["exact_cost_pieces"] = np.asarray([float(couplings.couple(
+        "exact", x1[s * 4:(s + 1) * 4], results["independent"][s * 4:(s + 1) * 4]).cost)
+        for s in range(8)])
+    np.savez(os.path.join(out, "pairs.npz"), x1=x1, **results)
+
+
+@pytest.fixture(scope="module")
+def eight_device_pairs(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pairs"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps({"out": out})],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    with np.load(os.path.join(out, "pairs.npz")) as f:
+        return dict(f)
+
+
+@pytest.mark.parametrize("coupling", ["exact", "sinkhorn"])
+def test_global_scope_gives_the_same_pairs_on_one_and_eight_devices(eight_device_pairs,
+                                                                     coupling):
+    r = eight_device_pairs
+    one = r[f"{coupling}-global-one"]
+    assert r[f"devices-{coupling}-global-sharding"] == 8
+    np.testing.assert_array_equal(r[f"{coupling}-global-sharding"], one)
+    np.testing.assert_array_equal(r[f"{coupling}-global-pmap"], one)
+    if coupling == "exact":  # a permutation of the same draws
+        np.testing.assert_array_equal(np.sort(one, 0), np.sort(r["independent"], 0))
+
+
+def test_local_scope_pairs_within_each_devices_rows(eight_device_pairs):
+    r = eight_device_pairs
+    ind, local, x1 = r["independent"], r["exact-local-sharding"], r["x1"]
+    for s in range(8):  # each device's 4 rows: a permutation of its own draws, optimal there
+        rows = slice(s * 4, (s + 1) * 4)
+        np.testing.assert_array_equal(np.sort(local[rows], 0), np.sort(ind[rows], 0))
+        cost = np.mean(np.sum((local[rows] - x1[rows]) ** 2, 1))
+        np.testing.assert_allclose(cost, r["exact_cost_pieces"][s], rtol=1e-5)
+    assert not np.array_equal(local, r["exact-global-one"])
+
+
+if __name__ == "__main__":
+    worker(json.loads(sys.argv[1])["out"])
