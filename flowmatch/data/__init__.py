@@ -15,6 +15,9 @@ from flowmatch.data.pipeline import BatchIterator
 from flowmatch.data.pipeline import ImageSource
 from flowmatch.data.pipeline import ToySource
 from flowmatch.data.pipeline import make_source
+from flowmatch.data.pairs import PairSource
+from flowmatch.data.pairs import load_pairs
+from flowmatch.data.pairs import save_pairs
 from flowmatch.data.toy2d import TOY_DATASETS
 from flowmatch.data.toy2d import ToySpec
 from flowmatch.data.toy2d import checkerboard
@@ -29,8 +32,8 @@ from flowmatch.data.toy2d import toy_spec
 
 __all__ = [
     "BatchIterator", "DATASETS", "IMAGE_DATASETS", "ImageDataset", "ImageDatasetInfo",
-    "ImageSource", "TOY_DATASETS", "ToySource", "ToySpec", "checkerboard", "circles",
-    "eight_gaussians", "load_cifar10", "load_digits", "load_image_dataset", "load_image_folder",
-    "load_mnist", "make_source", "moons", "sample_toy", "spirals", "swissroll", "toy_box",
-    "toy_spec",
+    "ImageSource", "PairSource", "TOY_DATASETS", "ToySource", "ToySpec", "checkerboard",
+    "circles", "eight_gaussians", "load_cifar10", "load_digits", "load_image_dataset",
+    "load_image_folder", "load_mnist", "load_pairs", "make_source", "moons", "sample_toy",
+    "save_pairs", "spirals", "swissroll", "toy_box", "toy_spec",
 ]

@@ -8,7 +8,9 @@ multi-host run computes the same global batch and keeps its own rows:
 - images: an endless stream over epochs.  Global example position p = i * batch_size + j lies in
   epoch e = p // N and is example ``perm_e[p % N]`` with ``perm_e =
   np.random.default_rng([seed, e]).permutation(N)``; with ``random_flip`` it is mirrored left-right
-  iff ``np.random.default_rng([seed, e, 1]).integers(0, 2, N)[p % N] == 1``.
+  iff ``np.random.default_rng([seed, e, 1]).integers(0, 2, N)[p % N] == 1``;
+- pairs (``flowmatch.data.pairs``, the data of reflow): the same epoch stream over N (x0, x1)
+  pairs, without flips; their batches also carry ``"x0"``.
 
 Process k of P gets rows [k B / P, (k + 1) B / P) of each global batch, so the processes' rows
 concatenated in process order are exactly the single-process batch.
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowmatch.data import images as images_lib
+from flowmatch.data import pairs as pairs_lib
 from flowmatch.data import toy2d
 
 DATASETS: tuple[str, ...] = tuple(toy2d.TOY_DATASETS) + tuple(images_lib.IMAGE_DATASETS)
@@ -156,17 +159,21 @@ def make_source(
     channels: int = 3,
     random_flip: bool = False,
     skip_bad: bool = False,
-) -> ToySource | ImageSource:
+) -> ToySource | ImageSource | pairs_lib.PairSource:
     """The data source ``name`` (one of :data:`DATASETS`).
 
     Toy datasets ignore every other argument.  Image datasets load ``split`` into memory;
     ``path`` (``""`` counts as unset) is required for cifar10 / image_folder, ``image_size``
-    (``0`` counts as unset) for image_folder; ``channels`` and ``skip_bad`` apply to image folders.
+    (``0`` counts as unset) for image_folder; ``channels`` applies to image folders,
+    ``skip_bad`` (leave unreadable files out, counted) to image folders and cifar10.
+    ``"pairs"`` loads the (x0, x1) pairs in the directory ``path`` (`pairs.load_pairs`).
     """
     if name in toy2d.TOY_DATASETS:
         return ToySource(name)
+    if name == "pairs":  # (x0, x1) pairs written by flowmatch.reflow: data.path is their directory
+        return pairs_lib.load_pairs(path)
     if name not in images_lib.IMAGE_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, pairs")
     info = images_lib.IMAGE_DATASETS[name]
     path = path if path not in (None, "") else None
     image_size = image_size or None
@@ -211,8 +218,8 @@ class BatchIterator:
     ``next(it)`` returns ``it.batch(it.index)`` and advances; ``state()`` / ``restore(state)``
     save and set ``{"index": int}``, the number of global batches consumed.  Batches are dicts:
     ``"x"`` float32 [local_batch, *example_shape], ``"label"`` int32 [local_batch] (zeros for toy
-    data), with local_batch = batch_size / process_count.  Toy batches are jax arrays computed
-    under jit; image batches are NumPy arrays.
+    data), with local_batch = batch_size / process_count, and for pairs ``"x0"`` like ``"x"``.
+    Toy batches are jax arrays computed under jit; image and pair batches are NumPy arrays.
     """
 
     def __init__(self, source, batch_size: int, seed: int, index: int = 0,
@@ -236,7 +243,9 @@ class BatchIterator:
         self._lo = self.process_index * self.local_batch_size
         self._hi = self._lo + self.local_batch_size
         self.index = self._check_index(index)
-        if source.kind == "toy2d":
+        # Toy sources sample fresh points on device; finite sets (images, pairs) serve examples.
+        self._fresh = not hasattr(source, "examples")
+        if self._fresh:
             self._single, self._many = _toy_batch_fns(
                 source.sample, self.batch_size, self._lo, self._hi)
 
@@ -254,7 +263,7 @@ class BatchIterator:
     def batch(self, i: int) -> dict[str, Any]:
         """Global batch ``i`` (this process's rows), a pure function of (seed, i)."""
         i = self._check_index(i)
-        if self.source.kind == "toy2d":
+        if self._fresh:
             return self._single(self.seed, i)
         return self.source.examples(self.seed, self._image_positions(i, 1))
 
@@ -263,7 +272,7 @@ class BatchIterator:
         i = self._check_index(i)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"number of batches k must be a positive int, got {k!r}")
-        if self.source.kind == "toy2d":
+        if self._fresh:
             return self._many(self.seed, i, int(k))
         out = self.source.examples(self.seed, self._image_positions(i, k))
         return {name: v.reshape(k, self.local_batch_size, *v.shape[1:]) for name, v in out.items()}
