@@ -11,6 +11,14 @@ tv / w2 of `metrics.metrics_2d` against fresh reference data; for images only wh
 `quality_fn` is passed (until an image metric exists, image rows carry traj_error only).
 Optionally (2-D, nll=True) the mean NLL of fresh data points with the same integrator.
 
+Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s straightness,
+the path energy ratio PE / E||x(1) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised path
+energy, from the path energy integrated alongside x by the same method and steps (fixed grids:
+in the timed solve itself, no extra evaluations; adaptive rows: a second solve at the same
+tolerance with the energy in the state).  Exposure-bias corrections
+(`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid solve,
+marked in the `correction` column ('none' otherwise).
+
     rows = compare_integrators("runs/checkerboard", "runs/checkerboard/compare")
 
 writes integrators.json, integrators.csv (the rows) and integrators.png (panels against NFE,
@@ -39,6 +47,9 @@ from flowmatch import integrators
 from flowmatch import likelihood
 from flowmatch import metrics as metrics_lib
 from flowmatch import sampling
+from flowmatch.diagnostics import exposure
+from flowmatch.diagnostics import runs as diag_runs
+from flowmatch.diagnostics import straightness
 from flowmatch.train import ConfigError
 
 DEFAULT_METHODS = ("euler", "heun", "rk4", "dopri5")
@@ -49,8 +60,12 @@ REFERENCE_TOL = 1e-7
 # The reference runs at a tolerance near float32 resolution: allow it many more steps.
 REFERENCE_MAX_STEPS = 100_000
 
-FIELDS = ("method", "kind", "budget", "num_steps", "nfe", "rtol", "atol", "metric", "value",
-          "traj_error", "seconds", "success")
+FIELDS = ("method", "kind", "correction", "budget", "num_steps", "nfe", "rtol", "atol", "metric",
+          "value", "traj_error", "straightness", "energy_ratio", "npe", "seconds", "success")
+PATH_METRICS = ("straightness", "energy_ratio", "npe")
+NO_CORRECTION = "none"
+# Samples of the forward process (and of the pilot solves) that calibrate time-shifted sampling.
+CALIBRATION_SAMPLES = 4096
 FILENAME = "integrators"
 
 
@@ -113,32 +128,76 @@ def _traj_error(x, ref) -> float:
 
 class _Runner:
     """Solves from the fixed noise x0 in equal chunks; one jitted solver per (method, grid or
-    tolerance), results cached so a repeated configuration (e.g. the reference) runs once."""
+    tolerance, correction), results cached so a repeated configuration (e.g. the reference) runs
+    once.  With path_metrics, also the path energy of every solve (see the module docstring)."""
 
-    def __init__(self, exp, params, x0: np.ndarray, cond: np.ndarray | None, chunk_size: int):
+    def __init__(self, exp, params, x0: np.ndarray, cond: np.ndarray | None, chunk_size: int,
+                 path_metrics: bool = True, time_shift=None):
         self.exp, self.params = exp, params
         self.chunks = [(jnp.asarray(x0[i]), None if cond is None else jnp.asarray(cond[i]), k)
                        for i, k in _chunks(x0.shape[0], chunk_size)]
+        self.path_metrics = path_metrics
+        self.time_shift = time_shift  # (method, num_steps) -> evaluation times [num_steps]
         self.cache = {}
 
-    def _solver(self, method, num_steps, tol, max_steps):
+    def _velocity(self, params, cond, correction):
         apply_fn = lambda params, x, t, cond: self.exp.apply(params, x, t, cond)
+        v = sampling.velocity_fn(apply_fn, params, self.exp.objective, cond)
+        if correction is not None and correction.kind == "eps_scale":
+            v = exposure.scale_noise(v, exposure.model_path(self.exp.objective), correction.scale)
+        return v
+
+    def _solver(self, method, num_steps, tol, max_steps, correction):
+        """jitted (params, x0, cond) -> (x, nfe, accepted steps, success, energy or None)."""
+        shifted = correction is not None and correction.kind == "time_shift"
+        with_energy = self.path_metrics and tol is None and not shifted
+        eval_times = self.time_shift(method, num_steps) if shifted else None
+        grid = exposure.uniform_grid(num_steps) if shifted else None
 
         @jax.jit
         def run(params, x0, cond):
-            v = sampling.velocity_fn(apply_fn, params, self.exp.objective, cond)
-            sol = integrators.solve(v, x0, method=method, num_steps=num_steps, rtol=tol, atol=tol,
-                                    max_steps=max_steps)
-            return sol.x, sol.nfe, sol.num_accepted, sol.success
+            v = self._velocity(params, cond, correction)
+            if eval_times is not None:
+                x, nfe = exposure.time_shifted_solve(
+                    v, x0, method=method, grid=grid, eval_times=eval_times)
+                return (x, jnp.asarray(nfe, jnp.int32), jnp.asarray(num_steps, jnp.int32),
+                        jnp.all(jnp.isfinite(x)), None)
+            kwargs = dict(method=method, num_steps=num_steps, rtol=tol, atol=tol,
+                          max_steps=max_steps)
+            if with_energy:
+                sol = straightness.solve_with_energy(v, x0, **kwargs)
+                (x, energy) = sol.x
+            else:
+                sol = integrators.solve(v, x0, **kwargs)
+                x, energy = sol.x, None
+            return x, sol.nfe, sol.num_accepted, sol.success, energy
 
         return run
 
-    def __call__(self, method: str, *, num_steps=None, tol=None, max_steps=4096) -> dict:
+    def _energy_solver(self, method, tol, max_steps, correction):
+        """Adaptive rows: a separate jitted solve with the energy in the state -> energy [B]."""
+
+        @jax.jit
+        def run(params, x0, cond):
+            v = self._velocity(params, cond, correction)
+            sol = straightness.solve_with_energy(v, x0, method=method, rtol=tol, atol=tol,
+                                                 max_steps=max_steps)
+            return sol.x[1]
+
+        return run
+
+    def __call__(self, method: str, *, num_steps=None, tol=None, max_steps=4096,
+                 correction=NO_CORRECTION) -> dict:
         """{"x": float32 [n, ...], "nfe", "num_steps" (max over chunks), "success",
-        "seconds" (all chunks, compiled: after one warm-up call)}."""
-        key = (method, num_steps, tol, max_steps)
+        "seconds" (all chunks, compiled: after one warm-up call), "energy" (float64 [n] path
+        energies, or None)}."""
+        correction = None if correction == NO_CORRECTION else exposure.parse_correction(correction)
+        if correction is not None and correction.kind == "time_shift" and num_steps is None:
+            raise ConfigError("time_shift corrects fixed-grid solves only (it shifts grid times)")
+        key = (method, num_steps, tol, max_steps, NO_CORRECTION if correction is None else
+               correction.name)
         if key not in self.cache:
-            run = self._solver(method, num_steps, tol, max_steps)
+            run = self._solver(method, num_steps, tol, max_steps, correction)
             x0, cond, _ = self.chunks[0]
             jax.block_until_ready(run(self.params, x0, cond))  # compile (and warm up)
             start = time.perf_counter()
@@ -147,10 +206,19 @@ class _Runner:
             seconds = time.perf_counter() - start
             x = np.concatenate([np.asarray(o[0], np.float32)[:k]
                                 for o, (_, _, k) in zip(outs, self.chunks)])
+            energies = [o[4] for o in outs]
+            if self.path_metrics and tol is not None:
+                energy_run = self._energy_solver(method, tol, max_steps, correction)
+                energies = [energy_run(self.params, x0, cond) for x0, cond, _ in self.chunks]
+            energy = None
+            if energies[0] is not None:
+                energy = np.concatenate([np.asarray(e, np.float64)[:k]
+                                         for e, (_, _, k) in zip(energies, self.chunks)])
             self.cache[key] = {
                 "x": x, "nfe": max(int(o[1]) for o in outs),
                 "num_steps": max(int(o[2]) for o in outs),
-                "success": all(bool(o[3]) for o in outs), "seconds": seconds}
+                "success": all(bool(o[3]) for o in outs), "seconds": seconds,
+                "energy": energy}
         return self.cache[key]
 
 
@@ -172,9 +240,12 @@ class _NLL:
             @jax.jit
             def run(params, x):
                 v = sampling.velocity_fn(apply_fn, params, self.exp.objective)
-                return likelihood.log_likelihood(v, x, method=method, num_steps=num_steps,
-                                                 rtol=tol, atol=tol, max_steps=max_steps,
-                                                 divergence="exact")
+                res = likelihood.log_likelihood(v, x, method=method, num_steps=num_steps,
+                                                rtol=tol, atol=tol, max_steps=max_steps,
+                                                divergence="exact", return_solution=True)
+                # log p1(x) = log p0(z) + delta, with the run's source p0 (N(0, I) by default).
+                logp = self.exp.source_dist.log_prob(res.z) + res.delta_logp
+                return jnp.where(res.success, logp, jnp.nan)
 
             logp = np.concatenate([np.asarray(run(self.params, x), np.float64)[:k]
                                    for x, k in self.chunks])
@@ -199,13 +270,39 @@ def _quality_2d(exp, seed: int, num_samples: int) -> Callable[[np.ndarray], dict
     return quality
 
 
+class _TimeShift:
+    """Evaluation times of time-shifted sampling per (method, num_steps), from the run's
+    exposure-bias calibration and a pilot solve on noise independent of the compared solves."""
+
+    def __init__(self, exp, params, seed: int, n: int, max_shift: float):
+        base = jax.random.fold_in(jax.random.PRNGKey(seed), 4)
+        self.path = exposure.model_path(exp.objective)
+        self.calibration = diag_runs.calibration(exp, params, jax.random.fold_in(base, 0), n)
+        self.noise = diag_runs.source_sample(exp, jax.random.fold_in(base, 1), n)
+        labels = diag_runs.labels_for(exp, n)
+        self.v = diag_runs.velocity(exp, params, None if labels is None else jnp.asarray(labels))
+        self.max_shift = max_shift
+        self.cache = {}
+
+    def __call__(self, method: str, num_steps: int) -> np.ndarray:
+        key = (method, num_steps)
+        if key not in self.cache:
+            ts, stat, _ = exposure.trajectory_statistic(self.v, self.path, self.noise,
+                                                        method=method, num_steps=num_steps)
+            t_eff = exposure.effective_time(self.calibration, stat)
+            self.cache[key] = exposure.time_shift_schedule(ts, t_eff, self.max_shift)
+        return self.cache[key]
+
+
 def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str] | None = None,
                         nfe_budgets: Sequence[int] = DEFAULT_NFE_BUDGETS,
                         num_samples: int | None = None, seed: int = 0,
                         tolerances: Sequence[float] = DEFAULT_TOLERANCES, step: int | None = None,
                         quality_fn: Callable[[np.ndarray], dict] | None = None,
                         chunk_size: int | None = None, nll: bool = False,
-                        reference_tol: float = REFERENCE_TOL) -> list[dict]:
+                        reference_tol: float = REFERENCE_TOL, path_metrics: bool = True,
+                        corrections: Sequence[str] = (),
+                        max_shift: float = exposure.DEFAULT_MAX_SHIFT) -> list[dict]:
     """Compares integrators on the run in `workdir` (its EMA parameters at `step`, default latest).
 
     methods: integrator names (default DEFAULT_METHODS); nfe_budgets: positive ints; tolerances:
@@ -219,12 +316,21 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     nll (2-D data only): also a metric row "nll" per solve: the mean negative log-likelihood in
     nats of num_samples fresh data points, integrated back to t = 0 with the same method and
     grid or tolerance (exact divergence); the row's nfe and seconds are the sampling solve's.
+    path_metrics: the straightness, energy_ratio and (2-D) npe columns (else None; see the
+    module docstring; npe uses W2^2 between num_w2_samples noise points and fresh data).
+    corrections: exposure-bias corrections ('time_shift', 'eps_scale=LAM'; see
+    `flowmatch.diagnostics.exposure`), each run on every fixed-grid (method, budget) as extra
+    rows.  time_shift takes its evaluation times from a pilot solve on other noise and a
+    calibration on training data (CALIBRATION_SAMPLES each), shifts clipped to max_shift of a
+    step.
 
     Returns the rows written to output_dir/integrators.{json,csv}: one per (method, budget or
-    tolerance, metric) with keys FIELDS: kind 'fixed' | 'adaptive' | 'reference'; budget (fixed
+    tolerance, correction, metric) with keys FIELDS: kind 'fixed' | 'adaptive' | 'reference';
+    correction ('none' or the correction's name); budget (fixed
     rows) or rtol = atol (adaptive and reference rows, else None); num_steps (accepted steps)
     and nfe of one chunk's solve (adaptive: the maximum over chunks); metric, value (without
-    quality metrics: metric 'traj_error'); traj_error; seconds (compiled solve time of all
+    quality metrics: metric 'traj_error'); traj_error; straightness, energy_ratio, npe (None for
+    time-shifted rows, whose steps do not follow one field); seconds (compiled solve time of all
     chunks); success (every solve reached t = 1 with finite values).
     Raises ConfigError for bad arguments, FileNotFoundError without a checkpoint.
     """
@@ -235,6 +341,13 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
         if value is not None and not _is_count(value):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        corrections = tuple(dict.fromkeys(exposure.parse_correction(c).name
+                                          for c in corrections))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if not 0.0 <= max_shift < 1.0:
+        raise ConfigError(f"max_shift must be in [0, 1) (a fraction of a step), got {max_shift!r}")
     adaptive = [m for m in methods if m in integrators.ADAPTIVE_METHODS]
     plan = [(m, b, b // integrators.nfe_for(m, 1)) for m in methods for b in budgets
             if b >= integrators.nfe_for(m, 1)]
@@ -248,17 +361,32 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     is_2d = exp.source.kind == "toy2d"
     n = num_samples or (cfg.num_tv_samples if is_2d else cfg.num_image_samples)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-    x0 = np.asarray(jax.random.normal(key, (n, *exp.source.example_shape), jnp.float32))
+    x0 = np.asarray(exp.sample_source(key, n))  # p0 (config.source): N(0, I) by default
     cond = np.arange(n) % exp.model.num_classes if exp.conditional() else None
     if quality_fn is None and is_2d:
         quality_fn = _quality_2d(exp, seed, n)
     if nll and not is_2d:
         raise ConfigError("nll=True (--nll) is for 2-D data; this run's data are images")
+    if nll and not exp.source_dist.has_density:
+        raise ConfigError(
+            f"nll=True (--nll) needs the density of the source p0 at t = 0, and this run's "
+            f"source.name={exp.source_dist.name!r} has none in closed form; drop --nll")
     print(f"compare_integrators: {exp.config.data.name} at step {ckpt_step}, {n} samples, "
           f"methods {', '.join(methods)}", flush=True)
 
     chunk_size = chunk_size or cfg.chunk_size
-    runner = _Runner(exp, state.ema_params, x0, cond, chunk_size)
+    time_shift = None
+    if "time_shift" in corrections:
+        time_shift = _TimeShift(exp, state.ema_params, seed, min(n, CALIBRATION_SAMPLES),
+                                max_shift)
+    runner = _Runner(exp, state.ema_params, x0, cond, chunk_size, path_metrics=path_metrics,
+                     time_shift=time_shift)
+    w2_squared = None
+    if path_metrics and is_2d:
+        m = min(n, cfg.num_w2_samples)
+        data = np.asarray(exp.source.sample_reference(
+            jax.random.fold_in(jax.random.PRNGKey(seed), 5), m))
+        w2_squared = metrics_lib.w2_distance(x0[:m], data) ** 2
     nll_of = None
     if nll:
         data = np.asarray(exp.source.sample_reference(
@@ -273,13 +401,16 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
 
     rows = []
 
-    def add(method, kind, solve, budget=None):
-        result = runner(method, **solve)
+    def add(method, kind, solve, budget=None, correction=NO_CORRECTION):
+        result = runner(method, **solve, correction=correction)
         tol = solve.get("tol")
-        base = {"method": method, "kind": kind, "budget": budget, "num_steps": result["num_steps"],
-                "nfe": result["nfe"], "rtol": tol, "atol": tol,
+        base = {"method": method, "kind": kind, "correction": correction, "budget": budget,
+                "num_steps": result["num_steps"], "nfe": result["nfe"], "rtol": tol, "atol": tol,
                 "traj_error": _traj_error(result["x"], ref["x"]), "seconds": result["seconds"],
-                "success": result["success"]}
+                "success": result["success"], **dict.fromkeys(PATH_METRICS)}
+        if result["energy"] is not None:
+            pm = straightness.path_metrics(x0, result["x"], result["energy"], w2_squared)
+            base.update({k: pm[k] for k in PATH_METRICS})
         quality = dict(quality_fn(result["x"])) if quality_fn is not None else {}
         if nll_of is not None:
             quality["nll"] = nll_of(method, **solve)
@@ -289,6 +420,8 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     add(REFERENCE_METHOD, "reference", reference)
     for method, budget, steps in plan:
         add(method, "fixed", {"num_steps": steps}, budget=budget)
+        for correction in corrections:
+            add(method, "fixed", {"num_steps": steps}, budget=budget, correction=correction)
     for method in adaptive:
         for tol in tolerances:
             add(method, "adaptive", {"tol": tol})
@@ -304,7 +437,8 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
         writer.writerows(rows)
     plot(rows, path + ".png", title=f"{exp.config.data.name}, step {ckpt_step}, {n} samples")
     print(format_table(rows), flush=True)
-    failed = sorted({(r["method"], r["kind"], r["budget"] or r["rtol"]) for r in rows
+    failed = sorted({(r["method"], r["kind"], r["correction"], r["budget"] or r["rtol"])
+                     for r in rows
                      if not r["success"]})
     if failed:
         print(f"warning: solves that did not reach t = 1 with finite values: {failed}")
@@ -327,16 +461,22 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def _label(row) -> str:
-    return row["method"] + (" (adaptive)" if row["kind"] == "adaptive" else "")
+    correction = row.get("correction", NO_CORRECTION)
+    return (row["method"] + (" (adaptive)" if row["kind"] == "adaptive" else "")
+            + ("" if correction == NO_CORRECTION else f" [{correction}]"))
 
 
 def plot(rows: Sequence[dict], path: str, title: str | None = None) -> None:
-    """PNG with panels against NFE (log x), one line per method (adaptive sweeps apart): one per
-    quality metric (the reference's value dashed), traj_error (log y) and solve seconds."""
+    """PNG with panels against NFE (log x), one line per method (adaptive sweeps and corrections
+    apart): one per quality metric (the reference's value dashed), traj_error (log y), the path
+    energy ratio (when measured; reference dashed) and solve seconds."""
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if m != "traj_error"]
     first = rows[0]["metric"]  # traj_error and seconds repeat on every metric's row
     panels = ([(m, m, "value", False) for m in metrics]
-              + [("traj_error", first, "traj_error", True), ("seconds", first, "seconds", True)])
+              + [("traj_error", first, "traj_error", True)])
+    if any(r.get("energy_ratio") is not None for r in rows):
+        panels.append(("energy_ratio", first, "energy_ratio", False))
+    panels.append(("seconds", first, "seconds", True))
     fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=120)
     for p, (name, metric, key, logy) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), p + 1)
@@ -344,8 +484,10 @@ def plot(rows: Sequence[dict], path: str, title: str | None = None) -> None:
         for r in rows:
             if r["metric"] != metric:
                 continue
+            if r.get(key) is None:
+                continue
             if r["kind"] == "reference":
-                if key == "value":
+                if key in ("value", "energy_ratio"):
                     ax.axhline(r[key], color="gray", linestyle="--", linewidth=1,
                                label=f"reference ({r['method']}, tol {r['rtol']:g})")
                 continue

@@ -109,6 +109,40 @@ def test_chunks_and_nll(run_dir, result, tmp_path):
     assert nll["fixed"] == pytest.approx(nll["reference"], abs=0.1)
 
 
+def test_path_metrics(result):
+    rows, _ = result
+    for r in rows:
+        assert r["correction"] == compare.NO_CORRECTION
+        assert all(np.isfinite(r[k]) for k in compare.PATH_METRICS), r
+        assert r["npe"] >= 0.0
+        if r["method"] in ("euler", "rk4"):  # positive weights: PE >= |d|^2 (Cauchy-Schwarz)
+            assert r["energy_ratio"] >= 1.0 - 1e-6 and r["straightness"] >= -1e-6
+    # Converged solves agree with the reference's path energy.
+    ref = next(r for r in rows if r["kind"] == "reference")
+    fine = next(r for r in rows if (r["method"], r["budget"]) == ("rk4", BUDGETS[-1]))
+    assert fine["energy_ratio"] == pytest.approx(ref["energy_ratio"], rel=1e-3)
+    assert fine["straightness"] == pytest.approx(ref["straightness"], rel=1e-2, abs=1e-4)
+
+
+def test_corrections(run_dir, tmp_path):
+    rows = compare.compare_integrators(run_dir, str(tmp_path), methods=["heun"], nfe_budgets=(8,),
+                                       num_samples=64, tolerances=(),
+                                       corrections=["time_shift", "eps_scale=1.05"])
+    fixed = {r["correction"]: r for r in rows if r["kind"] == "fixed" and r["metric"] == "w2"}
+    assert set(fixed) == {"none", "time_shift", "eps_scale=1.05"}
+    assert all(r["nfe"] == 8 and r["success"] for r in fixed.values())
+    assert fixed["time_shift"]["straightness"] is None  # its steps follow no single field
+    assert np.isfinite(fixed["eps_scale=1.05"]["energy_ratio"])
+    # A correction changes the solve (the model is not exact), but not by much.
+    for name in ("time_shift", "eps_scale=1.05"):
+        assert 0 < fixed[name]["traj_error"] < 1.0
+    with pytest.raises(train.ConfigError, match="unknown correction"):
+        compare.compare_integrators(run_dir, str(tmp_path), corrections=["warp"])
+    with pytest.raises(train.ConfigError, match="max_shift"):
+        compare.compare_integrators(run_dir, str(tmp_path), corrections=["time_shift"],
+                                    max_shift=1.0)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(methods=["rk5"]), "unknown integrator 'rk5'"),
     (dict(methods=[]), "no methods"),
