@@ -287,10 +287,10 @@ class _TimeShift:
     def __call__(self, method: str, num_steps: int) -> np.ndarray:
         key = (method, num_steps)
         if key not in self.cache:
-            ts, stat, _ = exposure.trajectory_statistic(self.v, self.path, self.noise,
-                                                        method=method, num_steps=num_steps)
-            t_eff = exposure.effective_time(self.calibration, stat)
-            self.cache[key] = exposure.time_shift_schedule(ts, t_eff, self.max_shift)
+            tr = exposure.trajectory_statistic(self.v, self.path, self.noise, method=method,
+                                               num_steps=num_steps)
+            t_eff = exposure.effective_time(self.calibration, tr.stat, tr.ts, tr.stat_se)
+            self.cache[key] = exposure.time_shift_schedule(tr.ts, t_eff, self.max_shift)
         return self.cache[key]
 
 

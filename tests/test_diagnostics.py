@@ -124,8 +124,8 @@ def test_calibration_matches_closed_form(gauss_calibration):
 
 def test_exact_field_has_nominal_noise_level(gauss_calibration):
     cal, noise = gauss_calibration
-    ts, stat, _ = exposure.trajectory_statistic(_exact, PATH, noise, method="rk4", num_steps=16)
-    rows = exposure.profile(cal, PATH, ts, stat)
+    tr = exposure.trajectory_statistic(_exact, PATH, noise, method="rk4", num_steps=16)
+    rows = exposure.profile(cal, PATH, tr.ts, tr.stat, tr.stat_se)
     assert rows[0]["t_eff"] == pytest.approx(0.0, abs=1e-6)  # same noise: identical states
     inner = [r for r in rows if 0 < r["t"] < 1]
     for r in inner:
@@ -137,11 +137,26 @@ def test_exact_field_has_nominal_noise_level(gauss_calibration):
 @pytest.mark.parametrize("delta, sign", [(0.3, 1), (-0.3, -1)])
 def test_biased_field_is_detected_with_its_sign(gauss_calibration, delta, sign):
     cal, noise = gauss_calibration
-    ts, stat, _ = exposure.trajectory_statistic(_biased(delta), PATH, noise, method="rk4",
-                                                num_steps=16, v_model=_exact)
-    rows = [r for r in exposure.profile(cal, PATH, ts, stat) if 0.2 <= r["t"] <= 0.9]
+    tr = exposure.trajectory_statistic(_biased(delta), PATH, noise, method="rk4", num_steps=16,
+                                       v_model=_exact)
+    rows = [r for r in exposure.profile(cal, PATH, tr.ts, tr.stat, tr.stat_se)
+            if 0.2 <= r["t"] <= 0.9]
     assert all(sign * (r["ratio"] - 1.0) > 0.02 for r in rows), rows
     assert all(sign * (r["t"] - r["t_eff"]) > 0 for r in rows)
+
+
+def test_effective_time_on_a_flat_stretch():
+    taus = np.linspace(0, 1, 11)
+    stat = np.where(taus < 0.5, 1.0, 2.0 * (1.0 - taus))  # flat on [0, 0.5], then falls
+    cal = exposure.Calibration(taus=taus, stat=stat, stat_se=np.full(11, 0.01),
+                               envelope=np.minimum.accumulate(stat), sigma=1 - taus)
+    # Plain inversion lands at the end of the plateau; the nominal time is kept when consistent.
+    assert exposure.effective_time(cal, 1.0) == pytest.approx(0.0)
+    assert exposure.effective_time(cal, np.array([1.0]), np.array([0.3]))[0] == 0.3
+    # A clear mismatch goes to the nearest time consistent within 2 standard errors: the
+    # near edge of r = 0.6 +- 0.02 on the falling stretch, 2 (1 - tau) = 0.62.
+    t_eff = exposure.effective_time(cal, np.array([0.6]), np.array([0.3]))[0]
+    assert t_eff == pytest.approx(0.69, abs=1e-9)
 
 
 def test_time_shifted_solve_without_shift_is_the_plain_solve():

@@ -14,7 +14,10 @@ process (data and fresh noise), is the calibration curve (`calibrate`); it falls
 tau = 0 to 0 at tau = 1.  A posterior mean shrinks towards the data, so r(tau) is not
 sigma_tau^2: the curve, not a formula, is the reference.  For a sampling state at nominal time t
 with mean statistic s_hat(t), the effective time t_eff solves r(t_eff) = s_hat(t) (Li et al.'s
-"time whose noise level matches"), and the effective noise level is sigma(t_eff).  With the exact
+"time whose noise level matches"), and the effective noise level is sigma(t_eff).  Where r is
+flat (a VP path near t = 0, where sigma_t stays near 1) many times match equally well, so t_eff
+is the time nearest t whose r agrees with s_hat(t) within Z_SCORE combined standard errors of
+the two means; t_eff = t when t itself agrees (no detectable shift).  With the exact
 velocity field and an exact integrator the sampling states have the training marginals, so
 s_hat(t) = r(t), t_eff = t and sigma_eff = sigma_t (up to Monte Carlo error): the tests check this
 on Gaussian data.  sigma_eff > sigma_t means the states are noisier than the schedule says.
@@ -33,7 +36,7 @@ Corrections (evaluated by `flowmatch.compare`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +49,7 @@ from flowmatch import timegrids
 
 DEFAULT_NUM_TAUS = 101
 DEFAULT_MAX_SHIFT = 0.5
+Z_SCORE = 2.0
 CORRECTIONS = ("time_shift", "eps_scale")
 
 
@@ -80,12 +84,14 @@ def noise_statistic(path: paths_lib.AffinePath, t, x, x1_hat):
 class Calibration:
     """The forward-process statistic r(tau) = E s(x_tau, tau) on a grid of times.
 
-    taus: [K] increasing from 0 to 1; stat: [K] the measured means; envelope: [K] their running
-    minimum (non-increasing), the curve that `effective_time` inverts; sigma: [K] sigma_tau.
+    taus: [K] increasing from 0 to 1; stat: [K] the measured means; stat_se: [K] their standard
+    errors (std over examples / sqrt(B)); envelope: [K] their running minimum (non-increasing),
+    the curve that `effective_time` inverts; sigma: [K] sigma_tau.
     """
 
     taus: np.ndarray
     stat: np.ndarray
+    stat_se: np.ndarray
     envelope: np.ndarray
     sigma: np.ndarray
 
@@ -110,31 +116,77 @@ def calibrate(v: Callable, path: paths_lib.AffinePath, data, noise, taus=None) -
             s = path.schedule(_expand(tau, data))
             x = s.alpha * data + s.sigma * noise
             x1_hat, _ = endpoints(v, path, tau, x)
-            return None, jnp.mean(noise_statistic(path, tau, x, x1_hat))
+            return None, _mean_se(noise_statistic(path, tau, x, x1_hat))
 
         return lax.scan(one, None, taus)[1]
 
-    stat = np.asarray(run(data, noise, jnp.asarray(taus, data.dtype)), np.float64)
+    stat, se = (np.asarray(a, np.float64) for a in run(data, noise,
+                                                        jnp.asarray(taus, data.dtype)))
     sigma = np.asarray(path.schedule(jnp.asarray(taus, jnp.float32)).sigma, np.float64)
-    return Calibration(taus=taus.astype(np.float64), stat=stat,
+    return Calibration(taus=taus.astype(np.float64), stat=stat, stat_se=se,
                        envelope=np.minimum.accumulate(stat), sigma=sigma)
 
 
-def effective_time(cal: Calibration, stat) -> np.ndarray:
-    """t_eff with r(t_eff) = stat (elementwise), by linear interpolation of the envelope;
-    clipped to [0, 1] (a statistic above r(0) gives 0: noisier than pure noise)."""
-    env = cal.envelope
-    return np.interp(np.asarray(stat, np.float64), env[::-1], cal.taus[::-1])
+def _mean_se(s):
+    """(mean, standard error of the mean) of per-example values s: [B]."""
+    return jnp.mean(s), jnp.std(s) / jnp.sqrt(s.shape[0])
+
+
+def effective_time(cal: Calibration, stat, ts=None, stat_se=None,
+                   z: float = Z_SCORE) -> np.ndarray:
+    """t_eff with r(t_eff) = stat (elementwise), by linear interpolation of the envelope,
+    clipped to [0, 1] (a statistic above r(0) gives 0: noisier than pure noise).
+
+    With the nominal times ts (and the statistics' standard errors stat_se): t_eff = t where
+    |r(t) - stat| <= z se (se combines both means' errors); else the time nearest t where that
+    holds (the smallest shift the data demand: the edge of the consistent set, linearly
+    interpolated between calibration times); else the interpolated inverse.  Resolves flat
+    stretches of r."""
+    stat = np.asarray(stat, np.float64)
+    env, taus = cal.envelope, cal.taus
+    inverse = np.interp(stat, env[::-1], taus[::-1])
+    if ts is None:
+        return inverse
+    ts = np.broadcast_to(np.asarray(ts, np.float64), stat.shape)
+    own = np.zeros_like(stat) if stat_se is None else np.asarray(stat_se, np.float64)
+    out = inverse.copy()
+    for i in np.ndindex(stat.shape):
+        t = ts[i]
+        se_t = np.interp(t, taus, cal.stat_se)
+        if abs(np.interp(t, taus, cal.stat) - stat[i]) <= z * np.hypot(se_t, own[i]):
+            out[i] = t
+            continue
+        g = np.abs(cal.stat - stat[i]) - z * np.hypot(cal.stat_se, own[i])  # <= 0: consistent
+        ok = np.flatnonzero(g <= 0)
+        if ok.size == 0:
+            continue
+        j = ok[np.argmin(np.abs(taus[ok] - t))]
+        k = j - 1 if taus[j] > t else j + 1  # the neighbour towards t (inconsistent, g > 0)
+        tau = taus[j]
+        if 0 <= k < len(taus) and g[k] > 0:
+            tau = tau + g[j] / (g[j] - g[k]) * (taus[k] - tau)
+        out[i] = min(tau, t) if taus[j] < t else max(tau, t)
+    return out
+
+
+class Trajectory(NamedTuple):
+    """`trajectory_statistic`'s result: grid ts [N + 1], mean statistic stat [N + 1] and its
+    standard error stat_se [N + 1] at the grid states, final state x [B, ...]."""
+
+    ts: np.ndarray
+    stat: np.ndarray
+    stat_se: np.ndarray
+    x: jax.Array
 
 
 def trajectory_statistic(v: Callable, path: paths_lib.AffinePath, x0, *, method: str,
-                         num_steps: int, v_model: Callable | None = None):
+                         num_steps: int, v_model: Callable | None = None) -> Trajectory:
     """Integrates v from x0 (t = 0) to 1 on a uniform grid and measures s at every grid state.
 
     v_model: the model whose prediction x1_hat enters s (default v itself; a different one lets
     a test drive the states with a deliberately wrong field and measure them with the exact
-    one).  Returns (ts [N + 1], mean statistic [N + 1], final state x(1)); costs the solve plus
-    N + 1 model evaluations (the predictions at the saved states).  Fixed grids only.
+    one).  Costs the solve plus N + 1 model evaluations (the predictions at the saved states).
+    Fixed grids only.
     """
     v_model = v if v_model is None else v_model
 
@@ -146,20 +198,22 @@ def trajectory_statistic(v: Callable, path: paths_lib.AffinePath, x0, *, method:
         def one(_, tx):
             t, x = tx
             x1_hat, _ = endpoints(v_model, path, t, x)
-            return None, jnp.mean(noise_statistic(path, t, x, x1_hat))
+            return None, _mean_se(noise_statistic(path, t, x, x1_hat))
 
-        return sol.ts, lax.scan(one, None, (sol.ts, sol.xs))[1], sol.x
+        stat, se = lax.scan(one, None, (sol.ts, sol.xs))[1]
+        return sol.ts, stat, se, sol.x
 
-    ts, stat, x1 = run(jnp.asarray(x0))
-    return np.asarray(ts, np.float64), np.asarray(stat, np.float64), x1
+    ts, stat, se, x1 = run(jnp.asarray(x0))
+    return Trajectory(*(np.asarray(a, np.float64) for a in (ts, stat, se)), x1)
 
 
-def profile(cal: Calibration, path: paths_lib.AffinePath, ts, stat) -> list[dict]:
-    """Rows per grid time: t, sigma (nominal), stat (sampling), stat_train (r(t)), t_eff,
-    sigma_eff and ratio = sigma_eff / sigma (None where sigma = 0)."""
+def profile(cal: Calibration, path: paths_lib.AffinePath, ts, stat, stat_se=None) -> list[dict]:
+    """Rows per grid time: t, sigma (nominal), stat (sampling), stat_train (r(t)), t_eff
+    (`effective_time` with the nominal times), sigma_eff and ratio = sigma_eff / sigma (None
+    where sigma = 0)."""
     ts = np.asarray(ts, np.float64)
     stat = np.asarray(stat, np.float64)
-    t_eff = effective_time(cal, stat)
+    t_eff = effective_time(cal, stat, ts, stat_se)
     sig = np.asarray(path.schedule(jnp.asarray(ts, jnp.float32)).sigma, np.float64)
     sig_eff = np.asarray(path.schedule(jnp.asarray(t_eff, jnp.float32)).sigma, np.float64)
     r = np.interp(ts, cal.taus, cal.stat)

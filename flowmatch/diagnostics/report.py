@@ -105,9 +105,8 @@ def exposure_report(workdir: str, output_dir: str, *, methods: Sequence[str] = D
     print(f"exposure: {name}, {n} trajectories", flush=True)
     profiles = []
     for method, _, steps in plan:
-        ts, stat, _ = exposure.trajectory_statistic(v, path, noise, method=method,
-                                                    num_steps=steps)
-        rows = exposure.profile(cal, path, ts, stat)
+        tr = exposure.trajectory_statistic(v, path, noise, method=method, num_steps=steps)
+        rows = exposure.profile(cal, path, tr.ts, tr.stat, tr.stat_se)
         summary = exposure.summarize(rows)
         profiles.append({"method": method, "nfe": steps * integrators.nfe_for(method, 1),
                          "num_steps": steps, "summary": summary, "rows": rows})
@@ -117,7 +116,7 @@ def exposure_report(workdir: str, output_dir: str, *, methods: Sequence[str] = D
     result = {"run": workdir, "data": exp.config.data.name,
               "objective": exp.config.objective.name, "step": ckpt_step, "num_samples": n,
               "calibration": {"taus": cal.taus.tolist(), "stat": cal.stat.tolist(),
-                              "sigma": cal.sigma.tolist()},
+                              "stat_se": cal.stat_se.tolist(), "sigma": cal.sigma.tolist()},
               "profiles": profiles}
     _write_json(result, os.path.join(output_dir, "exposure.json"))
     _plot_exposure(result, os.path.join(output_dir, "exposure.png"), name)
