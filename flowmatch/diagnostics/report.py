@@ -94,10 +94,10 @@ def exposure_report(workdir: str, output_dir: str, *, methods: Sequence[str] = D
                            else exp.config.eval.num_image_samples)
     path = exposure.model_path(exp.objective)
     base = jax.random.fold_in(jax.random.PRNGKey(seed), 6)
-    data, labels = diag_runs.training_sample(exp, jax.random.fold_in(base, 0), n)
     noise = diag_runs.source_sample(exp, jax.random.fold_in(base, 1), n)
+    x0_cal, data, labels = diag_runs.training_pairs(exp, jax.random.fold_in(base, 0), noise)
     v_cal = diag_runs.velocity(exp, params, None if labels is None else jnp.asarray(labels))
-    cal = exposure.calibrate(v_cal, path, data, noise)
+    cal = exposure.calibrate(v_cal, path, data, x0_cal)
     sample_labels = diag_runs.labels_for(exp, n)
     v = diag_runs.velocity(exp, params, None if sample_labels is None
                            else jnp.asarray(sample_labels))
