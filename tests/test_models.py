@@ -146,7 +146,7 @@ def test_mlp_gradients_nonzero_at_init(cond_mlp):
         assert np.any(g != 0), path
 
 
-@pytest.mark.parametrize("activation", ["silu", "relu", "gelu", "tanh", "elu", "softplus"])
+@pytest.mark.parametrize("activation", ["silu", "relu", "gelu", "tanh", "elu", "selu", "softplus"])
 def test_mlp_activations(activation):
     model = MLP(hidden_sizes=(8,), activation=activation, time_embedding="fourier")
     params = model.init(jax.random.key(0), jnp.ones((2, 3)), 0.5)

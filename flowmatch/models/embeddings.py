@@ -19,6 +19,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": nn.gelu,
     "tanh": jnp.tanh,
     "elu": nn.elu,
+    "selu": nn.selu,  # torchcfm's tutorial MLP (self-normalising; Klambauer et al. 2017)
     "softplus": nn.softplus,
 }
 
