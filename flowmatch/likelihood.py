@@ -188,11 +188,12 @@ def log_likelihood(v: Callable, x, *, method: str = "dopri5", num_steps: int | N
                    time_grid=None, rtol: float | None = None, atol: float | None = None,
                    max_steps: int = 4096, divergence: str = "exact", key=None,
                    probe: str = "rademacher", num_probes: int = 1,
-                   chunk_size: int | None = None, return_solution: bool = False):
-    """log p1(x) in nats under the flow of v from N(0, I) at t = 0: [B] (x's dtype).
+                   chunk_size: int | None = None, return_solution: bool = False,
+                   log_prior: Callable | None = None):
+    """log p1(x) in nats under the flow of v from p0 at t = 0 (N(0, I) by default): [B].
 
     Integrates (x, a) from t = 1 (a = 0) to t = 0 with dx/dt = v(t, x), da/dt = div v(t, x)
-    (module docstring), then logp = log N(z; 0, I) + a_0 = log N(z; 0, I) - int_0^1 div v dt.
+    (module docstring), then logp = log p0(z) + a_0 = log p0(z) - int_0^1 div v dt.
 
     v: (t, x) -> dx/dt, t a scalar, x [B, ...]; examples must not interact (module docstring).
     x: [B, ...] float data at t = 1 (D = prod(x.shape[1:]) dimensions per example).
@@ -206,6 +207,8 @@ def log_likelihood(v: Callable, x, *, method: str = "dopri5", num_steps: int | N
         grid's exact-divergence result; adaptive steps depend weakly on the probes.
     chunk_size: exact divergence only: dimensions per vmapped chunk (None: all at once).
     return_solution: False -> logp; True -> a LikelihoodResult (logp, z, nfe, status, ...).
+    log_prior: z [B, ...] -> log p0(z) [B] in nats, for a source other than N(0, I) (e.g. a
+        run's `Experiment.source_dist.log_prob`); None: the standard normal.
     Reverse-mode differentiable (e.g. maximum-likelihood training) on fixed grids only; the
     adaptive solver's while_loop allows forward mode only.
 
@@ -213,7 +216,7 @@ def log_likelihood(v: Callable, x, *, method: str = "dopri5", num_steps: int | N
     (integrators.check(result.solution) raises with the reason, outside jit).
 
     jit: x, key, rtol, atol and time_grid may be traced; v, method, num_steps, max_steps,
-    divergence, probe, num_probes, chunk_size and return_solution must be static, e.g.
+    divergence, probe, num_probes, chunk_size, return_solution and log_prior must be static, e.g.
         jax.jit(functools.partial(log_likelihood, v, method="rk4", num_steps=32)).
     """
     _check_divergence(divergence, key, probe, num_probes, chunk_size)
@@ -242,7 +245,10 @@ def log_likelihood(v: Callable, x, *, method: str = "dopri5", num_steps: int | N
         sol = integrators.solve(augmented, state1, method=method, time_grid=time_grid,
                                 max_steps=max_steps)
     z, delta = sol.x
-    log_pz = standard_normal_logpdf(z)
+    log_pz = (standard_normal_logpdf if log_prior is None else log_prior)(z)
+    if log_pz.shape != x.shape[:1]:
+        raise ValueError(f"log_prior must return one log-density per example, shape "
+                         f"{x.shape[:1]}; got shape {log_pz.shape}")
     logp = jnp.where(sol.success, log_pz + delta, jnp.nan).astype(x.dtype)
     if not return_solution:
         return logp

@@ -192,6 +192,32 @@ def test_differentiable_on_fixed_grid():
 # -- errors and failures ---------------------------------------------------------------------------
 
 
+def test_log_prior_for_a_non_normal_source():
+    """dx/dt = c x maps p0 to p1(x) = p0(x e^-c) e^-(c D): closed form for any p0; here p0 is a
+    two-component Gaussian mixture (not N(0, I)), and also 8gaussians' own log_prob."""
+    from flowmatch import sources
+    c, dim = 0.7, 2
+    v = lambda t, y: c * y
+
+    def mixture(z):
+        comp = lambda m: jnp.sum(-0.5 * (z - m) ** 2, axis=-1) + 2 * float(norm.logpdf(0.0))
+        return jnp.logaddexp(comp(1.5), comp(-1.5)) - math.log(2.0)
+
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.PRNGKey(3), (64, dim), jnp.float64) * 2.0
+        logp = likelihood.log_likelihood(v, x, method="dopri5", rtol=1e-10, atol=1e-10,
+                                         log_prior=mixture)
+        np.testing.assert_allclose(logp, mixture(x * math.exp(-c)) - c * dim, rtol=1e-7,
+                                   atol=1e-7)
+    x = np.asarray(x, np.float32)
+    p0 = sources.from_config(dict(name="8gaussians"), (2,))
+    logp = likelihood.log_likelihood(v, x, method="rk4", num_steps=64, log_prior=p0.log_prob)
+    np.testing.assert_allclose(logp, p0.log_prob(x * math.exp(-c)) - c * dim, rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="one log-density per example"):
+        likelihood.log_likelihood(v, x, method="euler", num_steps=2, log_prior=lambda z: z)
+
+
 def test_argument_errors():
     v, x = (lambda t, x: -x), jnp.zeros((3, 2))
     ll = functools.partial(likelihood.log_likelihood, v, x)
