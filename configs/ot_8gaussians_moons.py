@@ -4,8 +4,8 @@
 The source p0 is torchcfm's 8 Gaussians (not a standard normal), the data torchcfm's moons.
 Training follows torchcfm's tutorial: batch 256, Adam at a constant learning rate 1e-3, 20,000
 steps, uniform t, sigma = 0 (cond-OT path x_t = t x1 + (1 - t) x0), an MLP of width 64 with 3
-hidden layers (ELU here: the model registry has no SELU; the time enters through an embedding,
-not as an extra input), no EMA (evaluation uses the final parameters).  `coupling.name`
+hidden layers and SELU as torchcfm's (the time enters through an embedding, not as an extra
+input), no EMA (evaluation uses the final parameters).  `coupling.name`
 chooses the pairing; `scripts/reproduce_ot.py` trains both over several seeds and writes the
 W2 table:
 
@@ -15,10 +15,13 @@ One run alone (e.g. the OT one):
   python scripts/train.py --config=configs/ot_8gaussians_moons.py --workdir=runs/ot_one \
       --config.coupling.name=exact
 
-Measured (10 seeds, 2 CPU cores shared with other jobs): 76 minutes for the 20 runs (plain FM
-43-90 s per run, OT 188-559 s); W2^2 after one Euler step 6.46 +- 0.39 (FM) vs 0.105 +- 0.031
-(OT), after dopri5 0.225 +- 0.142 vs 0.058 +- 0.038 (published: 6.232 / 0.072, 0.120 / 0.050);
-the table is in docs/sections/couplings.md.
+Measured (10 seeds, 2-core CPU, the test suite running beside it): 37 minutes for the 20 runs (about 3 of them paused)
+(plain FM 17-24 s per run, OT 143-193 s; two runs paused meanwhile for the speed benchmark are
+left out of these ranges); W2^2 after one Euler step 6.19 +- 0.28 (FM) vs
+0.109 +- 0.031 (OT), after dopri5 0.260 +- 0.125 vs 0.068 +- 0.043 (published: 6.232 / 0.072,
+0.120 / 0.050); the table is in the README ("Reproduction: 8gaussians -> moons").  An earlier
+run with ELU instead of SELU gave 6.46 +- 0.39 / 0.105 +- 0.031 and 0.225 +- 0.142 /
+0.058 +- 0.038.
 Smoke variant (tests): --config=configs/ot_8gaussians_moons.py:smoke
 """
 
@@ -40,7 +43,7 @@ def get_config(variant=""):
     c.checkpoint_every_steps = 5_000
     c.ema_decay = 0.0
     c.model.hidden_sizes = (64, 64, 64)
-    c.model.activation = "elu"
+    c.model.activation = "selu"
     c.objective.time_sampling = "uniform"
     c.objective.logit_normal_loc = 0.0
     c.optimizer.learning_rate = 1e-3
