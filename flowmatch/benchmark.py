@@ -7,6 +7,8 @@
   64 x 3 network, moons from 8gaussians), measured interleaved so that a busy machine slows all
   alike; and the time of the coupling alone per batch.  torchcfm's OT-CFM reference: 45-60
   steps/s on this project's 2-core CPU (a host OT solve of 10-16 ms per batch; issue 7).
+* The coupling scope under data parallelism (`coupling_scope`): steps/s and transport cost of
+  the global (gathered) and the local (per-device) coupling on 8 (simulated) devices.
 * Sampling throughput of the default sampler, and for every integrator the ratio
       time of an N-evaluation solve / (N x time of one forward pass on the same batch),
   the forward pass timed inside a compiled loop of bare Euler steps; its floor is about 1.0
@@ -86,29 +88,97 @@ def coupled_steps_per_second(config, *, couplings=couplings_lib.COUPLINGS,
     each variant's figure is steps_per_call / its median call time (interleaving keeps the
     ratios fair on a machine whose load changes).
     """
-    runners = {}
-    for name in couplings:
-        c = _coupled_config(config, name, steps_per_call)
+    variants = {name: _coupled_config(config, name, steps_per_call) for name in couplings}
+    figures = _interleaved_steps(variants, steps_per_call, rounds)
+    return {name: f["steps_per_sec"] for name, f in figures.items()}
+
+
+def _interleaved_steps(variants: dict, steps_per_call: int, rounds: int) -> dict:
+    """{label: {"steps_per_sec", "pair_cost"}} of each config in `variants`: every variant is
+    compiled first, then `rounds` rounds time one call of each in turn (interleaving keeps the
+    ratios fair on a machine whose load changes); pair_cost is the mean |x1 - x0|^2 of the
+    timed calls' pairs (NaN without pairs)."""
+    runners, costs = {}, {}
+    for label, c in variants.items():
         exp = train_lib.Experiment.from_config(c)
         multi_step = exp.make_multi_step()
         it = data_lib.BatchIterator(exp.source, c.batch_size, c.seed)
-        batches = {k: jnp.asarray(v) for k, v in it.batches(0, steps_per_call).items()}
-        holder = [jax.jit(exp.init_state)(jax.random.PRNGKey(0))]
-        key = jax.random.PRNGKey(1)
+        batches = exp.plan.put_batches(it.batches(0, steps_per_call))
+        holder = [exp.create_state(jax.random.PRNGKey(0))]
+        key = exp.plan.replicate(jax.random.PRNGKey(1))
+        costs[label] = []
 
-        def run(holder=holder, multi_step=multi_step, batches=batches, key=key):
+        def run(holder=holder, multi_step=multi_step, batches=batches, key=key, label=label):
             holder[0], m = multi_step(holder[0], batches, key)
+            costs[label].append(m.get("pair_cost"))
             return m["loss"]
 
         jax.block_until_ready(run())
-        runners[name] = run
-    times = {name: [] for name in runners}
+        runners[label] = run
+    times = {label: [] for label in runners}
     for _ in range(rounds):
-        for name, run in runners.items():
+        for label, run in runners.items():
             t = time.perf_counter()
             jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t)
-    return {name: steps_per_call / statistics.median(t) for name, t in times.items()}
+            times[label].append(time.perf_counter() - t)
+    out = {}
+    for label, t in times.items():
+        pair = [np.asarray(v).mean() for v in costs[label] if v is not None]
+        out[label] = {"steps_per_sec": steps_per_call / statistics.median(t),
+                      "pair_cost": float(np.mean(pair)) if pair else float("nan")}
+    return out
+
+
+SCOPE_VARIANTS = (("independent", "global"), ("exact", "global"), ("exact", "local"),
+                  ("sinkhorn", "global"), ("sinkhorn", "local"))
+
+
+def coupling_scope(config, *, num_devices: int = 8, steps_per_call: int = 10,
+                   rounds: int = 10) -> list[dict]:
+    """The cost of coupling over the global batch under data parallelism: steps/s and the
+    coupling's transport cost (mean |x1 - x0|^2 of the pairs) with scope 'global' (the batch
+    gathered onto every device, each solving the whole batch) and 'local' (each device its own
+    rows), on `num_devices` devices at torchcfm's setting (global batch 256).
+
+    On CPU the devices are simulated (a subprocess with
+    XLA_FLAGS=--xla_force_host_platform_device_count when this process has too few) and share
+    the cores, so every device's redundant global solve is paid in series: the figures bound the
+    compute of the global scope from above; on accelerators the devices solve concurrently and
+    the global scope costs one all-gather plus one full-batch solve per step.
+    """
+    if jax.device_count() < num_devices:
+        if jax.default_backend() != "cpu":
+            raise ValueError(f"coupling_scope needs {num_devices} devices, this host has "
+                             f"{jax.device_count()} {jax.default_backend()} device(s)")
+        return _scope_in_subprocess(config, num_devices, steps_per_call, rounds)
+    variants = {}
+    for name, scope in SCOPE_VARIANTS:
+        c = _coupled_config(config, name, steps_per_call)
+        c.coupling.scope = scope
+        c.parallel.mode, c.parallel.data_axis_size = "sharding", num_devices
+        variants[(name, scope)] = c
+    figures = _interleaved_steps(variants, steps_per_call, rounds)
+    return [dict(coupling=name, scope=scope, devices=num_devices, **figures[(name, scope)])
+            for name, scope in SCOPE_VARIANTS]
+
+
+def _scope_in_subprocess(config, num_devices, steps_per_call, rounds) -> list[dict]:
+    import json  # pylint: disable=g-import-not-at-top
+    import os  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as tmp:
+        train_lib.save_config(config, tmp)
+        spec = json.dumps({"workdir": tmp, "num_devices": num_devices,
+                           "steps_per_call": steps_per_call, "rounds": rounds})
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+        proc = subprocess.run([sys.executable, "-m", "flowmatch.benchmark", spec], env=env,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"coupling scope benchmark failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def coupling_seconds(config, *, n: int = 256, num_batches: int = 8, repeats: int = 3) -> dict:
@@ -212,6 +282,18 @@ def run(config, *, quick: bool = False) -> dict:
     out["coupling_ms[exact]"] = alone["exact"] * 1e3
     out["coupling_ms[sinkhorn]"] = alone["sinkhorn"] * 1e3
 
+    devices = 2 if quick else 8
+    print(f"\ncoupling scope under data parallelism: {devices} "
+          f"{'simulated CPU ' if jax.default_backend() == 'cpu' else ''}devices, global batch 256, "
+          "10 steps per call;\n  global = the batch gathered onto every device, local = each "
+          "device's rows; pair cost = mean |x1 - x0|^2")
+    print(f"  {'coupling':<12} {'scope':<7} {'steps/s':>8} {'pair cost':>10}")
+    for r in coupling_scope(config, num_devices=devices, rounds=3 if quick else 10):
+        print(f"  {r['coupling']:<12} {r['scope']:<7} {r['steps_per_sec']:>8.0f} "
+              f"{r['pair_cost']:>10.3f}")
+        out[f"scope_steps_per_sec[{r['coupling']}, {r['scope']}]"] = r["steps_per_sec"]
+        out[f"scope_pair_cost[{r['coupling']}, {r['scope']}]"] = r["pair_cost"]
+
     s = config.sampling
     n = 10_000
     print(f"\nintegrator overhead on {n:,} points, default network "
@@ -232,3 +314,12 @@ def run(config, *, quick: bool = False) -> dict:
               f"{1.0 / per_sample:,.0f} samples/s on {n:,}-point batches")
         out["default_sampler_samples_per_sec"] = 1.0 / per_sample
     return out
+
+
+if __name__ == "__main__":  # the subprocess of `_scope_in_subprocess`
+    import json  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    _spec = json.loads(sys.argv[1])
+    print(json.dumps(coupling_scope(
+        train_lib.load_config(_spec["workdir"]), num_devices=_spec["num_devices"],
+        steps_per_call=_spec["steps_per_call"], rounds=_spec["rounds"])))

@@ -8,6 +8,7 @@ process is fixed when JAX starts), as in tests/test_parallel.py.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -306,6 +307,43 @@ def test_bad_coupling_or_source_configs_fail_before_compiling(overrides, match):
 # -- 1 vs 8 devices (subprocess) -------------------------------------------------------------------
 
 
+COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def collectives_in_loops(hlo: str) -> int:
+    """Collective operations inside while loops (bodies, conditions and what they call) of a
+    compiled HLO module's text."""
+    comps, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            comps[name] = []
+        elif line.strip() == "}":
+            name = None
+        elif name is not None:
+            comps[name].append(line)
+    called = lambda text: re.findall(
+        r"(?:body|condition|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)|"
+        r"branch_computations=\{([^}]*)\}", text)
+
+    def names(line):
+        out = []
+        for single, several in called(line):
+            out += [single] if single else [n.strip().lstrip("%") for n in several.split(",")]
+        return out
+
+    todo = [n for lines in comps.values() for line in lines if " while(" in line
+            for n in names(line) if n in comps]
+    seen = set()
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += [m for line in comps[n] for m in names(line) if m in comps]
+    return sum(1 for n in seen for line in comps[n]
+               if any(f" {op}(" in line or f" {op}-start(" in line for op in COLLECTIVES))
+
+
 def worker(out):
     """On 8 simulated devices: the paired x0 of one global batch under each coupling, scope and
     parallel mode, with the 1-device result alongside; writes <out>/pairs.npz."""
@@ -340,7 +378,10 @@ def worker(out):
             fn = jax.jit(lambda bt, exp=exp: exp.pair_batch(
                 bt, jnp.arange(b, dtype=jnp.int32), key)["x0"],
                 in_shardings=(plan.batch_sharding(),))
-            x0 = fn(jax.tree.map(lambda v: jax.device_put(v, plan.batch_sharding()), batch))
+            placed = jax.tree.map(lambda v: jax.device_put(v, plan.batch_sharding()), batch)
+            x0 = fn(placed)
+            results[f"loop_collectives-{coupling}-{scope}-{mode}"] = np.int32(
+                collectives_in_loops(fn.lower(placed).compile().as_text()))
         results[f"{coupling}-{scope}-{mode}"] = np.asarray(x0)
         results[f"devices-{coupling}-{scope}-{mode}"] = np.int32(plan.num_shards)
     # The unpaired draws, for the local-scope check.
@@ -379,6 +420,14 @@ def test_global_scope_gives_the_same_pairs_on_one_and_eight_devices(eight_device
         np.testing.assert_array_equal(np.sort(one, 0), np.sort(r["independent"], 0))
 
 
+@pytest.mark.parametrize("coupling", ["exact", "sinkhorn"])
+def test_global_scope_solves_the_whole_batch_on_each_device(eight_device_pairs, coupling):
+    """No collective inside the solver's loops under jit: each device runs the whole auction
+    or Sinkhorn on the gathered batch (XLA's partitioner once split them over the mesh, with an
+    all-reduce in each of the auction's thousands of rounds: 15x slower on 8 CPU devices)."""
+    assert eight_device_pairs[f"loop_collectives-{coupling}-global-sharding"] == 0
+
+
 def test_local_scope_pairs_within_each_devices_rows(eight_device_pairs):
     r = eight_device_pairs
     ind, local, x1 = r["independent"], r["exact-local-sharding"], r["x1"]
@@ -388,6 +437,7 @@ def test_local_scope_pairs_within_each_devices_rows(eight_device_pairs):
         cost = np.mean(np.sum((local[rows] - x1[rows]) ** 2, 1))
         np.testing.assert_allclose(cost, r["exact_cost_pieces"][s], rtol=1e-5)
     assert not np.array_equal(local, r["exact-global-one"])
+    assert r["loop_collectives-exact-local-sharding"] == 0
 
 
 if __name__ == "__main__":
