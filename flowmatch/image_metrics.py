@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -38,6 +37,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from flowmatch import fileio
 from flowmatch.data import images as images_lib
 from flowmatch.metrics import frechet_distance
 from flowmatch.metrics import gaussian_stats
@@ -293,17 +293,8 @@ def _save_classifier(path: str, classifier: TrainedClassifier) -> None:
                   test_accuracy=np.float64(classifier.test_accuracy),
                   train_seconds=np.float64(classifier.train_seconds),
                   image_shape=np.asarray(classifier.image_shape, np.int64))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".classifier-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_classifier(path: str, dataset_name: str, seed: int,
@@ -566,17 +557,8 @@ def save_stats(path: str | os.PathLike, mu, sigma) -> None:
     sigma = np.asarray(sigma, dtype=np.float64)
     _check_stats(mu, sigma, "save_stats")
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fileio.write_atomic(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import warnings
 from typing import Any, Mapping
 
@@ -20,6 +19,8 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 import scipy.spatial.distance
+
+from flowmatch import fileio
 
 __all__ = [
     "count_nonfinite",
@@ -403,17 +404,5 @@ def truncate_metrics(path: str | os.PathLike, max_step: int) -> int:
     if not os.path.exists(path):
         return 0
     kept = [line for line, record in _parse_lines(path) if record["step"] <= max_step]
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.chmod(tmp, os.stat(path).st_mode & 0o777)  # mkstemp makes it 0600
-            f.writelines(line + "\n" for line in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    fileio.write_atomic(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
     return len(kept)

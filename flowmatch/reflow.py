@@ -28,7 +28,6 @@ so it does not depend on which chunks were done before or on the devices.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -63,36 +62,6 @@ def _count(name: str, value: Any, minimum: int = 1) -> int:
 
 
 # -- pairs --------------------------------------------------------------------------------------
-
-
-def make_pair_sampler(exp: train_lib.Experiment, method=None, num_steps=None, rtol=None,
-                      atol=None):
-    """`sample(params, key, n, cond=None) -> (x0, x1, nfe, success)` over the plan's mesh.
-
-    As `Experiment.make_sampler` (the same source samples from `key`, the same split of the solve
-    over the devices), but also returns the x0 [n, ...] that x1 [n, ...] was integrated from.
-    """
-    settings = exp.sampler_settings(method, num_steps, rtol, atol)
-    apply_fn = lambda params, x, t, cond: exp.apply(params, x, t, cond)
-    plan = exp.plan
-
-    @functools.partial(jax.jit, static_argnums=(2,), out_shardings=plan.replicated)
-    def solve(params, key, n, cond):
-        x0 = exp.sample_source(key, n)
-        if n % plan.num_shards == 0:
-            x0 = jax.lax.with_sharding_constraint(x0, plan.batch_sharding())
-            if cond is not None:
-                cond = jax.lax.with_sharding_constraint(cond, plan.batch_sharding())
-        sol = sampling.solve_from_noise(apply_fn, params, exp.objective, x0, cond=cond,
-                                        **settings)
-        return x0, sol.x, sol.nfe, sol.success
-
-    def sample(params, key, n, cond=None):
-        params = jax.device_put(params, plan.state_shardings(params))
-        cond = None if cond is None else plan.replicate(cond)
-        return solve(params, plan.replicate(key), n, cond)
-
-    return sample
 
 
 def _json_normal(obj):
@@ -156,7 +125,7 @@ def generate_pairs(workdir: str, out_dir: str, *, num_pairs: int, chunk_size: in
             manifest["chunks"].pop(str(i), None)
         pairs_lib.write_json_atomic(os.path.join(out_dir, pairs_lib.MANIFEST), manifest)
     todo = [int(i) for i in np.flatnonzero(~finished)]
-    sample = make_pair_sampler(exp, **settings)
+    sample = exp.make_sampler(**settings, return_source=True)
     base_key = jax.random.PRNGKey(seed)
     t_start, nfe = time.perf_counter(), 0
     for i in todo:

@@ -51,6 +51,7 @@ from flowmatch import couplings as couplings_lib
 from flowmatch import data as data_lib
 from flowmatch import ema as ema_lib
 from flowmatch import evaluation
+from flowmatch import fileio
 from flowmatch import integrators
 from flowmatch import metrics as metrics_lib
 from flowmatch import models as models_lib
@@ -431,13 +432,15 @@ class Experiment:
         """
         return sampler_settings(self.config.sampling, method, num_steps, rtol, atol)
 
-    def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None):
+    def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None, *,
+                     return_source: bool = False):
         """`sample(params, key, n, cond=None) -> (x [n, ...], nfe, success)` over the plan's mesh.
 
         x0 = sample_source(key, n) (p0, by default normal(key, [n, ...])) and the whole solve
         are split over the devices (when n divides by their number; else every device solves
         all of it); the same numbers as on one device.  Outputs are replicated, so every
-        process can read them.
+        process can read them.  return_source: (x0, x, nfe, success), the x0 each x was
+        integrated from too (reflow's pairs).
         """
         settings = self.sampler_settings(method, num_steps, rtol, atol)
         apply_fn = lambda params, x, t, cond: self.apply(params, x, t, cond)
@@ -452,7 +455,8 @@ class Experiment:
                     cond = jax.lax.with_sharding_constraint(cond, plan.batch_sharding())
             sol = sampling.solve_from_noise(apply_fn, params, self.objective, x0, cond=cond,
                                             **settings)
-            return sol.x, sol.nfe, sol.success
+            out = (sol.x, sol.nfe, sol.success)
+            return (x0, *out) if return_source else out
 
         def sample(params, key, n, cond=None):
             params = jax.device_put(params, plan.state_shardings(params))
@@ -529,10 +533,8 @@ def _make_plan(section, batch_size: int, grad_accum_steps: int) -> parallel_lib.
 
 def save_config(config, workdir):
     """Writes workdir/config.json atomically (a killed run leaves the old file or the new one)."""
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + ".tmp", path)
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    fileio.write_atomic(os.path.join(workdir, "config.json"), lambda f: f.write(text.encode()))
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

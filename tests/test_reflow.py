@@ -234,7 +234,8 @@ def test_distilled_model_maps_x0_to_x1_in_one_euler_step(tmp_path):
     exp, state, _ = generate.restore_run(workdir)
     assert exp.objective.time_sampling == "zero"
     assert exp.sampler_settings() == dict(method="euler", num_steps=1, rtol=None, atol=None)
-    x0, x1, nfe, ok = reflow.make_pair_sampler(exp)(state.ema_params, jax.random.PRNGKey(4), 512)
+    sample = exp.make_sampler(return_source=True)
+    x0, x1, nfe, ok = sample(state.ema_params, jax.random.PRNGKey(4), 512)
     x0, x1 = np.asarray(x0), np.asarray(x1)
     assert int(nfe) == 1 and bool(ok)
     err = np.mean(np.sum((x1 - (x0 @ A.T + B)) ** 2, 1))

@@ -27,12 +27,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 
+from flowmatch import fileio
 from flowmatch.data import toy2d
 
 FORMAT = "flowmatch-pairs/1"
@@ -64,30 +64,15 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: str, write) -> None:
-    """Calls write(file object) on a temporary file beside `path`, syncs it, renames it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix="_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes `obj` as JSON to `path` so that a reader sees the old file or the new, never half."""
-    _write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
+    text = json.dumps(obj, indent=2, sort_keys=True)
+    fileio.write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def remove_temporary_files(directory: str) -> list[str]:
     """Deletes what a killed writer left (files named .tmp_*); returns their names."""
-    names = [n for n in os.listdir(directory) if n.startswith(".tmp_")]
+    names = [n for n in os.listdir(directory) if n.startswith(fileio.TEMP_PREFIX)]
     for n in names:
         os.remove(os.path.join(directory, n))
     return names
@@ -104,7 +89,7 @@ def write_chunk(directory: str, index: int, x0: np.ndarray, x1: np.ndarray,
                          f"{x0.shape}, {x1.shape} and {label.shape}")
     name = chunk_filename(index)
     path = os.path.join(directory, name)
-    _write_atomic(path, lambda f: np.savez(f, x0=x0, x1=x1, label=label))
+    fileio.write_atomic(path, lambda f: np.savez(f, x0=x0, x1=x1, label=label))
     return {"file": name, "rows": int(x0.shape[0]), "sha256": file_sha256(path)}
 
 
