@@ -190,21 +190,25 @@ def trajectory_statistic(v: Callable, path: paths_lib.AffinePath, x0, *, method:
     """
     v_model = v if v_model is None else v_model
 
+    def measure(t, x):
+        return _mean_se(noise_statistic(path, t, x, endpoints(v_model, path, t, x)[0]))
+
+    sol, (stat, se) = along_trajectory(v, x0, measure, method=method, num_steps=num_steps)
+    return Trajectory(*(np.asarray(a, np.float64) for a in (sol.ts, stat, se)), sol.x)
+
+
+def along_trajectory(v: Callable, x0, fn: Callable, *, method: str, num_steps: int):
+    """Solves dx/dt = v from x0 (t = 0) to 1 on a uniform grid of num_steps steps, keeping every
+    grid state, and maps fn(t, x) over the N + 1 saved states with lax.scan; one compiled
+    program.  Returns (the solution: ts, xs, x, ...; fn's outputs stacked over the grid)."""
+
     @jax.jit
     def run(x0):
         sol = integrators.solve(v, x0, method=method, num_steps=num_steps,
                                 save_trajectory=True)
+        return sol, lax.scan(lambda _, tx: (None, fn(*tx)), None, (sol.ts, sol.xs))[1]
 
-        def one(_, tx):
-            t, x = tx
-            x1_hat, _ = endpoints(v_model, path, t, x)
-            return None, _mean_se(noise_statistic(path, t, x, x1_hat))
-
-        stat, se = lax.scan(one, None, (sol.ts, sol.xs))[1]
-        return sol.ts, stat, se, sol.x
-
-    ts, stat, se, x1 = run(jnp.asarray(x0))
-    return Trajectory(*(np.asarray(a, np.float64) for a in (ts, stat, se)), x1)
+    return run(jnp.asarray(x0))
 
 
 def profile(cal: Calibration, path: paths_lib.AffinePath, ts, stat, stat_se=None) -> list[dict]:

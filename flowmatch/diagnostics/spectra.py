@@ -23,12 +23,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from flowmatch import integrators
 from flowmatch import paths as paths_lib
 from flowmatch.diagnostics import exposure
 
@@ -74,20 +71,9 @@ def spectral_trajectory(v: Callable, path: paths_lib.AffinePath, x0, *, method: 
     """Integrates v from x0 [B, H, W, C] (t = 0) to 1 on a uniform grid; returns (ts [N + 1],
     states [N + 1, B, ...], x1_hat [N + 1, B, ...]) with x1_hat the model's clean-image
     prediction at every grid state (N + 1 evaluations beyond the solve's)."""
-
-    @jax.jit
-    def run(x0):
-        sol = integrators.solve(v, x0, method=method, num_steps=num_steps,
-                                save_trajectory=True)
-
-        def one(_, tx):
-            t, x = tx
-            return None, exposure.endpoints(v, path, t, x)[0]
-
-        return sol.ts, sol.xs, lax.scan(one, None, (sol.ts, sol.xs))[1]
-
-    ts, xs, x1s = run(jnp.asarray(x0))
-    return np.asarray(ts, np.float64), np.asarray(xs), np.asarray(x1s)
+    sol, x1s = exposure.along_trajectory(v, x0, lambda t, x: exposure.endpoints(v, path, t, x)[0],
+                                         method=method, num_steps=num_steps)
+    return np.asarray(sol.ts, np.float64), np.asarray(sol.xs), np.asarray(x1s)
 
 
 def profiles_over_time(frames, mode: str = "sum") -> np.ndarray:
