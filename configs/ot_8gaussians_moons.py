@@ -17,7 +17,7 @@ One run alone (e.g. the OT one):
 
 Measured (10 seeds, 2-core CPU, the test suite running beside it): 37 minutes for the 20
 runs (about 3 of them paused)
-(plain FM 17-24 s per run, OT 143-193 s; two runs paused meanwhile for the speed benchmark are
+(plain FM 17-24 s per run, OT 142-193 s; two runs paused meanwhile for the speed benchmark are
 left out of these ranges); W2^2 after one Euler step 6.19 +- 0.28 (FM) vs
 0.109 +- 0.031 (OT), after dopri5 0.260 +- 0.125 vs 0.068 +- 0.043 (published: 6.232 / 0.072,
 0.120 / 0.050); the table is in the README ("Reproduction: 8gaussians -> moons").  An earlier
