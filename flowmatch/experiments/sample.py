@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
 
@@ -19,13 +18,6 @@ from flowmatch.checks import ConfigError
 from flowmatch.data import toy2d
 from flowmatch.training import runs
 from flowmatch.training.evaluation import sampler_on_plan
-
-
-def write_npz(path: str, **arrays) -> None:
-    """np.savez through the atomic writer (a killed run leaves the old file or the new one)."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    fileio.write_atomic(path, lambda f: f.write(buf.getvalue()))
 
 
 def draw(run: runs.Run, num_samples: int, *, seed: int = 0, chunk_size: int | None = None,
@@ -67,7 +59,7 @@ def sample_to_file(workdir: str, output: str, *, num_samples=None, method=None, 
     seconds = time.perf_counter() - t
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     extra = {} if labels is None else {"labels": labels.astype(np.int32)}
-    write_npz(output, samples=out.x.astype(np.float32), nfe=np.int64(out.nfe), **extra)
+    fileio.write_npz(output, samples=out.x.astype(np.float32), nfe=np.int64(out.nfe), **extra)
     png = output[:-4] + ".png"
     result = {"output": output, "png": png, "num_samples": n, "nfe": out.nfe, "step": run.step,
               "seconds": seconds, "success": out.success}
