@@ -94,6 +94,25 @@ def decode_record(record: bytes, shape: tuple[int, ...], dtype: str) -> tuple[np
     return np.frombuffer(record, dt, offset=HEADER_BYTES).reshape(shape), label
 
 
+def decode_records(records: list, shape: tuple[int, ...],
+                   dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """`decode_record` of many records at once: (x [m, *shape] of ``dtype``, read-only, label
+    [m] int32), or None when any of them is not a well-formed record (then decode them one by
+    one to find which)."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    size = HEADER_BYTES + int(np.prod(shape)) * dt.itemsize
+    if not all(isinstance(r, bytes) and len(r) == size for r in records):
+        return None
+    rows = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), size)
+    if not np.all(rows[:, :4] == np.frombuffer(MAGIC, np.uint8)):
+        return None
+    label = np.ascontiguousarray(rows[:, 4:HEADER_BYTES]).view("<i4")[:, 0].astype(np.int32)
+    x = rows[:, HEADER_BYTES:]  # uint8: a view, no copy
+    if dt != np.uint8:
+        x = np.ascontiguousarray(x).view(dt)
+    return x.reshape(len(records), *shape), label
+
+
 # ----------------------------------------------------------------------------------- manifest
 
 
