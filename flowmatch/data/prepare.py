@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -35,6 +35,18 @@ SOURCES = ("image_folder", "cifar10", "latents")
 TARGET_SHARD_BYTES = 256 << 20  # default shard size when num_shards is not given
 _LOG_EVERY = 10_000
 _SPLIT_NAME = re.compile(r"[a-z0-9_]+")
+
+
+class _Plan(NamedTuple):
+    """What a source will write: ``examples`` yields ``num_inputs`` items (example, label) or
+    None (an input left out), lazily."""
+
+    spec: arrayrecord.ExampleSpec
+    examples: Iterable
+    num_inputs: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: dict
 
 
 def prepare(source: str, input_path: str | os.PathLike, output: str | os.PathLike, *,
@@ -74,15 +86,14 @@ def prepare(source: str, input_path: str | os.PathLike, output: str | os.PathLik
         plan = _cifar10_plan(input_path, split, skip_bad)
     else:
         plan = _latents_plan(input_path, latent_dtype)
-    spec, examples, n, info = plan
+    n = plan.num_inputs
     if num_shards is None:
-        record_bytes = arrayrecord.HEADER_BYTES + math.prod(spec.example_shape) * np.dtype(
-            spec.dtype).itemsize
+        record_bytes = arrayrecord.HEADER_BYTES + math.prod(plan.spec.example_shape) * np.dtype(
+            plan.spec.dtype).itemsize
         num_shards = max(1, math.ceil(n * record_bytes / TARGET_SHARD_BYTES))
-    num_shards = min(int(num_shards), n)
     manifest = arrayrecord.write_split(
-        output, split, examples, n, spec, num_classes=info["num_classes"],
-        class_names=info.get("class_names", ()), source=info["source"], num_shards=num_shards,
+        output, split, plan.examples, n, plan.spec, num_classes=plan.num_classes,
+        class_names=plan.class_names, source=plan.source, num_shards=min(int(num_shards), n),
         overwrite=overwrite)
     logger.info("wrote %d examples of split %r in %d shard(s) to %s", manifest.num_examples,
                 split, len(manifest.shards), output)
@@ -168,8 +179,7 @@ def _image_folder_plan(root: Path, image_size, channels, skip_bad, num_workers):
                 pool.shutdown(cancel_futures=True)
 
     spec = arrayrecord.ExampleSpec("image", (image_size, image_size, channels), "uint8")
-    return spec, examples(), len(jobs), {"num_classes": len(class_names),
-                                         "class_names": class_names, "source": source}
+    return _Plan(spec, examples(), len(jobs), len(class_names), class_names, source)
 
 
 # ---------------------------------------------------------------------------------- CIFAR-10
@@ -186,8 +196,7 @@ def _cifar10_plan(path: Path, split: str, skip_bad: bool):
               "num_skipped": data.num_skipped}
     examples = zip(pixels, data.label.tolist())
     del data  # the float32 copy (4x the pixels) is no longer needed
-    return spec, examples, len(pixels), {"num_classes": 10, "source": source,
-                                         "class_names": _CIFAR10_CLASSES}
+    return _Plan(spec, examples, len(pixels), 10, _CIFAR10_CLASSES, source)
 
 
 # The label names of the CIFAR-10 release (batches.meta), in label order.
@@ -246,5 +255,4 @@ def _latents_plan(path: Path, dtype: str):
 
     spec = arrayrecord.ExampleSpec("latent", tuple(int(d) for d in x.shape[1:]), dtype)
     source = {"source": "latents", "input": str(path.resolve()), "input_dtype": str(x.dtype)}
-    return spec, examples(), len(x), {"num_classes": num_classes, "class_names": class_names,
-                                      "source": source}
+    return _Plan(spec, examples(), len(x), num_classes, class_names, source)
