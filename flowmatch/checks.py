@@ -110,7 +110,7 @@ def from_section(cls, section, prefix: str, *, extra_allowed: Iterable[str] = ()
 
 def _in_section(prefix: str, error: Exception) -> str:
     message = str(error)
-    return message if message.startswith(prefix + ".") else f"{prefix}: {message}"
+    return message if f"{prefix}." in message else f"{prefix}: {message}"
 
 
 def as_config_error(prefix: str, fn, *args, **kwargs):
