@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -47,7 +48,7 @@ def choice(name: str, value: Any, allowed: Iterable, what: str | None = None):
     """value if it is one of `allowed`, else a ValueError listing them."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {what or name} {value!r}; choose one of: "
+        raise ValueError(f"{name}: unknown {what or 'value'} {value!r}; choose one of: "
                          f"{', '.join(map(str, allowed))}")
     return value
 
@@ -109,8 +110,15 @@ def from_section(cls, section, prefix: str, *, extra_allowed: Iterable[str] = ()
 
 
 def _in_section(prefix: str, error: Exception) -> str:
+    """A component's message about its field `f` ("f must be ...", "f: unknown ...") as one about
+    the config key prefix.f; other messages get the section in front."""
     message = str(error)
-    return message if f"{prefix}." in message else f"{prefix}: {message}"
+    if not prefix or f"{prefix}." in message:
+        return message
+    head = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)( must |: |=)", message)
+    if head:
+        return f"{prefix}.{message}"
+    return f"{prefix}: {message}"
 
 
 def as_config_error(prefix: str, fn, *args, **kwargs):

@@ -134,7 +134,7 @@ def _top_level(config) -> settings_lib.TrainSettings:
     fields = checks.field_names(settings_lib.TrainSettings)
     checks.known_keys("", config, set(fields) | set(SECTIONS))
     return checks.from_section(settings_lib.TrainSettings,
-                               {k: config[k] for k in fields if k in config}, "config")
+                               {k: config[k] for k in fields if k in config}, "")
 
 
 def _path_section(section) -> dict:
@@ -144,7 +144,7 @@ def _path_section(section) -> dict:
     allowed = {"schedule"} | {f for cls in schedules_lib.SCHEDULES.values()
                               for f in checks.field_names(cls)}
     checks.known_keys("path.", section, allowed)
-    name = checks.as_config_error("path", checks.choice, "path.schedule",
+    name = checks.as_config_error("path", checks.choice, "schedule",
                                   section.get("schedule", "cond_ot"),
                                   tuple(schedules_lib.SCHEDULES), "schedule")
     fields = set(checks.field_names(schedules_lib.SCHEDULES[name]))
@@ -160,7 +160,7 @@ def _objective(section, path_kwargs):
                           for f in objectives_lib.objective_fields(n)}
     checks.known_keys("objective.", section, allowed)
     name = section.get("name", "flow_matching")
-    checks.as_config_error("objective", checks.choice, "objective.name", name,
+    checks.as_config_error("objective", checks.choice, "name", name,
                            objectives_lib.OBJECTIVES, "objective")
     fields = objectives_lib.objective_fields(name)
     kwargs = {k: v for k, v in section.items() if k in fields}
@@ -172,10 +172,10 @@ def _objective(section, path_kwargs):
 def _model_section(section) -> dict:
     section = dict(section or {})
     name = section.get("name", "mlp")
-    checks.as_config_error("model", checks.choice, "model.name", name, tuple(models_lib.MODELS),
+    checks.as_config_error("model", checks.choice, "name", name, tuple(models_lib.MODELS),
                            "model")
-    checks.as_config_error("model", checks.choice, "model.dtype", section.get("dtype", "float32"),
-                           tuple(DTYPES))
+    checks.as_config_error("model", checks.choice, "dtype", section.get("dtype", "float32"),
+                           tuple(DTYPES), "compute dtype")
     allowed = {"name", "dtype"} | set(models_lib.model_fields(models_lib.MODELS[name]))
     checks.known_keys("model.", section, allowed)
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()}
@@ -204,6 +204,9 @@ def read_settings(config) -> Settings:
     get = lambda name: _section(config, name)  # noqa: E731
     rec = lambda cls, name: checks.from_section(cls, get(name), name)  # noqa: E731
     path = _path_section(get("path"))
+    for name, cls in (("coupling", couplings_lib.CouplingSettings),
+                      ("parallel", parallel_lib.ParallelSettings)):
+        checks.known_keys(f"{name}.", dict(get(name) or {}), checks.field_names(cls))
     coupling = checks.as_config_error("coupling", couplings_lib.CouplingSettings.from_config,
                                       get("coupling"))
     source = dict(get("source") or {})

@@ -130,7 +130,7 @@ class NonfiniteSettings:
     max_consecutive_skips: int = 10
 
     def __post_init__(self):
-        checks.choice("policy", self.policy, NONFINITE_POLICIES, "nonfinite.policy")
+        checks.choice("policy", self.policy, NONFINITE_POLICIES, "policy")
         checks.positive_int("max_consecutive_skips", self.max_consecutive_skips)
 
 

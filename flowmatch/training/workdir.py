@@ -73,7 +73,7 @@ def check_workdir(config, workdir: str, mode: str = "auto") -> str:
     config.json is kept beside the new one); 'overwrite' starts afresh after moving the old
     run aside ('move_aside').  Returns 'none', 'keep_old_config' or 'move_aside'.  Reads only.
     """
-    checks.choice("workdir mode", mode, WORKDIR_MODES)
+    checks.choice("mode", mode, WORKDIR_MODES, "workdir mode")
     if not holds_a_run(workdir):
         return "none"
     if mode == "overwrite":
