@@ -1,4 +1,5 @@
-"""The integrator comparison: rows, files, NFE accounting, convergence to the reference, errors."""
+"""The integrator comparison: rows, files, NFE accounting, convergence to the reference, the
+same samples as scripts/sample.py, errors."""
 
 import csv
 import json
@@ -9,10 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from flowmatch import compare, integrators, train
+from flowmatch import integrators, metrics, objectives, paths, rng, sampling, training
+from flowmatch.checks import ConfigError
+from flowmatch.data import toy2d
+from flowmatch.experiments import compare, sample
 from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "compare_integrators.py")
 # The smoke model's sinusoidal time embedding (sin(1000 t ...)) makes v(t, x) oscillate in t,
 # so integrators only reach their asymptotic regime at a few hundred NFE: budgets go that high.
@@ -22,7 +26,7 @@ BUDGETS = (4, 64, 1024)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.train_and_evaluate(load_config("checkerboard"), workdir)
+    training.train_and_evaluate(load_config("checkerboard"), workdir)
     return workdir
 
 
@@ -91,22 +95,47 @@ def test_errors_shrink_towards_the_reference(result):
     assert all(r["nfe"] > 0 and r["num_steps"] > 0 for r in adaptive)
 
 
-def test_chunks_and_nll(run_dir, result, tmp_path):
+def test_same_samples_as_the_sample_script(run_dir, result, tmp_path):
+    """The rows' samples are those of scripts/sample.py for the same run, seed and settings (one
+    key layout): the same tv against the same reference stream."""
     rows, _ = result
+    out = sample.sample_to_file(run_dir, str(tmp_path / "s.npz"), num_samples=64,
+                                method="euler", num_steps=4, seed=0)
+    row = next(r for r in rows if (r["method"], r["budget"], r["metric"]) == ("euler", 4, "tv"))
+    assert out["nfe"] == row["nfe"] == 4
+    assert row["value"] == out["tv"]
+
+
+def test_chunks_and_nll(run_dir, tmp_path):
     chunked = compare.compare_integrators(run_dir, str(tmp_path), methods=["euler"],
                                           nfe_budgets=(64,), num_samples=64, tolerances=(),
-                                          chunk_size=25, nll=True)
-    # Fixed-grid solves are per sample: chunking (25 + 25 + 14, the last padded) changes nothing.
-    want = [r for r in rows if (r["method"], r["budget"]) == ("euler", 64)]
-    got = [r for r in chunked if r["kind"] == "fixed" and r["metric"] != "nll"]
-    assert [r["metric"] for r in got] == [r["metric"] for r in want] == ["tv", "w2"]
-    for a, b in zip(want, got):
-        assert a["value"] == pytest.approx(b["value"], abs=1e-4)
-        # The adaptive reference steps each chunk as one system: equal up to its tolerance.
-        assert a["traj_error"] == pytest.approx(b["traj_error"], rel=1e-2)
+                                          chunk_size=25, nll=True, path_metrics=False)
+    # Chunks of 25 (25 + 25 + 14, the last one padded) draw the noise as sample.draw does.
+    run = training.restore(run_dir)
+    drawn = sample.draw(run, 64, seed=0, chunk_size=25, method="euler", num_steps=64)
+    cfg = run.components.settings.eval
+    ref = toy2d.sample_toy("checkerboard", rng.seed_stream(0, "reference"), cfg.num_tv_samples)
+    tv = metrics.tv_distance(drawn.x, ref, toy2d.toy_box("checkerboard"), bins=cfg.tv_bins)
+    got = {r["metric"]: r["value"] for r in chunked if r["kind"] == "fixed"}
+    assert got["tv"] == pytest.approx(tv, abs=1e-12)
     nll = {r["kind"]: r["value"] for r in chunked if r["metric"] == "nll"}
     assert set(nll) == {"reference", "fixed"} and all(np.isfinite(list(nll.values())))
     assert nll["fixed"] == pytest.approx(nll["reference"], abs=0.1)
+
+
+def test_budgets_count_the_denoising_evaluation():
+    """A DDPM model stops at t_end < 1 and denoises (one more evaluation): the largest grid whose
+    NFE, that evaluation included, fits each budget."""
+    ddpm = objectives.build_objective("ddpm", path=paths.make_path("cond_ot"),
+                                      num_timesteps=100)
+    model = sampling.ModelFn.from_objective(lambda p, x, t, c: x, ddpm)
+    args = compare._check_arguments(["euler", "heun"], (2, 4, 9), (), 1e-7, None, None, (), 0.5)
+    plan = compare._plan(args, model)
+    assert plan == [("euler", 2, 1), ("euler", 4, 3), ("euler", 9, 8), ("heun", 4, 1),
+                    ("heun", 9, 4)]
+    assert all(sampling.nfe(m, k, model) <= b < sampling.nfe(m, k + 1, model)
+               for m, b, k in plan)
+    assert compare._plan(args, None)[0] == ("euler", 2, 2)  # flow matching: no extra evaluation
 
 
 def test_path_metrics(result):
@@ -136,9 +165,9 @@ def test_corrections(run_dir, tmp_path):
     # A correction changes the solve (the model is not exact), but not by much.
     for name in ("time_shift", "eps_scale=1.05"):
         assert 0 < fixed[name]["traj_error"] < 1.0
-    with pytest.raises(train.ConfigError, match="unknown correction"):
+    with pytest.raises(ConfigError, match="unknown correction"):
         compare.compare_integrators(run_dir, str(tmp_path), corrections=["warp"])
-    with pytest.raises(train.ConfigError, match="max_shift"):
+    with pytest.raises(ConfigError, match="max_shift"):
         compare.compare_integrators(run_dir, str(tmp_path), corrections=["time_shift"],
                                     max_shift=1.0)
 
@@ -154,7 +183,7 @@ def test_corrections(run_dir, tmp_path):
     (dict(methods=["rk4"], nfe_budgets=(2, 3)), "nothing to compare"),
 ])
 def test_bad_arguments(kwargs, match, tmp_path):
-    with pytest.raises(train.ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         compare.compare_integrators(str(tmp_path), str(tmp_path / "out"), **kwargs)
 
 
@@ -171,14 +200,14 @@ def _script(*args):
 def test_script(run_dir, tmp_path):
     out = tmp_path / "cli"
     proc = _script(f"--workdir={run_dir}", f"--output={out}", "--methods=euler,heun",
-                   "--nfe=2,4", "--num_samples=64", "--tolerances=", "--nll")
+                   "--nfe=4", "--num_samples=64", "--tolerances=", "--nll")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for ext in ("json", "csv", "png"):
         assert (out / f"integrators.{ext}").exists()
     with open(out / "integrators.json") as f:
         rows = json.load(f)
-    assert {(r["method"], r["nfe"]) for r in rows if r["kind"] == "fixed"} == {
-        ("euler", 2), ("euler", 4), ("heun", 2), ("heun", 4)}
+    assert {(r["method"], r["nfe"], r["num_steps"]) for r in rows if r["kind"] == "fixed"} == {
+        ("euler", 4, 4), ("heun", 4, 2)}
     assert {r["metric"] for r in rows} == {"tv", "w2", "nll"}
     assert "traj_error" in proc.stdout  # the printed table
 

@@ -1,17 +1,25 @@
-"""The diagnostics on trained runs, written as JSON + PNG (the library side of scripts/diagnose.py).
+"""The diagnostics on trained runs, written as JSON + PNG (the driver of scripts/diagnose.py).
 
+    diagnose(analyses, runs, out, ...)   the script's analyses on its runs, each below
     exposure_report(workdir, out)        exposure.json / .png, and the corrections through the
                                          comparison harness: corrections/integrators.* and
                                          exposure_corrections.json
     spectra_report({name: workdir}, out) spectra.json, spectra.png, spectra_reach.png
     roofline_report(configs, out)        roofline.json, roofline.png
 
-Each returns what it wrote as a dict and prints a short table.
+Each returns what it wrote as a dict and prints a short table.  Every run is restored with
+`training.restore` and sampled through its `sampling.ModelFn`: trajectories run from t = 0 to the
+model's t_end (1 for flow matching; a DDPM model's last training time, where its sampler stops),
+and NFE budgets count a DDPM model's denoising evaluation as the sampler registry does.
+
+Random streams (`rng.seed_stream(seed, name)`): "exposure_noise" (the trajectories' noise, also
+the calibration's, so both start from identical states), "exposure_pairs" (the calibration's
+training examples and their coupling), "spectra" (the spectra's noise); the corrections use the
+comparison harness's streams (`flowmatch.experiments.compare`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Callable, Mapping, Sequence
@@ -19,52 +27,123 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from flowmatch import compare
-from flowmatch import generate
+from flowmatch import checks
+from flowmatch import fileio
 from flowmatch import integrators
+from flowmatch import rng
+from flowmatch import sampling
+from flowmatch import training
+from flowmatch.checks import ConfigError
+from flowmatch.data import toy2d
 from flowmatch.diagnostics import exposure
 from flowmatch.diagnostics import roofline
 from flowmatch.diagnostics import runs as diag_runs
 from flowmatch.diagnostics import spectra
-from flowmatch.train import ConfigError
+from flowmatch.experiments import compare
+from flowmatch.training import loop as training_loop
 
+ANALYSES = ("exposure", "spectra", "roofline")
 DEFAULT_METHODS = ("euler", "heun", "rk4")
 DEFAULT_EXPOSURE_NFE = (4, 8, 16, 32, 64)
 DEFAULT_CORRECTIONS = ("time_shift", "eps_scale=0.98", "eps_scale=1.02")
 DEFAULT_SPECTRA_NFE = (32,)
 DEFAULT_FRACTION = 0.9
+DEFAULT_ROOFLINE_CONFIGS = ("configs/moons.py", "configs/digits.py")
 # The corrections are judged by sample quality; traj_error only needs a fair reference, and
 # dopri5 at 1e-7 costs minutes per chunk of U-Net samples on a CPU.
 CORRECTIONS_REFERENCE_TOL = 1e-5
 
 
 def _save(fig: Figure, path: str) -> None:
-    FigureCanvasAgg(fig)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fileio.save_figure(fig, path)
 
 
-def _write_json(obj, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
-def _plan(methods, nfe_budgets):
-    """[(method, budget, num_steps)] for the fixed-grid budgets each method fits in."""
+def _plan(methods, nfe_budgets, model: sampling.ModelFn | None = None):
+    """[(method, budget, num_steps)] for the fixed-grid budgets each method fits in (counting a
+    denoising model's extra evaluation); model=None checks the arguments alone."""
     out = []
     for m in methods:
-        try:
-            stages = integrators.nfe_for(m, 1)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-        out.extend((m, b, b // stages) for b in sorted(set(nfe_budgets)) if b >= stages)
+        checks.as_config_error("methods", integrators.nfe_for, m, 1)  # lists the known names
+        for b in sorted(set(nfe_budgets)):
+            steps = sampling.steps_for_budget(m, b, model)
+            if steps is not None:
+                out.append((m, b, steps))
     if not out:
         raise ConfigError(f"no (method, NFE) pair fits: methods {list(methods)}, NFE "
                           f"{list(nfe_budgets)}; raise --nfe")
     return out
+
+
+def _cond(labels):
+    return None if labels is None else jnp.asarray(labels)
+
+
+def _objective_name(run) -> str:
+    return run.config.objective.name if "objective" in run.config else "flow_matching"
+
+
+# -- the script's analyses -------------------------------------------------------------------------
+
+
+def diagnose(analyses: Sequence[str], runs: Mapping[str, str], output_dir: str, *,
+             methods: Sequence[str] = DEFAULT_METHODS, nfe_budgets: Sequence[int] | None = None,
+             num_samples: int | None = None, compare_samples: int | None = None, seed: int = 0,
+             corrections: Sequence[str] = DEFAULT_CORRECTIONS,
+             max_shift: float = exposure.DEFAULT_MAX_SHIFT, fraction: float = DEFAULT_FRACTION,
+             image_metric_cache: str | None = None,
+             roofline_configs: Sequence[str] = DEFAULT_ROOFLINE_CONFIGS,
+             batch_sizes: Mapping[str, Sequence[int]] | None = None,
+             measure_peaks: bool = True) -> dict:
+    """Runs `analyses` (of ANALYSES) and writes each into output_dir: exposure on every run of
+    `runs` ({name: workdir}) into exposure_<name>/, spectra on the image runs among them into
+    spectra/, roofline on the networks of `roofline_configs` (config files, 'FILE[:variant]')
+    into roofline/.  nfe_budgets default per analysis (DEFAULT_EXPOSURE_NFE, DEFAULT_SPECTRA_NFE);
+    image_metric_cache: score digits / mnist corrections by the feature classifier's Frechet
+    distance (`image_metrics.make_image_metric`); batch_sizes: {'mlp' | 'unet': sizes}.
+    Returns {analysis: its result}."""
+    unknown = sorted(set(analyses) - set(ANALYSES))
+    if unknown or not analyses:
+        raise ConfigError(f"unknown analyses {unknown}; choose from: {', '.join(ANALYSES)}")
+    if {"exposure", "spectra"} & set(analyses) and not runs:
+        raise ConfigError("exposure and spectra need --workdir (one or more training runs)")
+    data = {name: training.load_config(w).data.name for name, w in runs.items()}
+    out = {}
+    if "exposure" in analyses:
+        out["exposure"] = {name: exposure_report(
+            workdir, os.path.join(output_dir, f"exposure_{name}"), methods=methods,
+            nfe_budgets=nfe_budgets or DEFAULT_EXPOSURE_NFE, num_samples=num_samples, seed=seed,
+            corrections=corrections, max_shift=max_shift, compare_samples=compare_samples,
+            quality_fn=_image_quality(data[name], image_metric_cache))
+            for name, workdir in runs.items()}
+    if "spectra" in analyses:
+        images = {n: w for n, w in runs.items() if data[n] not in toy2d.TOY_DATASETS}
+        if not images:
+            raise ConfigError("spectra need image runs; none of --workdir trained on images")
+        out["spectra"] = spectra_report(
+            images, os.path.join(output_dir, "spectra"), methods=methods,
+            nfe_budgets=nfe_budgets or DEFAULT_SPECTRA_NFE, num_samples=num_samples, seed=seed,
+            fraction=fraction)
+    if "roofline" in analyses:
+        from flowmatch.experiments import cli  # pylint: disable=g-import-not-at-top
+        configs = {}
+        for path in roofline_configs:
+            config = cli.load_config_file(path)
+            configs[config.model.name if config.model.name not in configs else path] = config
+        out["roofline"] = roofline_report(configs, os.path.join(output_dir, "roofline"),
+                                          batch_sizes=batch_sizes, measure_peaks=measure_peaks)
+    return out
+
+
+def _image_quality(data_name: str, cache: str | None) -> Callable | None:
+    """The Frechet distance of the feature classifier of digits / mnist, or None."""
+    if not cache or data_name not in ("digits", "mnist"):
+        return None
+    from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
+    metric = image_metrics.make_image_metric(data_name, cache)
+    return lambda samples: {"fd": metric(samples)["fd"]}
 
 
 # -- exposure bias ---------------------------------------------------------------------------------
@@ -86,53 +165,63 @@ def exposure_report(workdir: str, output_dir: str, *, methods: Sequence[str] = D
     the run's eval size; quality_fn as there; reference at rtol = atol =
     CORRECTIONS_REFERENCE_TOL).
     """
-    plan = _plan(methods, nfe_budgets)
-    exp, state, ckpt_step = generate.restore_run(workdir, step)
-    params = state.ema_params
-    is_2d = exp.source.kind == "toy2d"
-    n = num_samples or min(compare.CALIBRATION_SAMPLES, exp.config.eval.num_tv_samples if is_2d
-                           else exp.config.eval.num_image_samples)
-    path = exposure.model_path(exp.objective)
-    base = jax.random.fold_in(jax.random.PRNGKey(seed), 6)
-    noise = diag_runs.source_sample(exp, jax.random.fold_in(base, 1), n)
-    x0_cal, data, labels = diag_runs.training_pairs(exp, jax.random.fold_in(base, 0), noise)
-    v_cal = diag_runs.velocity(exp, params, None if labels is None else jnp.asarray(labels))
-    cal = exposure.calibrate(v_cal, path, data, x0_cal)
-    sample_labels = diag_runs.labels_for(exp, n)
-    v = diag_runs.velocity(exp, params, None if sample_labels is None
-                           else jnp.asarray(sample_labels))
-    name = f"{exp.config.data.name} ({exp.config.objective.name}), step {ckpt_step}"
+    _plan(methods, nfe_budgets)
+    run = training.restore(workdir, step)
+    comps, params = run.components, run.state.ema_params
+    model = comps.model_fn()
+    plan = _plan(methods, nfe_budgets, model)
+    cfg = comps.settings.eval
+    n = num_samples or min(compare.CALIBRATION_SAMPLES, cfg.num_tv_samples
+                           if comps.spec.kind == "toy2d" else cfg.num_image_samples)
+    noise = diag_runs.source_sample(comps, rng.seed_stream(seed, "exposure_noise"), n)
+    x0_cal, x1_cal, labels = diag_runs.training_pairs(
+        comps, training_loop.load_data(comps.settings.data),
+        rng.seed_stream(seed, "exposure_pairs"), noise)
+    cal = exposure.calibrate(model.velocity_fn(params, _cond(labels)), model.path, x1_cal, x0_cal)
+    v = model.velocity_fn(params, _cond(diag_runs.labels_for(comps, n)))
+    data_name = comps.settings.data.name
+    name = f"{data_name} ({_objective_name(run)}), step {run.step}"
     print(f"exposure: {name}, {n} trajectories", flush=True)
-    profiles = []
-    for method, _, steps in plan:
-        tr = exposure.trajectory_statistic(v, path, noise, method=method, num_steps=steps)
-        rows = exposure.profile(cal, path, tr.ts, tr.stat, tr.stat_se)
-        summary = exposure.summarize(rows)
-        profiles.append({"method": method, "nfe": steps * integrators.nfe_for(method, 1),
-                         "num_steps": steps, "summary": summary, "rows": rows})
-        print(f"  {method:<8} nfe={profiles[-1]['nfe']:<4} "
-              + "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()), flush=True)
+    profiles = exposure_profiles(v, model, cal, noise, plan)
     os.makedirs(output_dir, exist_ok=True)
-    result = {"run": workdir, "data": exp.config.data.name,
-              "objective": exp.config.objective.name, "step": ckpt_step, "num_samples": n,
+    result = {"run": workdir, "data": data_name, "objective": _objective_name(run),
+              "step": run.step, "num_samples": n,
               "calibration": {"taus": cal.taus.tolist(), "stat": cal.stat.tolist(),
                               "stat_se": cal.stat_se.tolist(), "sigma": cal.sigma.tolist()},
               "profiles": profiles}
-    _write_json(result, os.path.join(output_dir, "exposure.json"))
+    fileio.write_json(os.path.join(output_dir, "exposure.json"), result, indent=1)
     _plot_exposure(result, os.path.join(output_dir, "exposure.png"), name)
 
     if corrections:
-        out = os.path.join(output_dir, "corrections")
         rows = compare.compare_integrators(
-            workdir, out, methods=list(dict.fromkeys(m for m, _, _ in plan)),
+            workdir, os.path.join(output_dir, "corrections"),
+            methods=list(dict.fromkeys(m for m, _, _ in plan)),
             nfe_budgets=sorted({b for _, b, _ in plan}), num_samples=compare_samples, seed=seed,
             tolerances=(), step=step, quality_fn=quality_fn, corrections=corrections,
             max_shift=max_shift, path_metrics=False, reference_tol=CORRECTIONS_REFERENCE_TOL)
         effect = correction_effects(rows)
-        _write_json(effect, os.path.join(output_dir, "exposure_corrections.json"))
+        fileio.write_json(os.path.join(output_dir, "exposure_corrections.json"), effect, indent=1)
         result["corrections"] = effect
         print(format_effects(effect), flush=True)
     return result
+
+
+def exposure_profiles(v: Callable, model: sampling.ModelFn, cal: exposure.Calibration, noise,
+                      plan) -> list[dict]:
+    """Per (method, budget, num_steps) of `plan`: the trajectories of v from `noise` over
+    [0, model.t_end] on that grid, their effective noise level (`exposure.profile`) and its
+    summary; printed as it goes."""
+    profiles = []
+    for method, _, steps in plan:
+        tr = exposure.trajectory_statistic(v, model.path, noise, method=method, num_steps=steps,
+                                           t1=model.t_end)
+        rows = exposure.profile(cal, model.path, tr.ts, tr.stat, tr.stat_se)
+        summary = exposure.summarize(rows)
+        profiles.append({"method": method, "nfe": sampling.nfe(method, steps, model),
+                         "num_steps": steps, "summary": summary, "rows": rows})
+        print(f"  {method:<8} nfe={profiles[-1]['nfe']:<4} "
+              + "  ".join(f"{k}={_fmt(x)}" for k, x in summary.items()), flush=True)
+    return profiles
 
 
 def _fmt(v) -> str:
@@ -226,38 +315,42 @@ def spectra_report(workdirs: Mapping[str, str], output_dir: str, *,
     """
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"fraction must be in (0, 1), got {fraction!r}")
-    plan = _plan(methods, nfe_budgets)
+    _plan(methods, nfe_budgets)
     entries = []
     for label, workdir in workdirs.items():
-        exp, state, ckpt_step = generate.restore_run(workdir)
-        if exp.source.kind != "image":
+        run = training.restore(workdir)
+        comps = run.components
+        if comps.spec.kind != "image":
             raise ConfigError(f"spectra are for image runs; {workdir} trained on "
-                              f"{exp.config.data.name!r} ({exp.source.kind})")
-        n = num_samples or exp.config.eval.num_image_samples
-        x0 = diag_runs.source_sample(exp, jax.random.fold_in(jax.random.PRNGKey(seed), 7), n)
-        labels = diag_runs.labels_for(exp, n)
-        v = diag_runs.velocity(exp, state.ema_params, None if labels is None
-                               else jnp.asarray(labels))
-        for e in spectra_entries(v, exposure.model_path(exp.objective), x0, plan, fraction,
-                                 label):
-            entries.append(dict(e, workdir=workdir, objective=exp.config.objective.name,
-                                step=ckpt_step))
+                              f"{comps.settings.data.name!r} ({comps.spec.kind})")
+        model = comps.model_fn()
+        n = num_samples or comps.settings.eval.num_image_samples
+        x0 = diag_runs.source_sample(comps, rng.seed_stream(seed, "spectra"), n)
+        v = model.velocity_fn(run.state.ema_params, _cond(diag_runs.labels_for(comps, n)))
+        plan = _plan(methods, nfe_budgets, model)
+        for e in spectra_entries(v, model.path, x0, plan, fraction, label, t1=model.t_end,
+                                 model=model):
+            entries.append(dict(e, workdir=workdir, objective=_objective_name(run),
+                                step=run.step))
     return write_spectra(entries, fraction, output_dir)
 
 
-def spectra_entries(v: Callable, path, x0, plan, fraction: float, label: str) -> list[dict]:
+def spectra_entries(v: Callable, path, x0, plan, fraction: float, label: str, *,
+                    t1: float = 1.0, model: sampling.ModelFn | None = None) -> list[dict]:
     """One entry per (method, NFE, num_steps) of `plan`: ring energies ("sum" profiles, batch
-    means) of x1_hat and x_t at every grid time; per ring the reach time (x1_hat energy first
-    >= fraction of its final value), the settle times of x1_hat and x_t (within 1 - fraction of
-    final from then on), and the path's log-SNR at the reach time (comparable between schedules,
-    e.g. FM's cond-OT and DDPM's VP path)."""
+    means) of x1_hat and x_t at every grid time of [0, t1]; per ring the reach time (x1_hat
+    energy first >= fraction of its final value), the settle times of x1_hat and x_t (within
+    1 - fraction of final from then on), and the path's log-SNR at the reach time (comparable
+    between schedules, e.g. FM's cond-OT and DDPM's VP path).  model: counts its NFE as the
+    sampler registry does (a denoising evaluation included)."""
     out = []
     for method, _, steps in plan:
-        ts, xs, x1s = spectra.spectral_trajectory(v, path, x0, method=method, num_steps=steps)
+        ts, xs, x1s = spectra.spectral_trajectory(v, path, x0, method=method, num_steps=steps,
+                                                  t1=t1)
         e_pred = spectra.profiles_over_time(x1s, "sum")
         e_state = spectra.profiles_over_time(xs, "sum")
         reach = spectra.reach_times(ts, e_pred, fraction)
-        entry = {"run": label, "method": method, "nfe": steps * integrators.nfe_for(method, 1),
+        entry = {"run": label, "method": method, "nfe": sampling.nfe(method, steps, model),
                  "num_steps": steps, "num_samples": int(x0.shape[0]), "t": ts.tolist(),
                  "log_snr": _finite(spectra.log_snr(path, ts)),
                  "rings": list(range(e_pred.shape[1])),
@@ -276,7 +369,7 @@ def write_spectra(entries: Sequence[dict], fraction: float, output_dir: str) -> 
     and x_t, per entry) and spectra_reach.png (reach time and log-SNR against ring)."""
     os.makedirs(output_dir, exist_ok=True)
     result = {"fraction": fraction, "entries": list(entries)}
-    _write_json(result, os.path.join(output_dir, "spectra.json"))
+    fileio.write_json(os.path.join(output_dir, "spectra.json"), result, indent=1)
     _plot_bands(entries, os.path.join(output_dir, "spectra.png"))
     _plot_reach(entries, fraction, os.path.join(output_dir, "spectra_reach.png"))
     return result
@@ -359,7 +452,7 @@ def roofline_report(configs: Mapping[str, object], output_dir: str, *,
                                      for d, p in ridges.items()},
               "rows": rows}
     os.makedirs(output_dir, exist_ok=True)
-    _write_json(result, os.path.join(output_dir, "roofline.json"))
+    fileio.write_json(os.path.join(output_dir, "roofline.json"), result, indent=1)
     _plot_roofline(result, os.path.join(output_dir, "roofline.png"))
     print(format_roofline(result), flush=True)
     return result
