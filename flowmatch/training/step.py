@@ -163,7 +163,8 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
         new = (params, opt_state, ema_params)
         old = (state.params, state.opt_state, state.ema_params)
         params, opt_state, ema_params = jax.lax.cond(finite, lambda: new, lambda: old)
-        metrics = dict(aux, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(state.step),
+        metrics = dict(aux, loss=loss, grad_norm=grad_norm,
+                       learning_rate=jnp.asarray(lr_schedule(state.step), jnp.float32),
                        skipped=1.0 - finite.astype(jnp.float32))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              ema_params=ema_params), metrics
