@@ -554,15 +554,17 @@ def _panel(ax, rows, name, metric, key, logy) -> None:
                            label=f"reference ({r['method']}, tol {r['rtol']:g})")
             continue
         lines.setdefault(_label(r), set()).add((r["nfe"], r[key]))
+    positive = False
     for label, pts in lines.items():
         xs, ys = np.array(sorted(pts), dtype=np.float64).T
         if logy:
             ys = np.where(ys > 0, ys, np.nan)  # a gap, not a failed log axis
+            positive = positive or bool(np.any(np.isfinite(ys)))
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=label)
     ax.set_xscale("log", base=2)  # ticks at powers of 2, where NFE budgets usually sit
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
-    if logy:
+    if logy and positive:  # (all zero, e.g. every solver exact: a linear axis)
         ax.set_yscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(name)
