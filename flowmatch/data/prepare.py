@@ -103,34 +103,6 @@ def prepare(source: str, input_path: str | os.PathLike, output: str | os.PathLik
 # ------------------------------------------------------------------------------ image folder
 
 
-def list_image_folder(root: Path) -> tuple[tuple[str, ...], list[list[Path]]]:
-    """(class names, image files per class) in `images.load_image_folder`'s order: sorted class
-    subfolders, or one unnamed class (a flat folder)."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} is not a folder; give --input a "
-                                "folder of images (or of class subfolders)")
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not subdirs:
-        files = images_lib._images_under(root)  # pylint: disable=protected-access
-        if not files:
-            raise ValueError(f"no images ({', '.join(images_lib.IMAGE_EXTENSIONS)}) found in "
-                             f"{root}; check --input")
-        return (), [files]
-    is_image = images_lib._is_image  # pylint: disable=protected-access
-    loose = [p for p in root.iterdir() if is_image(p)]
-    if loose:
-        raise ValueError(f"{root} holds both class subfolders and {len(loose)} loose image(s) "
-                         f"(e.g. {loose[0].name}); move every image into a class subfolder, or "
-                         "use a flat folder")
-    files = [images_lib._images_under(d) for d in subdirs]  # pylint: disable=protected-access
-    for d, f in zip(subdirs, files):
-        if not f:
-            raise ValueError(f"class folder {d} has no images "
-                             f"({', '.join(images_lib.IMAGE_EXTENSIONS)}); add images or remove "
-                             "the folder")
-    return tuple(d.name for d in subdirs), files
-
-
 def _decode_or_error(file: Path, image_size: int, mode: str) -> np.ndarray | str:
     try:
         return images_lib._read_image(file, image_size, mode)  # pylint: disable=protected-access
@@ -146,7 +118,7 @@ def _image_folder_plan(root: Path, image_size, channels, skip_bad, num_workers):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
-    class_names, files_per_class = list_image_folder(root)
+    class_names, files_per_class = images_lib.list_image_folder(root)
     jobs = [(f, label) for label, files in enumerate(files_per_class) for f in files]
     source = {"source": "image_folder", "input": str(root.resolve()), "image_size": image_size,
               "channels": channels, "num_skipped": 0}  # counted while the shards are written
