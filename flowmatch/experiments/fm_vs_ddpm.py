@@ -1,25 +1,31 @@
 """Flow matching vs the DDPM baseline at equal network, data and training budget.
 
 `run_benchmark(config, workdir)` trains (or resumes) two runs from one config, identical but for
-`config.objective`: `workdir/fm` (flow matching) and `workdir/ddpm` (DDPM, epsilon prediction),
-then samples both from the same noise over an NFE grid:
+`config.objective`: `workdir/fm` (flow matching) and `workdir/ddpm` (DDPM, benchmark.ddpm_prediction
+eps / x0 / v), then samples both over an NFE grid, every sampler from the one registry
+(`flowmatch.sampling`):
 
     fm    x {euler, heun, rk4} on fixed grids, dopri5 over tolerances
     ddpm  x {ancestral over all T steps, ancestral respaced, DDIM (eta = 0), and the
-             probability-flow ODE with the same integrators as fm}
+             probability-flow ODE with the same integrators as fm (integrated to t_end = 1 - 1/T,
+             then one denoising evaluation, counted in the NFE)}
 
 and scores every sample set with the data's metrics: `tv` and `w2` for 2-D data; for images the
-Frechet distance `fd` in a classifier's feature space (flowmatch.image_metrics) plus held-out
-negative log-likelihood in bits/dim (`bpd`: the exact likelihood for fm, the variational bound
-for ddpm).  Writes benchmark.json / .csv / .png under `workdir` and prints the table, and
-benchmark_reference.json: the floors the numbers are read against (real data scored like the
-samples) and, for images, the feature classifier's test accuracy.
+Frechet distance `fd` in a classifier's feature space (flowmatch.image_metrics), or FID for data
+sets without one, plus held-out bits/dim (`bpd`: the exact likelihood for fm, the variational
+bound for ddpm).  Writes benchmark.json / .csv / .png under `workdir`, prints the table, and
+writes benchmark_reference.json: the floors the numbers are read against (real data scored like
+the samples, at the scored sample count) and, for images, the feature classifier's accuracy.
+
+Randomness: every sample set is `experiments.sample.draw(run, benchmark.num_samples,
+seed=benchmark.seed, ...)`, exactly what `scripts/sample.py --seed=SEED --num_samples=N` writes
+for the same run and sampler; both models start from the same noise.  Reference data and the
+bits/dim draws come from rng.seed_stream(benchmark.seed, "reference" | "reference_w2" |
+"bpd_images" | "bpd").
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 
@@ -28,18 +34,27 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flowmatch import ddpm as ddpm_lib
-from flowmatch import generate
+from flowmatch import data as data_lib
+from flowmatch import fileio
 from flowmatch import integrators
+from flowmatch import likelihood
 from flowmatch import metrics as metrics_lib
 from flowmatch import plotting
+from flowmatch import rng
 from flowmatch import sampling
-from flowmatch import train as train_lib
+from flowmatch import training
+from flowmatch.checks import ConfigError
+from flowmatch.experiments import sample as sample_lib
+from flowmatch.training import evaluation
+from flowmatch.training import loop as loop_lib
 
+MODELS = ("fm", "ddpm")
 ROW_KEYS = ("model", "sampler", "nfe", "metric", "value", "seconds")
+CSV_KEYS = ROW_KEYS + ("success",)
+FLOOR_KEYS = {"tv": ("tv_floor",), "w2": ("w2_floor",), "fd": ("fd_train_vs_test",)}
 
 
-def model_configs(config: ml_collections.ConfigDict):
+def model_configs(config: ml_collections.ConfigDict) -> dict:
     """The fm and ddpm training configs: the benchmark config with only the objective changed."""
     b = config.benchmark
     out = {}
@@ -53,121 +68,58 @@ def model_configs(config: ml_collections.ConfigDict):
     return out
 
 
-class _Sampler:
-    """Compiles a sampler once for the chunk shape and times its run over all chunks."""
+def sampler_grid(b, models: dict) -> list[tuple[str, str, dict]]:
+    """(model, sampler label, sampler settings) for every benchmarked sampler and budget.
 
-    def __init__(self, fn, params, x_chunks, key):
-        self.fn = jax.jit(fn)
-        self.params, self.x_chunks, self.key = params, x_chunks, key
-
-    def run(self):
-        compiled = self.fn.lower(self.params, self.x_chunks[0], self.key).compile()
-        start = time.perf_counter()
-        outs = [compiled(self.params, x, jax.random.fold_in(self.key, i))
-                for i, x in enumerate(self.x_chunks)]
-        samples = np.concatenate([np.asarray(o[0], np.float32) for o in outs])
-        seconds = time.perf_counter() - start
-        nfe = int(max(int(o[1]) for o in outs))
-        ok = all(bool(o[2]) for o in outs)
-        return samples, nfe, ok, seconds
-
-
-def _fixed_steps(method: str, nfe: int, extra: int = 0):
-    """The most steps of `method` whose NFE, plus `extra` evaluations, fits the budget."""
-    per_step = integrators.nfe_for(method, 1)
-    return (nfe - extra) // per_step if nfe - extra >= per_step else None
-
-
-def _sampler_grid(b, num_timesteps: int):
-    """(model, sampler label, builder kwargs) for every benchmarked sampler and budget."""
+    b: config.benchmark; models: {"fm": ModelFn, "ddpm": ModelFn}.  Fixed grids take the most
+    steps whose NFE fits each budget (`sampling.steps_for_budget`, which counts the DDPM
+    model's denoising evaluation); adaptive methods one row per tolerance (rtol = atol).
+    """
     grid = []
-    for model in ("fm", "ddpm"):
+    for model in MODELS:
         prefix = "" if model == "fm" else "pf_ode/"
         for method in b.ode_methods:
             if method in integrators.ADAPTIVE_METHODS:
-                for tol in b.tolerances:
-                    grid.append((model, f"{prefix}{method}@{tol:g}",
-                                 dict(kind="ode", method=method, rtol=tol, atol=tol)))
+                grid += [(model, f"{prefix}{method}@{tol:g}",
+                          dict(method=method, rtol=tol, atol=tol)) for tol in b.tolerances]
                 continue
             for nfe in b.nfe:
-                # The DDPM probability-flow sampler ends with one denoising evaluation.
-                steps = _fixed_steps(method, nfe, extra=0 if model == "fm" else 1)
+                steps = sampling.steps_for_budget(method, nfe, models[model])
                 if steps:
-                    grid.append((model, f"{prefix}{method}",
-                                 dict(kind="ode", method=method, num_steps=steps)))
-    grid.append(("ddpm", "ancestral", dict(kind="ancestral", num_steps=None)))
+                    grid.append((model, f"{prefix}{method}", dict(method=method, num_steps=steps)))
+    grid.append(("ddpm", "ancestral", dict(method="ancestral", num_steps=None)))
+    num_timesteps = models["ddpm"].path.schedule.num_timesteps
     for nfe in b.nfe:
         if nfe < num_timesteps:
-            grid.append(("ddpm", "ancestral_respaced", dict(kind="ancestral", num_steps=nfe)))
-            grid.append(("ddpm", "ddim", dict(kind="ddim", num_steps=nfe)))
+            grid.append(("ddpm", "ancestral_respaced", dict(method="ancestral", num_steps=nfe)))
+            grid.append(("ddpm", "ddim", dict(method="ddim", num_steps=nfe)))
     return grid
 
 
-def _make_fn(exp, spec):
-    """fn(params, x_T, key) -> (x, nfe, success) for a sampler spec."""
-    objective = exp.objective
-
-    def predict_with(params):
-        return lambda x, t: exp.apply(params, x, t, None)
-
-    kind = spec["kind"]
-    if kind == "ode":
-        kw = {k: spec.get(k) for k in ("method", "num_steps", "rtol", "atol")}
-        if isinstance(objective, ddpm_lib.DDPM):
-            def fn(params, x, key):
-                del key
-                out = ddpm_lib.pf_ode_sample(predict_with(params), objective.schedule, x,
-                                             prediction=objective.prediction, **kw)
-                return out.x, out.nfe, out.success
-        else:
-            def fn(params, x, key):
-                del key
-                sol = sampling.solve_from_noise(lambda p, xx, t, c: exp.apply(p, xx, t, c), params,
-                                                objective, x, **kw)
-                return sol.x, sol.nfe, sol.success
-        return fn
-    if kind == "ancestral":
-        def fn(params, x, key):
-            out = ddpm_lib.ancestral_sample(predict_with(params), objective.schedule, key, x,
-                                            prediction=objective.prediction,
-                                            num_steps=spec["num_steps"])
-            return out.x, out.nfe, out.success
-        return fn
-
-    def fn(params, x, key):
-        out = ddpm_lib.ddim_sample(predict_with(params), objective.schedule, key, x,
-                                   num_steps=spec["num_steps"], prediction=objective.prediction)
-        return out.x, out.nfe, out.success
-    return fn
+def draw_samples(run, b, settings: dict) -> sampling.Samples:
+    """benchmark.num_samples samples of `run` with sampler `settings` (method, num_steps, rtol,
+    atol), from seed benchmark.seed: `experiments.sample.draw`, as scripts/sample.py draws them
+    (the run's eval.chunk_size; labels round-robin for a class-conditional run)."""
+    comps = run.components
+    labels = np.arange(b.num_samples) % comps.model.num_classes if comps.conditional else None
+    return sample_lib.draw(run, b.num_samples, seed=b.seed, labels=labels, **settings)
 
 
-def _quality_fn(exp, config, workdir):
-    """(samples -> {metric: value}, reference) for the data kind.
+# -- quality ------------------------------------------------------------------------------------
+
+
+def quality_fn(config, workdir: str, kind: str):
+    """(samples -> {metric: value}, reference) for data of `kind` ('toy2d' or 'image').
 
     reference: what the numbers are read against, written to benchmark_reference.json: for 2-D
-    data the tv / w2 of fresh data against fresh data (`evaluation.reference_floors`); for images
-    the feature classifier's test accuracy and the real-vs-real Frechet floors at this sample count.
+    data the tv / w2 of fresh data against fresh data at the scored sample count
+    (`evaluation.reference_floors`); for images the feature classifier's test accuracy and the
+    real-vs-real Frechet floors at this sample count, or the FID reference statistics.
     """
-    src = exp.source
-    b = config.benchmark
-    if src.kind == "toy2d":
-        from flowmatch import evaluation  # pylint: disable=g-import-not-at-top
-        e = config.eval
-        key = jax.random.PRNGKey(b.seed + 1)
-        ref = np.asarray(src.sample_reference(jax.random.fold_in(key, 0), e.num_tv_samples))
-        ref_w2 = np.asarray(src.sample_reference(jax.random.fold_in(key, 1), e.num_w2_samples))
-
-        def quality(samples):
-            m = metrics_lib.metrics_2d(samples, ref_w2, ref, src.box, bins=e.tv_bins,
-                                       n_w2=e.num_w2_samples)
-            return {"tv": m["tv"], "w2": m["w2"]}
-        floors = evaluation.reference_floors(config.data.name, num_tv=e.num_tv_samples,
-                                             num_w2=e.num_w2_samples, bins=e.tv_bins)
-        reference = {"data": config.data.name, "num_samples": b.num_samples,
-                     "tv_floor": floors["tv"], "w2_floor": floors["w2"],
-                     "note": "fresh data vs fresh data, mean over 5 seeds"}
-        return quality, reference
+    if kind == "toy2d":
+        return _quality_2d(config)
     from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
+    b = config.benchmark
     if config.data.name not in image_metrics.CLASSIFIER_DEFAULTS:
         return _fid_quality_fn(config, workdir)
     metric = image_metrics.make_image_metric(config.data.name, os.path.join(workdir, "cache"))
@@ -178,6 +130,27 @@ def _quality_fn(exp, config, workdir):
                  "note": "fd floors: real images scored like the samples (train subset of "
                          "num_samples vs the test split; two test halves)"}
     return (lambda samples: {"fd": metric(samples)["fd"]}), reference
+
+
+def _quality_2d(config):
+    """tv of the num_samples samples against as many fresh points, w2 of the first
+    eval.num_w2_samples against as many others; floors at those counts."""
+    b, e = config.benchmark, config.eval
+    n, n_w2 = b.num_samples, min(e.num_w2_samples, b.num_samples)
+    source = data_lib.make_source(config.data.name)
+    ref = np.asarray(source.sample_reference(rng.seed_stream(b.seed, "reference"), n))
+    ref_w2 = np.asarray(source.sample_reference(rng.seed_stream(b.seed, "reference_w2"), n_w2))
+
+    def quality(samples):
+        m = metrics_lib.metrics_2d(samples, ref_w2, ref, source.box, bins=e.tv_bins, n_w2=n_w2)
+        return {"tv": m["tv"], "w2": m["w2"]}
+
+    floors = evaluation.reference_floors(config.data.name, num_tv=n, num_w2=n_w2,
+                                         bins=e.tv_bins)
+    reference = {"data": config.data.name, "num_samples": n, "num_w2_samples": n_w2,
+                 "tv_floor": floors["tv"], "w2_floor": floors["w2"],
+                 "note": "fresh data vs fresh data at the scored sample counts, mean over 5 seeds"}
+    return quality, reference
 
 
 def _fid_quality_fn(config, workdir):
@@ -211,37 +184,57 @@ def _fid_quality_fn(config, workdir):
                  "fid_reference_stats": stats_path,
                  "note": "FID against the reference statistics; comparable only at equal "
                          "num_samples (the standard protocol uses 50,000)"}
-    return (lambda samples: {"fid": image_metrics.compute_fid(extractor, samples, stats)}), reference
+
+    def quality(samples):
+        return {"fid": image_metrics.compute_fid(extractor, samples, stats)}
+
+    return quality, reference
 
 
-def _bpd_rows(exps, states, config):
-    """Held-out bits/dim: exact likelihood (fm) and the variational bound (ddpm), for images."""
-    from flowmatch import likelihood  # pylint: disable=g-import-not-at-top
+# -- bits/dim -----------------------------------------------------------------------------------
+
+
+def fm_bits_per_dim(run, x, key, tol: float) -> dict:
+    """Row of the flow's exact held-out bits/dim (dopri5 at rtol = atol = tol, Hutchinson
+    divergence, uniform dequantization): x [B, H, W, C] in [-1, 1]."""
+    model = run.components.model_fn()
+    fn = jax.jit(lambda p, xx, k: likelihood.bits_per_dim(
+        model.velocity_fn(p), xx, k, method="dopri5", rtol=tol, atol=tol,
+        divergence="hutchinson", return_solution=True))
+    start = time.perf_counter()
+    bpd, res = fn(run.state.ema_params, x, key)
+    return dict(model="fm", sampler="likelihood/dopri5", nfe=int(res.nfe), metric="bpd",
+                value=float(jnp.mean(bpd)), seconds=time.perf_counter() - start)
+
+
+def ddpm_bits_per_dim(run, x, key, num_terms: int) -> dict:
+    """Row of the DDPM model's variational bound in bits/dim (`likelihood.vlb_bits_per_dim`;
+    num_terms of its T - 1 KL terms, 0 = all)."""
+    model = run.components.model_fn()
+    fn = jax.jit(lambda p, xx, k: likelihood.vlb_bits_per_dim(model, p, xx, k,
+                                                              num_terms=num_terms or None))
+    start = time.perf_counter()
+    out = fn(run.state.ema_params, x, key)
+    return dict(model="ddpm", sampler="vlb", nfe=int(out.nfe), metric="bpd",
+                value=float(jnp.mean(out.total)), seconds=time.perf_counter() - start)
+
+
+def bpd_rows(runs: dict, config) -> list[dict]:
+    """Held-out bits/dim of both models on benchmark.num_bpd_images reference images (the data
+    set's held-out split), from rng.seed_stream(seed, "bpd_images") / "bpd"."""
     b = config.benchmark
-    src = exps["fm"].source
-    x = np.asarray(src.sample_reference(jax.random.PRNGKey(b.seed + 2), b.num_bpd_images))
-    key = jax.random.PRNGKey(b.seed + 3)
-    rows = []
-    exp, params = exps["fm"], states["fm"].ema_params
-    v = sampling.velocity_fn(lambda p, xx, t, c: exp.apply(p, xx, t, c), params, exp.objective)
-    start = time.perf_counter()
-    bpd, res = jax.jit(lambda xx, k: likelihood.bits_per_dim(
-        v, xx, k, method="dopri5", rtol=b.bpd_tol, atol=b.bpd_tol, divergence="hutchinson",
-        return_solution=True))(jnp.asarray(x), key)
-    bpd, nfe = float(jnp.mean(bpd)), int(res.nfe)
-    rows.append(dict(model="fm", sampler="likelihood/dopri5", nfe=nfe, metric="bpd", value=bpd,
-                     seconds=time.perf_counter() - start))
-    exp, params = exps["ddpm"], states["ddpm"].ema_params
-    start = time.perf_counter()
-    out = jax.jit(lambda xx, k: ddpm_lib.vlb_bits_per_dim(
-        lambda y, t: exp.apply(params, y, t, None), exp.objective.schedule, xx, k,
-        prediction=exp.objective.prediction, num_terms=b.vlb_terms))(jnp.asarray(x), key)
-    rows.append(dict(model="ddpm", sampler="vlb", nfe=int(out.nfe), metric="bpd",
-                     value=float(jnp.mean(out.total)), seconds=time.perf_counter() - start))
-    return rows
+    source = loop_lib.load_data(runs["fm"].components.settings.data)
+    x = jnp.asarray(np.asarray(source.sample_reference(
+        rng.seed_stream(b.seed, "bpd_images"), b.num_bpd_images)))
+    key = rng.seed_stream(b.seed, "bpd")
+    return [fm_bits_per_dim(runs["fm"], x, key, b.bpd_tol),
+            ddpm_bits_per_dim(runs["ddpm"], x, key, b.vlb_terms)]
 
 
-def _check_metric_inputs(config):
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+def check_metric_inputs(config):
     """Fails before any training when the quality metric cannot be computed at the end."""
     from flowmatch.data import images as images_lib  # pylint: disable=g-import-not-at-top
     from flowmatch import image_metrics  # pylint: disable=g-import-not-at-top
@@ -249,7 +242,7 @@ def _check_metric_inputs(config):
     if name in images_lib.IMAGE_DATASETS and name not in image_metrics.CLASSIFIER_DEFAULTS:
         weights = config.benchmark.get("fid_weights", "")
         if not weights:
-            raise train_lib.ConfigError(
+            raise ConfigError(
                 f"data {name!r} has no feature classifier, so the benchmark scores it by FID: set "
                 "--config.benchmark.fid_weights to the converted FID Inception weights (.npz; "
                 "flowmatch/models/inception.py says where to get and how to convert them)")
@@ -259,82 +252,79 @@ def _check_metric_inputs(config):
                 "where to get the FID Inception weights and how to convert them to .npz")
 
 
-def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Trains/resumes both models, evaluates every sampler, writes and returns the rows."""
-    _check_metric_inputs(config)
-    os.makedirs(workdir, exist_ok=True)
-    configs = model_configs(config)
-    exps, states = {}, {}
-    for model, c in configs.items():
+def train_models(config, workdir: str) -> dict:
+    """Trains (or resumes) workdir/fm and workdir/ddpm; returns {model: restored training.Run}."""
+    runs = {}
+    for model, c in model_configs(config).items():
         run_dir = os.path.join(workdir, model)
         print(f"benchmark: training {model} in {run_dir}", flush=True)
-        train_lib.train_and_evaluate(c, run_dir)
-        exps[model], states[model], _ = generate.restore_run(run_dir)
+        training.train_and_evaluate(c, run_dir)
+        runs[model] = training.restore(run_dir)
+    return runs
 
-    b = config.benchmark
-    src = exps["fm"].source
-    n, chunk = b.num_samples, min(b.num_samples, config.eval.chunk_size)
-    key = jax.random.PRNGKey(b.seed)
-    x_T = np.asarray(jax.random.normal(key, (n, *src.example_shape)))
-    padded = np.resize(x_T, (-(-n // chunk) * chunk, *src.example_shape))
-    x_chunks = [jnp.asarray(padded[i:i + chunk]) for i in range(0, len(padded), chunk)]
-    quality, reference = _quality_fn(exps["fm"], config, workdir)
-    with open(os.path.join(workdir, "benchmark_reference.json"), "w") as f:
-        json.dump(reference, f, indent=1)
-    print("benchmark: reference " + ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in reference.items()
-        if k != "note"), flush=True)
 
-    rows = []
-    grid = _sampler_grid(b, exps["ddpm"].objective.num_timesteps)
-    for model, label, spec in grid:
-        exp, params = exps[model], states[model].ema_params
-        samples, nfe, ok, seconds = _Sampler(_make_fn(exp, spec), params, x_chunks,
-                                             jax.random.fold_in(key, 1)).run()
-        samples = samples[:n]
-        for metric, value in quality(samples).items():
-            rows.append(dict(model=model, sampler=label, nfe=nfe, metric=metric,
-                             value=float(value), seconds=seconds, success=ok))
-        _print_row(rows, model, label, nfe, seconds)
-    if src.kind == "image" and b.num_bpd_images > 0:
-        rows.extend(_bpd_rows(exps, states, config))
-    _write(rows, workdir, reference)
+def score_sampler(run, config, quality, model: str, label: str, settings: dict) -> list[dict]:
+    """The rows of one sampler: its samples scored by `quality`.  seconds: wall time of the
+    draw, its one compilation included."""
+    start = time.perf_counter()
+    out = draw_samples(run, config.benchmark, settings)
+    seconds = time.perf_counter() - start
+    rows = [dict(model=model, sampler=label, nfe=int(out.nfe), metric=metric, value=float(value),
+                 seconds=seconds, success=bool(out.success))
+            for metric, value in quality(out.x).items()]
+    values = " ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
+    print(f"  {model:<5} {label:<22} nfe={int(out.nfe):<5} {values}  ({seconds:.2f} s)",
+          flush=True)
     return rows
 
 
-def _print_row(rows, model, label, nfe, seconds):
-    mine = [r for r in rows if r["model"] == model and r["sampler"] == label and r["nfe"] == nfe]
-    values = " ".join(f"{r['metric']}={r['value']:.4f}" for r in mine)
-    print(f"  {model:<5} {label:<22} nfe={nfe:<5} {values}  ({seconds:.2f} s)", flush=True)
+def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Trains/resumes both models, evaluates every sampler, writes and returns the rows."""
+    check_metric_inputs(config)
+    os.makedirs(workdir, exist_ok=True)
+    runs = train_models(config, workdir)
+    kind = runs["fm"].components.spec.kind
+    quality, reference = quality_fn(config, workdir, kind)
+    fileio.write_json(os.path.join(workdir, "benchmark_reference.json"), reference)
+    print("benchmark: reference " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in reference.items()
+        if k != "note"), flush=True)
+    models = {m: r.components.model_fn() for m, r in runs.items()}
+    rows = []
+    for model, label, settings in sampler_grid(config.benchmark, models):
+        rows += score_sampler(runs[model], config, quality, model, label, settings)
+    if kind == "image" and config.benchmark.num_bpd_images > 0:
+        rows += bpd_rows(runs, config)
+    write_results(rows, workdir, reference)
+    return rows
 
 
-FLOOR_KEYS = {"tv": ("tv_floor",), "w2": ("w2_floor",), "fd": ("fd_train_vs_test",)}
+# -- results ------------------------------------------------------------------------------------
 
 
-def _write(rows, workdir, reference=None):
-    with open(os.path.join(workdir, "benchmark.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    keys = list(ROW_KEYS) + ["success"]
-    with open(os.path.join(workdir, "benchmark.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+def write_results(rows, workdir: str, reference: dict | None = None) -> None:
+    """benchmark.json (the rows), benchmark.csv (CSV_KEYS), one figure per metric but bpd
+    (benchmark.png for the first, benchmark_<metric>.png for the others); prints the table."""
+    fileio.write_json(os.path.join(workdir, "benchmark.json"), rows)
+    fileio.write_csv(os.path.join(workdir, "benchmark.csv"), rows, CSV_KEYS)
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if m != "bpd"]
     for metric in metrics:
-        curve_rows = []
-        for r in rows:
-            if r["metric"] != metric:
-                continue
-            # Adaptive runs are one point per tolerance: group them under the method name.
-            curve_rows.append(dict(r, line=f"{r['model']}: {r['sampler'].split('@')[0]}"))
         path = os.path.join(workdir, "benchmark.png" if metric == metrics[0]
                             else f"benchmark_{metric}.png")
-        plotting.plot_curves(curve_rows, path, x="nfe", y="value", group="line", logx=True,
-                             logy=True, title=f"{metric} vs NFE (same network, data, budget)",
-                             ylabel=metric, dashed=lambda line: line.startswith("ddpm"),
-                             hlines={f"floor ({k})": reference[k]
-                                     for k in FLOOR_KEYS.get(metric, ()) if k in (reference or {})})
+        plot_metric(rows, metric, path, reference)
     print(format_table(rows))
+
+
+def plot_metric(rows, metric: str, path: str, reference: dict | None = None) -> None:
+    """`metric` against NFE, one line per model and sampler (adaptive runs, one point per
+    tolerance, grouped under the method's name), DDPM dashed, floors as horizontal lines."""
+    curve_rows = [dict(r, line=f"{r['model']}: {r['sampler'].split('@')[0]}")
+                  for r in rows if r["metric"] == metric]
+    plotting.plot_curves(curve_rows, path, x="nfe", y="value", group="line", logx=True,
+                         logy=True, title=f"{metric} vs NFE (same network, data, budget)",
+                         ylabel=metric, dashed=lambda line: line.startswith("ddpm"),
+                         hlines={f"floor ({k})": reference[k]
+                                 for k in FLOOR_KEYS.get(metric, ()) if k in (reference or {})})
 
 
 def format_table(rows) -> str:

@@ -8,9 +8,10 @@ Distillation fits one step on the pairs of the last flow, v(x0, 0) = x1 - x0 (ob
 sampling 'zero'), sampled with one Euler step.
 
   generate_pairs(workdir, out_dir, num_pairs=..., chunk_size=...)  pairs of a trained run, on disk
+                                                                    (`reflow_pairs`)
   run_reflow(config, workdir)                                       the chain below, resumable
   train_distilled(config, workdir, pairs_dir)                       a one-step model alone
-  evaluate(workdir, ...)                                            tv / w2 / straightness table
+  evaluate(workdirs, output, ...)                                   tv / w2 / straightness table
 
 A reflow workdir (`run_reflow`):
   flow1/        the 1-rectified flow (or config.reflow.base_workdir, an existing run)
@@ -20,9 +21,10 @@ A reflow workdir (`run_reflow`):
   reflow.json   the stages finished, with the config each ran with: a rerun skips them
   evaluation.json, evaluation.md   the table of `evaluate`
 
-Randomness: chunk c of a pairs directory integrates x0 = exp.sample_source(fold_in(PRNGKey(seed),
-c), chunk_size) (the run's source p0, config.source: by default normal(key, [chunk_size, ...])),
-so it does not depend on which chunks were done before or on the devices.
+Randomness: the pairs as `reflow_pairs` says (chunk c from fold_in(rng.seed_stream(seed,
+"pairs"), c)).  The evaluation draws its samples as scripts/sample.py does
+(`experiments.sample.draw`, seed `seed`) and its reference points and straightness noise from
+rng.seed_stream(seed, "reference" | "reference_w2" | "straightness").
 """
 
 from __future__ import annotations
@@ -39,122 +41,47 @@ import ml_collections
 import numpy as np
 
 from flowmatch import checkpoint as checkpoint_lib
+from flowmatch import checks
 from flowmatch import data as data_lib
 from flowmatch import ema as ema_lib
-from flowmatch import generate
-from flowmatch import integrators
+from flowmatch import fileio
 from flowmatch import metrics as metrics_lib
 from flowmatch import parallel as parallel_lib
+from flowmatch import rng
 from flowmatch import sampling
-from flowmatch import train as train_lib
-from flowmatch.data import pairs as pairs_lib
+from flowmatch import training
+from flowmatch.checks import ConfigError
 from flowmatch.diagnostics import straightness as straightness_lib
+from flowmatch.experiments import sample as sample_lib
+from flowmatch.experiments.reflow_pairs import generate_pairs
+from flowmatch.training import loop as loop_lib
+from flowmatch.training import state as state_lib
 
-ConfigError = train_lib.ConfigError
 STATE_FILE = "reflow.json"
 DEFAULT_EVAL_SAMPLERS = ("euler:1", "euler:4", "heun:50", "dopri5:1e-5")
 
 
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-# -- pairs --------------------------------------------------------------------------------------
-
-
-def _json_normal(obj):
-    return json.loads(json.dumps(obj, sort_keys=True))
-
-
-def generate_pairs(workdir: str, out_dir: str, *, num_pairs: int, chunk_size: int,
-                   method: str | None = None, num_steps: int | None = None,
-                   rtol: float | None = None, atol: float | None = None, seed: int = 0,
-                   step: int | None = None, verbose: bool = True) -> dict:
-    """Integrates `num_pairs` noise samples with the EMA parameters of the run in `workdir` and
-    writes the pairs (x0, x1) to `out_dir` in chunks of `chunk_size` (`flowmatch.data.pairs`).
-
-    The integrator is method / num_steps / rtol / atol, by default the run's config.sampling.
-    Resumable: a rerun skips the chunks the manifest lists with an intact file and redoes the
-    others (a chunk being written when the process was killed, a damaged file).  Chunk c is a
-    pure function of (run, step, integrator, seed, chunk_size, c).  Conditional runs: row r of
-    the pairs has label r % num_classes.  Multi-process: every process calls this with the same
-    arguments (the solve is split over all devices); process 0 writes the files.
-
-    Returns {"dir", "num_pairs", "generated": [chunk indices], "skipped": [...], "nfe",
-    "seconds"}.  Raises ConfigError if `out_dir` holds pairs made differently (another run,
-    step, integrator, seed or size), RuntimeError if an adaptive solve fails.
-    """
-    num_pairs = _count("num_pairs", num_pairs)
-    chunk_size = _count("chunk_size", chunk_size)
-    _count("seed", seed, 0)
-    exp, state, step = generate.restore_run(workdir, step)
-    try:
-        settings = exp.sampler_settings(method, num_steps, rtol, atol)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    src = exp.source
-    num_classes = exp.model.num_classes if exp.conditional() else 0
-    spec = _json_normal(dict(
-        num_pairs=num_pairs, chunk_size=chunk_size, example_shape=list(src.example_shape),
-        kind=src.kind, data=getattr(src, "data_name", exp.config.data.name),
-        num_classes=num_classes, source_workdir=os.path.abspath(workdir), source_step=int(step),
-        source=dict(name=exp.source_dist.name, scale=exp.source_dist.scale), seed=int(seed),
-        **settings))
-    main = parallel_lib.is_main_process()
-    os.makedirs(out_dir, exist_ok=True)
-    manifest = pairs_lib.read_manifest(out_dir)
-    if manifest is not None and manifest.get("spec") != spec:
-        old = manifest.get("spec", {})
-        diff = {k: (old.get(k), spec.get(k)) for k in sorted(set(old) | set(spec))
-                if old.get(k) != spec.get(k)}
-        raise ConfigError(
-            f"{out_dir} holds pairs made differently ((was, now): {diff}); write to another "
-            "directory, or delete this one to regenerate")
-    if manifest is None:
-        manifest = {"format": pairs_lib.FORMAT, "spec": spec, "chunks": {}}
-    total = pairs_lib.num_chunks(num_pairs, chunk_size)
-    finished = np.array([pairs_lib.chunk_is_finished(out_dir, i, manifest) for i in range(total)])
-    if jax.process_count() > 1:  # every process must run the same (collective) solves
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        finished = np.asarray(multihost_utils.broadcast_one_to_all(finished))
-    if main:
-        pairs_lib.remove_temporary_files(out_dir)
-        for i in np.flatnonzero(~finished):
-            manifest["chunks"].pop(str(i), None)
-        pairs_lib.write_json_atomic(os.path.join(out_dir, pairs_lib.MANIFEST), manifest)
-    todo = [int(i) for i in np.flatnonzero(~finished)]
-    sample = exp.make_sampler(**settings, return_source=True)
-    base_key = jax.random.PRNGKey(seed)
-    t_start, nfe = time.perf_counter(), 0
-    for i in todo:
-        rows = pairs_lib.chunk_rows(i, num_pairs, chunk_size)
-        labels = (i * chunk_size + np.arange(chunk_size)) % max(num_classes, 1)
-        cond = jnp.asarray(labels, jnp.int32) if num_classes else None
-        t = time.perf_counter()
-        x0, x1, n, ok = sample(state.ema_params, jax.random.fold_in(base_key, i), chunk_size, cond)
-        if not bool(ok):
-            raise RuntimeError(
-                f"the ODE solve of pairs chunk {i} failed (max_steps reached or non-finite "
-                f"values) with {settings}; loosen rtol/atol or use a fixed-step method")
-        nfe = max(nfe, int(n))
-        if main:
-            entry = pairs_lib.write_chunk(out_dir, i, np.asarray(x0)[:rows], np.asarray(x1)[:rows],
-                                          labels[:rows])
-            manifest["chunks"][str(i)] = entry
-            pairs_lib.write_json_atomic(os.path.join(out_dir, pairs_lib.MANIFEST), manifest)
-            if verbose:
-                print(f"pairs: chunk {i + 1}/{total} ({rows} pairs, NFE {int(n)}, "
-                      f"{time.perf_counter() - t:.1f} s) -> {out_dir}", flush=True)
-    skipped = [i for i in range(total) if finished[i]]
-    if verbose and main and skipped:
-        print(f"pairs: {len(skipped)} of {total} chunks already in {out_dir}, kept", flush=True)
-    return {"dir": out_dir, "num_pairs": num_pairs, "generated": todo, "skipped": skipped,
-            "nfe": nfe, "seconds": time.perf_counter() - t_start}
-
-
 # -- settings and stage configs -----------------------------------------------------------------
+
+
+def parse_sampler(spec: str) -> dict:
+    """'euler:1', 'heun:50' (fixed steps) or 'dopri5:1e-5' (adaptive: rtol = atol) -> sampler
+    settings (method, num_steps, rtol, atol)."""
+    from flowmatch import integrators  # pylint: disable=g-import-not-at-top
+    method, _, arg = str(spec).partition(":")
+    try:
+        if method in integrators.ADAPTIVE_METHODS:
+            tol = float(arg)
+            settings = dict(method=method, num_steps=None, rtol=tol, atol=tol)
+        else:
+            settings = dict(method=method, num_steps=int(arg), rtol=None, atol=None)
+        sampling.check(**settings)
+    except ValueError as e:
+        raise ConfigError(
+            f"bad sampler {spec!r} in reflow.eval_samplers ({e}); write METHOD:STEPS for fixed "
+            f"steps ('euler:1', 'heun:50') or METHOD:TOL for "
+            f"{', '.join(integrators.ADAPTIVE_METHODS)} ('dopri5:1e-5')") from None
+    return settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +93,7 @@ class ReflowSettings:
     num_pairs: int = 100_000           # pairs generated from each flow
     chunk_size: int = 10_000           # pairs per chunk file
     pair_seed: int = 0
-    pair_method: str = ""              # integrator of the pairs ('' = the run's config.sampling)
+    pair_method: str = ""              # sampler of the pairs ('' = the run's config.sampling)
     pair_num_steps: int | None = None
     pair_rtol: float | None = None
     pair_atol: float | None = None
@@ -182,56 +109,28 @@ class ReflowSettings:
     straightness_steps: int = 100
     straightness_samples: int = 10_000
 
+    def __post_init__(self):
+        for name in ("num_reflows", "pair_seed", "num_train_steps", "distill_num_train_steps",
+                     "eval_num_samples"):
+            checks.non_negative_int(f"reflow.{name}", getattr(self, name))
+        for name in ("num_pairs", "chunk_size", "straightness_steps", "straightness_samples"):
+            checks.positive_int(f"reflow.{name}", getattr(self, name))
+        if self.num_reflows == 0 and not self.distill and not self.base_workdir:
+            raise ValueError("reflow.num_reflows=0 and reflow.distill=False is plain training: "
+                             "use scripts/train.py, or ask for reflows or distillation")
+        for spec in self.eval_samplers:
+            parse_sampler(spec)
+
     @classmethod
     def from_config(cls, section) -> "ReflowSettings":
         if section is None:
             raise ConfigError("the config has no 'reflow' section; start from a reflow config, "
                               "e.g. --config=configs/reflow_moons.py")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = dict(section)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(f"unknown reflow setting(s) {unknown}; allowed: {sorted(fields)}")
-        if "eval_samplers" in values:
-            values["eval_samplers"] = tuple(values["eval_samplers"])
-        s = cls(**values)
-        _count("reflow.num_reflows", s.num_reflows, 0)
-        _count("reflow.num_pairs", s.num_pairs)
-        _count("reflow.chunk_size", s.chunk_size)
-        _count("reflow.pair_seed", s.pair_seed, 0)
-        for name in ("num_train_steps", "distill_num_train_steps", "eval_num_samples"):
-            _count(f"reflow.{name}", getattr(s, name), 0)
-        _count("reflow.straightness_steps", s.straightness_steps)
-        _count("reflow.straightness_samples", s.straightness_samples)
-        if s.num_reflows == 0 and not s.distill and not s.base_workdir:
-            raise ConfigError("reflow.num_reflows=0 and reflow.distill=False is plain training: "
-                              "use scripts/train.py, or ask for reflows or distillation")
-        for spec in s.eval_samplers:
-            parse_sampler(spec)
-        return s
+        return checks.from_section(cls, section, "reflow")
 
     def pair_settings(self) -> dict:
         return dict(method=self.pair_method or None, num_steps=self.pair_num_steps,
                     rtol=self.pair_rtol, atol=self.pair_atol)
-
-
-def parse_sampler(spec: str) -> dict:
-    """'euler:1', 'heun:50' (fixed grid: steps) or 'dopri5:1e-5' (adaptive: rtol = atol)."""
-    method, _, arg = str(spec).partition(":")
-    try:
-        if method in integrators.ADAPTIVE_METHODS:
-            tol = float(arg)
-            settings = dict(method=method, num_steps=None, rtol=tol, atol=tol)
-        else:
-            settings = dict(method=method, num_steps=int(arg), rtol=None, atol=None)
-        integrators.check_arguments(method, num_steps=settings["num_steps"], time_grid=None,
-                                    rtol=settings["rtol"], atol=settings["atol"])
-    except ValueError as e:
-        raise ConfigError(
-            f"bad sampler {spec!r} in reflow.eval_samplers ({e}); write METHOD:STEPS for a "
-            f"fixed grid ('euler:1', 'heun:50') or METHOD:TOL for "
-            f"{', '.join(integrators.ADAPTIVE_METHODS)} ('dopri5:1e-5')") from None
-    return settings
 
 
 def _copy(config) -> ml_collections.ConfigDict:
@@ -297,22 +196,25 @@ def init_from(previous_workdir: str, config, workdir: str) -> bool:
     which `train_and_evaluate` then resumes from.  Does nothing (returns False) when `workdir`
     already has a checkpoint.  The two runs need the same model.
     """
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    ckpt = checkpoint_lib.Checkpointer(ckpt_dir, max_to_keep=config.checkpoint.max_to_keep)
+    settings = training.read_settings(config)
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=settings.checkpoint.max_to_keep)
     try:
         if ckpt.all_steps():
             return False
-        _, previous, _ = generate.restore_run(previous_workdir)
-        exp = train_lib.Experiment.from_config(config)
-        shardings = exp.state_shardings()
+        previous = training.restore(previous_workdir)
+        plan = loop_lib.make_plan(settings)
+        comps = training.build(settings, previous.components.spec)
+        shardings = jax.tree.map(lambda a: a.sharding, state_lib.abstract_state(
+            comps.model, comps.tx, comps.spec.example_shape, comps.conditional, plan))
 
         def start(params):
-            return train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                        opt_state=exp.tx.init(params),
+            return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                        opt_state=comps.tx.init(params),
                                         ema_params=ema_lib.init(params))
 
         try:
-            params = jax.device_put(previous.ema_params, shardings.params)
+            params = jax.device_put(previous.state.ema_params, shardings.params)
             state = jax.jit(start, out_shardings=shardings)(params)
         except (ValueError, TypeError) as e:
             raise ConfigError(
@@ -331,12 +233,15 @@ def train_distilled(config, workdir: str, pairs_dir: str, *, init_workdir: str |
     init_workdir: a run with the same model to start from (Liu et al. start from the flow that
     generated the pairs); None starts from the config's random initialisation.
     """
-    source = data_lib.load_pairs(pairs_dir)
-    c = distill_config(config, pairs_dir, source.num_examples, num_train_steps=num_train_steps,
+    try:
+        num_pairs = data_lib.load_pairs(pairs_dir).num_examples
+    except ValueError as e:  # a missing, incomplete or damaged pairs directory
+        raise ConfigError(str(e)) from e
+    c = distill_config(config, pairs_dir, num_pairs, num_train_steps=num_train_steps,
                        learning_rate=learning_rate)
     if init_workdir:
         init_from(init_workdir, c, workdir)
-    return train_lib.train_and_evaluate(c, workdir)
+    return training.train_and_evaluate(c, workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,7 +276,7 @@ def plan_stages(config, workdir: str) -> list[Stage]:
 
     if s.base_workdir:
         flow = os.path.abspath(s.base_workdir)
-        train_lib.load_config(flow)  # fails early, with a clear message, if it is no run
+        training.load_config(flow)  # fails early, with a clear message, if it is no run
     else:
         flow = add("flow1", "train", config)
     for i in range(1, s.num_reflows + 1):
@@ -415,6 +320,22 @@ def _read_state(workdir: str) -> dict:
         return json.load(f)
 
 
+def run_stage(stage: Stage, settings: ReflowSettings) -> dict:
+    """Runs (or resumes) one stage; returns what reflow.json records of it."""
+    t = time.perf_counter()
+    if stage.kind == "pairs":
+        result = generate_pairs(stage.source, stage.workdir, num_pairs=settings.num_pairs,
+                                chunk_size=settings.chunk_size, seed=settings.pair_seed,
+                                **settings.pair_settings())
+        result = {k: result[k] for k in ("num_pairs", "nfe")}
+    else:
+        if stage.source:
+            init_from(stage.source, stage.config, stage.workdir)
+        result = {"step": int(training.train_and_evaluate(stage.config, stage.workdir).step)}
+    result["seconds"] = time.perf_counter() - t
+    return result
+
+
 def run_reflow(config, workdir: str) -> dict:
     """Runs (or resumes) the reflow chain of `config` (with a `reflow` section) in `workdir`.
 
@@ -445,21 +366,10 @@ def run_reflow(config, workdir: str) -> dict:
             continue
         if main:
             print(f"reflow: stage {stage.name} -> {stage.workdir}", flush=True)
-        t = time.perf_counter()
-        if stage.kind == "pairs":
-            result = generate_pairs(stage.source, stage.workdir, num_pairs=settings.num_pairs,
-                                    chunk_size=settings.chunk_size, seed=settings.pair_seed,
-                                    **settings.pair_settings())
-            result = {k: result[k] for k in ("num_pairs", "nfe")}
-        else:
-            if stage.source:
-                init_from(stage.source, stage.config, stage.workdir)
-            final = train_lib.train_and_evaluate(stage.config, stage.workdir)
-            result = {"step": int(final.step)}
-        result["seconds"] = time.perf_counter() - t
+        result = run_stage(stage, settings)
         state["stages"][stage.name] = {"fingerprint": stage.fingerprint, "result": result}
         if main:
-            pairs_lib.write_json_atomic(os.path.join(workdir, STATE_FILE), state)
+            fileio.write_json(os.path.join(workdir, STATE_FILE), state, indent=2, sort_keys=True)
     table = None
     flows = [s.workdir for s in stages if s.kind == "train"]
     if settings.base_workdir:
@@ -480,56 +390,65 @@ def _fmt(x, digits=3):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def straightness(run, num_samples: int, num_steps: int, key) -> float:
+    """Liu et al.'s S = E int_0^1 ||(x1 - x0) - v(x_t, t)||^2 dt of the run's flow along Euler
+    solves with num_steps steps from num_samples source samples drawn with `key`
+    (`flowmatch.diagnostics.straightness`); 0 for straight paths."""
+    comps = run.components
+    model = comps.model_fn()
+    x0 = comps.source.sample(key, num_samples)
+    sol = jax.jit(lambda p, x: straightness_lib.solve_with_energy(
+        model.velocity_fn(p), x, method="euler", num_steps=num_steps))(run.state.ema_params, x0)
+    x1, energy = sol.x
+    return straightness_lib.path_metrics(x0, x1, energy)["straightness"]
+
+
+def evaluate_run(workdir: str, specs, *, num_samples: int | None, seed: int,
+                 straightness_steps: int, straightness_samples: int) -> dict:
+    """The row of one run: tv / w2 per sampler of `specs` [(name, settings)] against fresh data of
+    the 2-D set the run imitates, and its straightness (None for a one-step run)."""
+    run = training.restore(workdir)
+    comps, cfg = run.components, run.components.settings.eval
+    if comps.spec.kind != "toy2d":
+        raise ConfigError(f"evaluate needs 2-D data; {workdir} trains on {comps.spec.data!r}")
+    ref_source = data_lib.make_source(comps.spec.data)
+    n = num_samples or cfg.num_tv_samples
+    ref = np.asarray(ref_source.sample_reference(rng.seed_stream(seed, "reference"), n))
+    ref_w2 = np.asarray(ref_source.sample_reference(rng.seed_stream(seed, "reference_w2"),
+                                                    cfg.num_w2_samples))
+    one_step = getattr(comps.objective, "time_sampling", None) == "zero"
+    row = {"run": os.path.basename(os.path.normpath(workdir)), "workdir": workdir,
+           "step": run.step, "data": comps.spec.data, "one_step": one_step, "samplers": {}}
+    for name, settings in [("euler:1", parse_sampler("euler:1"))] if one_step else specs:
+        out = sample_lib.draw(run, n, seed=seed, **settings)
+        m = metrics_lib.metrics_2d(out.x, ref_w2, ref, ref_source.box, bins=cfg.tv_bins,
+                                   n_w2=cfg.num_w2_samples)
+        row["samplers"][name] = dict(m, nfe=out.nfe, success=out.success)
+    row["straightness"] = None if one_step else straightness(
+        run, straightness_samples, straightness_steps, rng.seed_stream(seed, "straightness"))
+    return row
+
+
 def evaluate(flow_workdirs: Sequence[str], output: str, *, samplers=DEFAULT_EVAL_SAMPLERS,
              num_samples: int | None = None, seed: int = 0, straightness_steps: int = 100,
              straightness_samples: int = 10_000) -> dict:
     """tv / w2 of each run in `flow_workdirs` against its 2-D data set, per sampler, and the
     straightness of each flow; writes `output`.json and `output`.md (a table).
 
-    Straightness: Liu et al.'s S = E int_0^1 ||(x1 - x0) - v(x_t, t)||^2 dt along Euler solves
-    with `straightness_steps` steps from `straightness_samples` source samples
-    (`flowmatch.diagnostics.straightness`); 0 for straight paths.
-    samplers: specs of `parse_sampler`.  A one-step (distilled) run, recognised by its time
-    sampling 'zero', is evaluated with one Euler step only: its field is trained at t = 0 alone.
-    The data set is the one the runs' pairs imitate (for a run on pairs) or trained on; the
-    reference points are fresh samples of it (not the pairs), the same for every run.
+    Samples: `experiments.sample.draw` (scripts/sample.py's samples for seed `seed`), num_samples
+    of them (default the run's eval.num_tv_samples).  samplers: specs of `parse_sampler`.  A
+    one-step (distilled) run, recognised by its time sampling 'zero', is evaluated with one
+    Euler step only: its field is trained at t = 0 alone.  The data set is the one the runs'
+    pairs imitate (for a run on pairs) or trained on; the reference points are fresh samples of
+    it (not the pairs), the same for every run.
     """
     specs = [(s, parse_sampler(s)) for s in samplers]
-    one_step_spec = ("euler:1", parse_sampler("euler:1"))
     columns = list(samplers) + ([] if "euler:1" in samplers else ["euler:1"])
     rows = []
     for wd in flow_workdirs:
-        exp, state, step = generate.restore_run(wd)
-        src, cfg = exp.source, exp.config
-        data_name = getattr(src, "data_name", cfg.data.name)
-        if src.kind != "toy2d":
-            raise ConfigError(f"evaluate needs 2-D data; {wd} trains on {data_name!r}")
-        ref_source = data_lib.make_source(data_name)
-        n = num_samples or cfg.eval.num_tv_samples
-        key = jax.random.PRNGKey(seed)
-        ref = np.asarray(ref_source.sample_reference(jax.random.fold_in(key, 1), n))
-        ref_w2 = np.asarray(ref_source.sample_reference(jax.random.fold_in(key, 2),
-                                                        cfg.eval.num_w2_samples))
-        one_step = cfg.objective.get("time_sampling") == "zero"
-        row = {"run": os.path.basename(os.path.normpath(wd)), "workdir": wd, "step": int(step),
-               "data": data_name, "one_step": one_step, "samplers": {}}
-        for name, settings in [one_step_spec] if one_step else specs:
-            sample = exp.make_sampler(**settings)
-            x, nfe, ok = sampling.sample_in_chunks(sample, state.ema_params,
-                                                   jax.random.fold_in(key, 0), n,
-                                                   cfg.eval.chunk_size)
-            m = metrics_lib.metrics_2d(x, ref_w2, ref, ref_source.box, bins=cfg.eval.tv_bins,
-                                       n_w2=cfg.eval.num_w2_samples)
-            row["samplers"][name] = dict(m, nfe=nfe, success=ok)
-        row["straightness"] = None
-        if not one_step:
-            v = sampling.velocity_fn(lambda p, x, t, c: exp.apply(p, x, t, c), state.ema_params,
-                                     exp.objective)
-            x0 = exp.sample_source(jax.random.fold_in(key, 3), straightness_samples)
-            sol = jax.jit(lambda x0: straightness_lib.solve_with_energy(
-                v, x0, method="euler", num_steps=straightness_steps))(x0)
-            x1, energy = sol.x
-            row["straightness"] = straightness_lib.path_metrics(x0, x1, energy)["straightness"]
+        row = evaluate_run(wd, specs, num_samples=num_samples, seed=seed,
+                           straightness_steps=straightness_steps,
+                           straightness_samples=straightness_samples)
         rows.append(row)
         print(f"evaluate: {row['run']}: " + ", ".join(
             f"{k} tv={r['tv']:.4f} w2={r['w2']:.4f} nfe={r['nfe']}"
@@ -539,10 +458,8 @@ def evaluate(flow_workdirs: Sequence[str], output: str, *, samplers=DEFAULT_EVAL
              "straightness_steps": straightness_steps, "rows": rows}
     if parallel_lib.is_main_process():
         os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
-        with open(output + ".json", "w") as f:
-            json.dump(table, f, indent=2)
-        with open(output + ".md", "w") as f:
-            f.write(markdown_table(table))
+        fileio.write_json(output + ".json", table, indent=2)
+        fileio.write_text(output + ".md", markdown_table(table))
     return table
 
 

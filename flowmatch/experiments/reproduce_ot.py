@@ -1,14 +1,19 @@
 """Straighter paths from minibatch OT, measured: W2 after one Euler step and after an adaptive
 solve, for each coupling over several seeds (configs/ot_8gaussians_moons.py).
 
-    rows = reproduce(config, workdir)
+    report = reproduce(config, workdir)
 
-trains (or resumes) one run per (coupling, seed) in workdir/<coupling>/seed_<seed>, then
-samples config.reproduce.num_w2_samples points from the source with each solver and measures
-the exact W2 (`metrics.w2_distance`) to as many fresh data points.  Writes
-workdir/ot_reproduction.json (every run, the mean and std over seeds, the data's own W2 floor and
-the published figures) and ot_reproduction.md (the table).  A finished run's figures are kept
-in its directory (ot_eval.json), so running it again only does what is missing.
+trains (or resumes) one run per (coupling, seed) in workdir/<coupling>/seed_<seed>, then draws
+config.reproduce.num_w2_samples samples with each solver and measures the exact W2
+(`metrics.w2_distance`) to as many fresh data points.  Writes workdir/ot_reproduction.json
+(every run, the mean and std over seeds, the data's own W2 floor and the published figures)
+and ot_reproduction.md (the table).  A finished run's figures are kept in its directory
+(ot_eval.json), so running it again only does what is missing.
+
+Randomness: the samples of run (coupling, seed) are `experiments.sample.draw(run, n, seed=seed)`
+(what scripts/sample.py --seed=SEED writes; both solvers start from the same source samples),
+the data points come from rng.seed_stream(seed, "reference"): named streams, apart from every
+key training used.
 
 Published reference (Cheng & Schwing 2025, Fig. 1, 8gaussians -> moons, 10 runs): "W2" after
 one Euler step 6.232 (flow matching) vs 0.072 (OT coupling); with an adaptive solver 0.120 vs
@@ -23,14 +28,15 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 
-from flowmatch import evaluation
-from flowmatch import generate
+from flowmatch import data as data_lib
+from flowmatch import fileio
 from flowmatch import metrics as metrics_lib
-from flowmatch import sampling
-from flowmatch import train as train_lib
+from flowmatch import rng
+from flowmatch import training
+from flowmatch.experiments import sample as sample_lib
+from flowmatch.training import evaluation
 
 PUBLISHED = {
     "source": "Cheng & Schwing 2025, Fig. 1 (8gaussians -> moons, 10 runs)",
@@ -39,27 +45,25 @@ PUBLISHED = {
 }
 METRICS = ("w2_euler", "w2_adaptive", "w2sq_euler", "w2sq_adaptive", "nfe_adaptive",
            "pair_cost", "train_seconds")
+# Recorded with each run's figures: figures drawn with other keys are recomputed.
+STREAMS = "sample.draw(seed), seed_stream(seed, 'reference')"
 
 
-def evaluate(exp, params, *, seed: int, num_samples: int, euler_steps: int,
-             adaptive_method: str, rtol: float, atol: float) -> dict:
-    """W2 of `num_samples` samples to as many fresh data points, with `euler_steps` Euler steps
-    and with the adaptive method.  The source draws and the data come from PRNGKey(10_000 +
-    seed), apart from every key training used."""
-    key = jax.random.PRNGKey(10_000 + seed)
-    x0 = exp.sample_source(jax.random.fold_in(key, 0), num_samples)
-    data = np.asarray(exp.source.sample_reference(jax.random.fold_in(key, 1), num_samples))
-    apply_fn = lambda p, x, t, cond: exp.apply(p, x, t, cond)
+def evaluate(run, *, seed: int, num_samples: int, euler_steps: int, adaptive_method: str,
+             rtol: float, atol: float) -> dict:
+    """W2 of `num_samples` samples of `run` to as many fresh data points, with `euler_steps`
+    Euler steps and with the adaptive method (module docstring: the keys)."""
+    spec = run.components.spec
+    data = np.asarray(data_lib.make_source(spec.data).sample_reference(
+        rng.seed_stream(seed, "reference"), num_samples))
     out = {}
     for name, settings in (("euler", dict(method="euler", num_steps=euler_steps)),
                            ("adaptive", dict(method=adaptive_method, rtol=rtol, atol=atol))):
-        solve = jax.jit(lambda p, x, s=settings: sampling.solve_from_noise(
-            apply_fn, p, exp.objective, x, **s))
-        sol = solve(params, x0)
-        out[f"w2_{name}"] = metrics_lib.w2_distance(np.asarray(sol.x), data)
+        samples = sample_lib.draw(run, num_samples, seed=seed, **settings)
+        out[f"w2_{name}"] = metrics_lib.w2_distance(samples.x, data)
         out[f"w2sq_{name}"] = out[f"w2_{name}"] ** 2
-        out[f"nfe_{name}"] = int(sol.nfe)
-        out[f"success_{name}"] = bool(sol.success)
+        out[f"nfe_{name}"] = int(samples.nfe)
+        out[f"success_{name}"] = bool(samples.success)
     return out
 
 
@@ -80,42 +84,49 @@ def _stats(values) -> dict:
             "n": int(len(v))}
 
 
+def _kept(path: str, settings: dict) -> dict | None:
+    """The figures in `path` (ot_eval.json) if they were measured with `settings` and today's
+    keys, else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        row = json.load(f)
+    return row if (row.get("settings"), row.get("streams")) == (settings, STREAMS) else None
+
+
+def run_one(config, coupling: str, seed: int, workdir: str, settings: dict) -> dict:
+    """Trains (or resumes) the run of (coupling, seed) in workdir/<coupling>/seed_<seed> and
+    measures it; its figures are kept in ot_eval.json there and returned."""
+    run_dir = os.path.join(workdir, coupling, f"seed_{seed}")
+    path = os.path.join(run_dir, "ot_eval.json")
+    row = _kept(path, settings)
+    if row is not None:
+        print(f"reproduce_ot: {coupling} seed {seed}: kept {path}", flush=True)
+        return row
+    print(f"reproduce_ot: training {coupling} seed {seed} in {run_dir}", flush=True)
+    start = time.perf_counter()
+    training.train_and_evaluate(_run_config(config, coupling, seed), run_dir)
+    seconds = time.perf_counter() - start
+    last = metrics_lib.read_metrics(os.path.join(run_dir, metrics_lib.METRICS_FILENAME))[-1]
+    run = training.restore(run_dir)
+    row = dict(coupling=coupling, seed=seed, step=run.step, train_seconds=seconds,
+               pair_cost=last.get("pair_cost"), settings=settings, streams=STREAMS,
+               **evaluate(run, seed=seed, **settings))
+    fileio.write_json(path, row)
+    print(f"reproduce_ot: {coupling} seed {seed}: w2 euler {row['w2_euler']:.4f}, "
+          f"{settings['adaptive_method']} {row['w2_adaptive']:.4f} (nfe {row['nfe_adaptive']}), "
+          f"{seconds:.0f} s", flush=True)
+    return row
+
+
 def reproduce(config, workdir: str) -> dict:
     """Trains and evaluates every (coupling, seed) of config.reproduce; returns the report."""
     r = config.reproduce
     os.makedirs(workdir, exist_ok=True)
     settings = dict(num_samples=int(r.num_w2_samples), euler_steps=int(r.euler_steps),
                     adaptive_method=r.adaptive_method, rtol=float(r.rtol), atol=float(r.atol))
-    rows = []
-    for coupling in r.couplings:
-        for seed in r.seeds:
-            run_dir = os.path.join(workdir, coupling, f"seed_{seed}")
-            path = os.path.join(run_dir, "ot_eval.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    row = json.load(f)
-                if row.get("settings") == settings:
-                    for name in ("euler", "adaptive"):
-                        row.setdefault(f"w2sq_{name}", row[f"w2_{name}"] ** 2)
-                    rows.append(row)
-                    print(f"reproduce_ot: {coupling} seed {seed}: kept {path}", flush=True)
-                    continue
-            c = _run_config(config, coupling, seed)
-            print(f"reproduce_ot: training {coupling} seed {seed} in {run_dir}", flush=True)
-            start = time.perf_counter()
-            train_lib.train_and_evaluate(c, run_dir)
-            seconds = time.perf_counter() - start
-            last = metrics_lib.read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
-            exp, state, step = generate.restore_run(run_dir)
-            row = dict(coupling=coupling, seed=seed, step=step, train_seconds=seconds,
-                       pair_cost=last.get("pair_cost"), settings=settings,
-                       **evaluate(exp, state.ema_params, seed=seed, **settings))
-            with open(path, "w") as f:
-                json.dump(row, f, indent=1)
-            rows.append(row)
-            print(f"reproduce_ot: {coupling} seed {seed}: w2 euler {row['w2_euler']:.4f}, "
-                  f"{r.adaptive_method} {row['w2_adaptive']:.4f} (nfe {row['nfe_adaptive']}), "
-                  f"{seconds:.0f} s", flush=True)
+    rows = [run_one(config, coupling, seed, workdir, settings)
+            for coupling in r.couplings for seed in r.seeds]
     floor = evaluation.reference_floors(config.data.name, num_w2=int(r.num_w2_samples),
                                         num_tv=int(r.num_w2_samples))  # its tv is not used
     summary = {c: {m: _stats([row[m] for row in rows if row["coupling"] == c])
@@ -127,11 +138,9 @@ def reproduce(config, workdir: str) -> dict:
               "w2_floor": {"mean": floor["w2"], "std": floor["w2_std"], "seeds": floor["seeds"],
                            "squared": floor["w2"] ** 2},
               "published": PUBLISHED}
-    with open(os.path.join(workdir, "ot_reproduction.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    fileio.write_json(os.path.join(workdir, "ot_reproduction.json"), report)
     table = format_table(report)
-    with open(os.path.join(workdir, "ot_reproduction.md"), "w") as f:
-        f.write(table + "\n")
+    fileio.write_text(os.path.join(workdir, "ot_reproduction.md"), table + "\n")
     print(table, flush=True)
     return report
 

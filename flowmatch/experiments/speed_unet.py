@@ -15,20 +15,21 @@ set is needed.  A printed report, and the figures returned as a dict.  Never a t
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from flowmatch import train as train_lib
+from flowmatch import training
 from flowmatch.data import images as images_lib
+from flowmatch.experiments import speed
+from flowmatch.training import loop as loop_lib
+from flowmatch.training import state as state_lib
+from flowmatch.training import step as step_lib
 
 # Dense (no structured sparsity) peak TFLOP/s per chip, from the vendors' data sheets:
 # NVIDIA H100 / H200 / A100 / V100 data sheets (Tensor Core BF16 / TF32 / FP16 figures, halved
@@ -63,15 +64,6 @@ def peak_flops(device_kind: str, dtype: str) -> tuple[str, float] | None:
     return None
 
 
-@dataclasses.dataclass
-class _Images:
-    """A stand-in data source: only the example shape matters to the step."""
-
-    example_shape: tuple
-    kind: str = "image"
-    num_classes: int = 0
-
-
 _CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3}
 
 
@@ -86,20 +78,25 @@ def example_shape(config) -> tuple:
     return (size, size, _CHANNELS.get(d.name, d.channels))
 
 
-def _experiment(config, image_shape, data_axis_size: int, batch_size: int, **overrides):
+def _step_config(config, data_axis_size: int, batch_size: int, **overrides):
+    """`config` at this batch size on the first data_axis_size devices.  The data set only
+    fixes shapes here (random batches of `image_shape` are timed): a built-in one stands in so
+    that the data section passes its checks without a path."""
     c = config.copy_and_resolve_references()
     c.unlock()
     for key, value in overrides.items():  # "a.b" -> c.a.b
         section, _, field = key.rpartition(".")
         (c[section] if section else c)[field] = value
-    # The data set only fixes shapes here: a built-in one passes validation, then a stand-in
-    # source of the wanted shape replaces it.
     c.data.name, c.data.path = "digits", ""
     c.batch_size = batch_size
     c.parallel.data_axis_size = data_axis_size
     c.parallel.fsdp_axis_size = 1
-    exp = train_lib.Experiment.from_config(c)
-    return dataclasses.replace(exp, source=_Images(tuple(image_shape)))
+    return c
+
+
+def _spec(config, image_shape) -> training.RunSpec:
+    return training.RunSpec(data=config.data.name, kind="image", example_shape=tuple(image_shape),
+                            num_classes=int(config.model.get("num_classes", 0) or 0))
 
 
 def _flops(compiled) -> float:
@@ -109,64 +106,95 @@ def _flops(compiled) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
+def lower_step(config, image_shape, batch_size: int):
+    """The lowered (traced, not compiled) train step of `config` on one device for a global
+    batch of batch_size images, without the scan (XLA's cost analysis counts a loop body once)
+    and without gradient accumulation."""
+    c = _step_config(config, 1, batch_size, grad_accum_steps=1, **{"parallel.mode": "sharding"})
+    settings = training.read_settings(c)
+    comps = training.build(settings, _spec(config, image_shape))
+    s, plan = settings.train, loop_lib.make_plan(settings)
+    step = step_lib.make_train_step(
+        apply=comps.apply, objective=comps.objective, conditional=comps.conditional, tx=comps.tx,
+        lr_schedule=comps.lr_schedule, ema_decay=s.ema_decay, ema_warmup=s.ema_warmup,
+        pair=step_lib.make_pairing(comps.objective, comps.source, settings.coupling,
+                                   s.batch_size, plan))
+    abstract = state_lib.abstract_state(comps.model, comps.tx, comps.spec.example_shape,
+                                        comps.conditional)
+    batch = {"x": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a PRNGKey's shape: only shapes matter
+    return jax.jit(step).lower(abstract, batch, key)
+
+
+def step_flops(config, image_shape, batch_size: int) -> float:
+    """XLA's FLOP count of one train step (`lower_step`), after compilation."""
+    return _flops(lower_step(config, image_shape, batch_size).compile())
+
+
+def random_batches(batch_size: int, image_shape, steps_per_call: int = 1, seed: int = 0) -> dict:
+    """{"x": uniform [-1, 1] images [k, B, H, W, C], "label": zeros [k, B]} (host arrays)."""
+    gen = np.random.default_rng(seed)
+    return {"x": gen.uniform(-1, 1, (steps_per_call, batch_size, *image_shape)).astype(np.float32),
+            "label": np.zeros((steps_per_call, batch_size), np.int32)}
+
+
 def measure(config, *, num_devices: int, batch_size: int, image_shape,
             steps_per_call: int = 1, repeats: int = 5) -> dict:
     """FLOPs and seconds of one train step of `config` on the first `num_devices` devices."""
-    exp = _experiment(config, image_shape, num_devices, batch_size)
-    key = jax.random.PRNGKey(0)
-    state = exp.create_state(key)
-    rng = np.random.default_rng(0)
-    local = {"x": rng.uniform(-1, 1, (steps_per_call, batch_size, *image_shape)).astype(np.float32),
-             "label": np.zeros((steps_per_call, batch_size), np.int32)}
-    # FLOPs of one step on the whole global batch, counted on one device (XLA's cost analysis
-    # counts a loop body once, so the step is compiled without the scan).
-    one = _experiment(config, image_shape, 1, batch_size, grad_accum_steps=1,
-                      **{"parallel.mode": "sharding"})
-    single = jax.jit(one.train_step).lower(
-        jax.eval_shape(one.init_state, key),
-        jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), local), key).compile()
-    flops = _flops(single)
-    multi_step = exp.make_multi_step()
-    batches = exp.plan.put_batches(local)
-    train_key = exp.plan.replicate(key)
-    run_state = exp.plan.stack(state) if exp.plan.mode == "pmap" else state
-    holder = [run_state]
-
-    def call():
-        holder[0], metrics = multi_step(holder[0], batches, train_key)
-        return metrics["loss"]
-
-    jax.block_until_ready(call())  # compile
+    image_shape = tuple(image_shape)
+    trainer = speed.make_trainer(
+        _step_config(config, num_devices, batch_size), steps_per_call=steps_per_call,
+        spec=_spec(config, image_shape),
+        batches=random_batches(batch_size, image_shape, steps_per_call))
+    jax.block_until_ready(trainer.call()["loss"])  # compile
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(call())
+        jax.block_until_ready(trainer.call()["loss"])
         times.append((time.perf_counter() - start) / steps_per_call)
     step = statistics.median(times)
-    return {"devices": num_devices, "batch_size": batch_size, "flops_per_step": flops,
+    return {"devices": num_devices, "batch_size": batch_size,
+            "flops_per_step": step_flops(config, image_shape, batch_size),
             "step_seconds": step, "examples_per_sec": batch_size / step,
             "examples_per_sec_per_device": batch_size / step / num_devices}
 
 
-def _cpu_in_subprocess(config, device_counts, batch_per_device, image_shape, repeats) -> list:
-    """Runs `_cpu_scaling` in a fresh process with enough simulated CPU devices."""
-    with tempfile.TemporaryDirectory() as tmp:
-        train_lib.save_config(config, tmp)
-        args = {"workdir": tmp, "device_counts": list(device_counts),
-                "batch_per_device": batch_per_device, "image_shape": list(image_shape),
-                "repeats": repeats}
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={max(device_counts)}")
-        command = [sys.executable, "-m", "flowmatch.benchmark_parallel", json.dumps(args)]
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise RuntimeError(f"CPU scaling benchmark failed:\n{proc.stderr[-3000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _cpu_scaling(config, device_counts, batch_per_device, image_shape, repeats) -> list:
+def cpu_scaling(config, device_counts, batch_per_device, image_shape, repeats) -> list:
+    """`measure` at each device count (simulated CPU devices, in a subprocess when this process
+    has too few) at batch_per_device examples per device."""
+    counts = [int(n) for n in device_counts]
+    if jax.device_count() < max(counts):
+        return speed.run_in_subprocess(
+            "flowmatch.experiments.speed_unet", config, max(counts),
+            dict(device_counts=counts, batch_per_device=batch_per_device,
+                 image_shape=list(image_shape), repeats=repeats))
     return [measure(config, num_devices=n, batch_size=batch_per_device * n,
-                    image_shape=image_shape, repeats=repeats) for n in device_counts]
+                    image_shape=image_shape, repeats=repeats) for n in counts]
+
+
+def _report_cpu(out: dict, rows: list, per: int) -> None:
+    print(f"flowmatch U-Net train step on CPU ({out['model_dtype']}, mode {out['mode']}), "
+          f"{per} examples per simulated device:")
+    print(f"  {'devices':>7} {'batch':>6} {'GFLOP/step':>11} {'s/step':>8} "
+          f"{'examples/s':>11} {'per device':>11}")
+    for r in rows:
+        print(f"  {r['devices']:>7} {r['batch_size']:>6} {r['flops_per_step'] / 1e9:>11.3g} "
+              f"{r['step_seconds']:>8.3f} {r['examples_per_sec']:>11.2f} "
+              f"{r['examples_per_sec_per_device']:>11.2f}")
+
+
+def _report_accelerator(out: dict, n: int, batch: int) -> None:
+    print(f"flowmatch U-Net train step on {n} x {out['device_kind']} ({out['model_dtype']}, mode "
+          f"{out['mode']}), global batch {batch}:")
+    print(f"  FLOPs per step (XLA cost analysis): {out['flops_per_step'] / 1e12:.4g} TFLOP")
+    print(f"  step time: {out['step_seconds'] * 1e3:.2f} ms; {out['examples_per_sec']:,.0f} "
+          f"examples/s ({out['examples_per_sec_per_device']:,.0f} per device)")
+    if out["chip"]:
+        print(f"  MFU: {out['mfu']:.1%} of {n} x {out['peak_flops_per_device'] / 1e12:.0f} "
+              f"TFLOP/s ({out['chip']}, {out['model_dtype']})")
+    else:
+        print(f"  MFU: unknown peak for {out['device_kind']!r}; add it to PEAK_TFLOPS")
 
 
 def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: int | None = None,
@@ -185,20 +213,8 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
            "model_dtype": config.model.dtype, "mode": config.parallel.mode}
     if backend == "cpu":
         per = batch_per_device or 2
-        counts = [int(n) for n in device_counts]
-        if jax.device_count() >= max(counts):
-            rows = _cpu_scaling(config, counts, per, image_shape, repeats)
-        else:
-            rows = _cpu_in_subprocess(config, counts, per, image_shape, repeats)
-        out["scaling"] = rows
-        print(f"flowmatch U-Net train step on CPU ({out['model_dtype']}, mode {out['mode']}), "
-              f"{per} examples per simulated device:")
-        print(f"  {'devices':>7} {'batch':>6} {'GFLOP/step':>11} {'s/step':>8} "
-              f"{'examples/s':>11} {'per device':>11}")
-        for r in rows:
-            print(f"  {r['devices']:>7} {r['batch_size']:>6} {r['flops_per_step'] / 1e9:>11.3g} "
-                  f"{r['step_seconds']:>8.3f} {r['examples_per_sec']:>11.2f} "
-                  f"{r['examples_per_sec_per_device']:>11.2f}")
+        out["scaling"] = cpu_scaling(config, device_counts, per, image_shape, repeats)
+        _report_cpu(out, out["scaling"], per)
         return out
     n = jax.device_count()
     batch = batch_per_device * n if batch_per_device else config.batch_size
@@ -208,22 +224,12 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
     peak = peak_flops(out["device_kind"], config.model.dtype)
     out["chip"], out["peak_flops_per_device"] = peak if peak else (None, None)
     out["mfu"] = (r["flops_per_step"] / r["step_seconds"] / (n * peak[1])) if peak else None
-    print(f"flowmatch U-Net train step on {n} x {out['device_kind']} ({config.model.dtype}, mode "
-          f"{out['mode']}), global batch {batch}:")
-    print(f"  FLOPs per step (XLA cost analysis): {r['flops_per_step'] / 1e12:.4g} TFLOP")
-    print(f"  step time: {r['step_seconds'] * 1e3:.2f} ms; {r['examples_per_sec']:,.0f} examples/s "
-          f"({r['examples_per_sec_per_device']:,.0f} per device)")
-    if peak:
-        print(f"  MFU: {out['mfu']:.1%} of {n} x {peak[1] / 1e12:.0f} TFLOP/s ({peak[0]}, "
-              f"{config.model.dtype})")
-    else:
-        print(f"  MFU: unknown peak for {out['device_kind']!r}; add it to PEAK_TFLOPS")
+    _report_accelerator(out, n, batch)
     return out
 
 
-if __name__ == "__main__":  # the subprocess of `_cpu_in_subprocess`
-    spec = json.loads(sys.argv[1])
-    cfg = train_lib.load_config(spec["workdir"])
-    result = _cpu_scaling(cfg, spec["device_counts"], spec["batch_per_device"],
-                          tuple(spec["image_shape"]), spec["repeats"])
-    print(json.dumps(result))
+if __name__ == "__main__":  # the subprocess of `cpu_scaling`
+    _args = json.loads(sys.argv[1])
+    _config = training.load_config(_args.pop("workdir"))
+    _args["image_shape"] = tuple(_args["image_shape"])
+    print(json.dumps(cpu_scaling(_config, **_args)))

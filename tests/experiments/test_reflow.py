@@ -1,5 +1,5 @@
-"""Reflow and distillation: pair files (resume, determinism, validation), the pairs data source,
-training on a known straight coupling, one-step distillation, and the driver end to end."""
+"""Reflow and distillation: pair generation (resume, determinism, the key layout), training on a
+known straight coupling, one-step distillation, and the driver end to end."""
 
 import json
 import os
@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from flowmatch import checkpoint as checkpoint_lib
-from flowmatch import data, generate, objectives, reflow, sampling, train
+from flowmatch import data, integrators, metrics, objectives, rng, training
 from flowmatch.data import pairs as pairs_lib
+from flowmatch.experiments import reflow
+from flowmatch.experiments import reflow_pairs
 from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+from runs_util import untrained_run  # noqa: E402
 
 # x1 = A x0 + b: a deterministic coupling whose paths x_t = ((1 - t) I + t A) x0 + t b never cross
 # (A is symmetric positive definite), so the rectified field along them is exactly x1 - x0.
@@ -33,7 +36,7 @@ def small_config(**overrides):
     c.num_train_steps = 200
     c.steps_per_call = 100
     c.log_every_steps = 100
-    c.eval_every_steps = 200
+    c.eval_every_steps = 0
     c.checkpoint_every_steps = 200
     c.sampling.num_steps = 4
     c.batch_size = 256
@@ -48,20 +51,10 @@ def small_config(**overrides):
     return c
 
 
-def make_run(workdir, config, seed=0):
-    """A run directory (config.json + a checkpoint at step 1) with untrained parameters."""
-    os.makedirs(workdir, exist_ok=True)
-    train.save_config(config, workdir)
-    exp = train.Experiment.from_config(config)
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    ckpt.save(1, exp.create_state(jax.random.PRNGKey(seed)), {"data": {"index": 1}, "step": 1})
-    ckpt.close()
-    return workdir
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return make_run(str(tmp_path_factory.mktemp("run")), small_config())
+    """A 2-D run with untrained parameters (a checkpoint at step 1)."""
+    return untrained_run(small_config(), str(tmp_path_factory.mktemp("run")), step=1)
 
 
 def linear_pairs(directory, n=4096, chunk_size=1000, seed=0):
@@ -69,7 +62,7 @@ def linear_pairs(directory, n=4096, chunk_size=1000, seed=0):
     return data.save_pairs(directory, x0, x0 @ A.T + B, data="moons", chunk_size=chunk_size)
 
 
-# -- pair files ---------------------------------------------------------------------------------
+# -- pair generation ----------------------------------------------------------------------------
 
 
 def chunk_arrays(d, i):
@@ -106,7 +99,7 @@ def test_pairs_resume_redoes_damaged_and_unlisted_chunks_only(run_dir, tmp_path)
         assert os.stat(os.path.join(d, pairs_lib.chunk_filename(i))).st_mtime_ns == t
     assert not [n for n in os.listdir(d) if n.startswith(".tmp_")]
     assert reflow.generate_pairs(run_dir, d, **kw)["generated"] == []
-    with pytest.raises(train.ConfigError, match=r"made differently.*'seed': \(3, 4\)"):
+    with pytest.raises(training.ConfigError, match=r"made differently.*'seed': \(3, 4\)"):
         reflow.generate_pairs(run_dir, d, **dict(kw, seed=4))
 
 
@@ -117,85 +110,24 @@ def test_pairs_are_the_flow_of_their_noise(run_dir, tmp_path):
     src = data.load_pairs(d)
     assert (src.kind, src.example_shape, src.num_examples, src.box[0].tolist()) == (
         "toy2d", (2,), 40, [-5.0, -5.0])
-    # chunk c's noise is normal(fold_in(PRNGKey(seed), c), [chunk_size, 2]), truncated
-    x0 = np.concatenate([np.asarray(jax.random.normal(
-        jax.random.fold_in(jax.random.PRNGKey(7), c), (16, 2))) for c in range(3)])[:40]
+    # chunk c's noise: the source's draw from the "source" stream of chunk 0 of a one-chunk
+    # Chunked draw with key fold_in(seed_stream(seed, "pairs"), c), truncated to num_pairs
+    run = training.restore(run_dir)
+    keys = [jax.random.fold_in(jax.random.fold_in(rng.seed_stream(7, "pairs"), c), 0)
+            for c in range(3)]
+    x0 = np.concatenate([run.components.source.sample(rng.stream(k, "source"), 16)
+                         for k in keys])[:40]
     np.testing.assert_array_equal(src.x0, x0)
-    exp, state, _ = generate.restore_run(run_dir)
-    v = sampling.velocity_fn(lambda p, x, t, c: exp.apply(p, x, t, c), state.ema_params,
-                             exp.objective)
-    from flowmatch import integrators  # pylint: disable=g-import-not-at-top
+    v = run.components.model_fn().velocity_fn(run.state.ema_params)
     x1 = jax.jit(lambda x: integrators.solve(v, x, method="heun", num_steps=3).x)(src.x0)
     np.testing.assert_allclose(src.x1, x1, rtol=1e-5, atol=1e-5)
-
-
-# -- the pairs source ---------------------------------------------------------------------------
-
-
-def test_pair_batches_are_deterministic_sharded_and_cover_each_epoch():
-    x0 = np.arange(40, dtype=np.float32).reshape(20, 2)
-    src = data.PairSource(x0, 2 * x0, np.arange(20, dtype=np.int32) % 3, kind="toy2d",
-                          data_name="moons")
-    it = data.BatchIterator(src, 10, seed=5)
-    b = it.batches(0, 4)
-    assert set(b) == {"x", "x0", "label"} and b["x0"].shape == (4, 10, 2)
-    np.testing.assert_array_equal(b["x"], 2 * b["x0"])  # rows stay paired
-    np.testing.assert_array_equal(b["label"], (b["x0"][..., 0] / 2).astype(int) % 3)
-    # two batches = one epoch: every pair once
-    epoch = np.sort(b["x0"][:2].reshape(-1, 2)[:, 0])
-    np.testing.assert_array_equal(epoch, x0[:, 0])
-    again = data.BatchIterator(src, 10, seed=5).batch(3)
-    np.testing.assert_array_equal(again["x0"], b["x0"][3])
-    assert not np.array_equal(data.BatchIterator(src, 10, seed=6).batch(0)["x0"], b["x0"][0])
-    halves = [data.BatchIterator(src, 10, seed=5, process_index=k, process_count=2).batch(2)
-              for k in range(2)]
-    np.testing.assert_array_equal(np.concatenate([h["x0"] for h in halves]), b["x0"][2])
-    ref = src.sample_reference(jax.random.PRNGKey(1), 20)
-    np.testing.assert_array_equal(np.sort(ref[:, 0]), np.sort(2 * x0[:, 0]))
-    np.testing.assert_array_equal(src.sample_reference(jax.random.PRNGKey(1), 5), ref[:5])
-    np.testing.assert_array_equal(src.sample_reference(3, 4), src.sample_reference(3, 4))
-    with pytest.raises(ValueError, match="hold 20; ask for 1..20"):
-        src.sample_reference(0, 21)
-
-
-def test_load_pairs_says_what_is_wrong(tmp_path):
-    with pytest.raises(ValueError, match="needs data.path"):
-        data.make_source("pairs", path="")
-    with pytest.raises(ValueError, match="no pairs in"):
-        data.make_source("pairs", path=str(tmp_path / "nothing"))
-    d = linear_pairs(str(tmp_path / "ok"), n=30, chunk_size=8)
-    src = data.make_source("pairs", path=d)
-    assert isinstance(src, data.PairSource) and src.num_examples == 30
-    np.testing.assert_allclose(src.x1, src.x0 @ A.T + B, rtol=1e-6)
-    with pytest.raises(ValueError, match="already holds pairs"):
-        linear_pairs(d)
-
-    def broken(name, change):
-        bad = linear_pairs(str(tmp_path / name), n=30, chunk_size=8)
-        manifest = pairs_lib.read_manifest(bad)
-        change(bad, manifest)
-        pairs_lib.write_json_atomic(os.path.join(bad, pairs_lib.MANIFEST), manifest)
-        return bad
-
-    def damage(d, m):
-        with open(os.path.join(d, pairs_lib.chunk_filename(2)), "r+b") as f:
-            f.seek(100)
-            f.write(b"\0\1\2")
-
-    with pytest.raises(ValueError, match="chunk_00002.npz is missing or damaged"):
-        data.load_pairs(broken("damaged", damage))
-    with pytest.raises(ValueError, match=r"incomplete: 1 of 4 chunks missing \(first: \[3\]\)"):
-        data.load_pairs(broken("incomplete", lambda d, m: m["chunks"].pop("3")))
-
-    def reshape(d, m):  # a chunk of [8, 3] where the manifest says [8, 2]
-        m["chunks"]["0"] = pairs_lib.write_chunk(d, 0, np.zeros((8, 3)), np.zeros((8, 3)),
-                                                 np.zeros(8))
-
-    with pytest.raises(ValueError, match=r"holds x0 float32\[8, 3\].*manifest says float32 "
-                       r"\[8, 2\]"):
-        data.load_pairs(broken("shape", reshape))
-    with pytest.raises(ValueError, match="not a pairs manifest"):
-        data.load_pairs(broken("format", lambda d, m: m.update(format="other")))
+    # A directory from before named key streams (no "keys" entry) is not resumed into.
+    manifest = pairs_lib.read_manifest(d)
+    del manifest["spec"]["keys"]
+    pairs_lib.write_json_atomic(os.path.join(d, pairs_lib.MANIFEST), manifest)
+    with pytest.raises(training.ConfigError, match="made differently.*'keys'"):
+        reflow_pairs.generate_pairs(run_dir, d, num_pairs=40, chunk_size=16, method="heun",
+                                    num_steps=3, seed=7, verbose=False)
 
 
 # -- training on pairs --------------------------------------------------------------------------
@@ -210,19 +142,18 @@ def test_flow_on_a_straight_coupling_learns_the_straight_field(tmp_path):
     pairs = linear_pairs(str(tmp_path / "pairs"))
     config = reflow.pairs_config(small_config(), pairs, 4096)
     workdir = str(tmp_path / "flow")
-    state = train.train_and_evaluate(config, workdir)
-    exp = train.Experiment.from_config(config)
+    state = training.train_and_evaluate(config, workdir)
+    comps = training.restore(workdir).components
     # The loss of a deterministic coupling without crossings has minimum 0 (that of independent
     # pairs does not): it ends far below the mean square of its target x1 - x0.
-    from flowmatch import metrics  # pylint: disable=g-import-not-at-top
     loss = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]["loss"]
     src = data.load_pairs(pairs)
     assert loss < 2e-3 * np.mean((src.x1 - src.x0) ** 2), loss
     x0 = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (256, 2)))
     for t in (0.1, 0.5, 0.9):
         x = (1 - t) * x0 + t * (x0 @ A.T + B)
-        v = np.asarray(exp.apply(state.params, jnp.asarray(x, jnp.float32),
-                                 jnp.full((256,), t, jnp.float32)))
+        v = np.asarray(comps.apply(state.params, jnp.asarray(x, jnp.float32),
+                                   jnp.full((256,), t, jnp.float32)))
         err = np.mean(np.sum((v - exact_field(x, t)) ** 2, 1))
         assert err < 0.01 * np.mean(np.sum(exact_field(x, t) ** 2, 1)), (t, err)
 
@@ -231,15 +162,16 @@ def test_distilled_model_maps_x0_to_x1_in_one_euler_step(tmp_path):
     pairs = linear_pairs(str(tmp_path / "pairs"))
     workdir = str(tmp_path / "distill")
     reflow.train_distilled(small_config(), workdir, pairs)
-    exp, state, _ = generate.restore_run(workdir)
-    assert exp.objective.time_sampling == "zero"
-    assert exp.sampler_settings() == dict(method="euler", num_steps=1, rtol=None, atol=None)
-    sample = exp.make_sampler(return_source=True)
-    x0, x1, nfe, ok = sample(state.ema_params, jax.random.PRNGKey(4), 512)
-    x0, x1 = np.asarray(x0), np.asarray(x1)
-    assert int(nfe) == 1 and bool(ok)
-    err = np.mean(np.sum((x1 - (x0 @ A.T + B)) ** 2, 1))
-    assert err < 0.005 * np.mean(np.sum((x0 @ A.T + B - x0) ** 2, 1)), err
+    run = training.restore(workdir)
+    comps = run.components
+    assert comps.objective.time_sampling == "zero"
+    assert dict(comps.settings.sampling) == dict(method="euler", num_steps=1, rtol=None,
+                                                 atol=None)
+    out = reflow_pairs.pair_drawer(comps, 512, dict(method=None))(
+        run.state.ema_params, jax.random.PRNGKey(4))
+    assert out.nfe == 1 and out.success
+    err = np.mean(np.sum((out.x - (out.x0 @ A.T + B)) ** 2, 1))
+    assert err < 0.005 * np.mean(np.sum((out.x0 @ A.T + B - out.x0) ** 2, 1)), err
 
 
 def test_distillation_needs_the_straight_path(tmp_path):
@@ -248,8 +180,10 @@ def test_distillation_needs_the_straight_path(tmp_path):
     config.coupling.name = "exact"  # flow 1 may use OT pairs; its pairs are trained as written
     assert reflow.pairs_config(config, pairs, 10).coupling.name == "independent"
     config.path.schedule = "cosine"
-    with pytest.raises(train.ConfigError, match="path.schedule='cond_ot'"):
+    with pytest.raises(training.ConfigError, match="path.schedule='cond_ot'"):
         reflow.distill_config(config, pairs, 10)
+    with pytest.raises(training.ConfigError, match="no pairs in"):
+        reflow.train_distilled(small_config(), str(tmp_path / "d"), str(tmp_path / "none"))
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -266,12 +200,16 @@ def test_changed_settings_ignores_settings_added_since():
 def test_reflow_settings_errors():
     config = load_config("reflow_moons")
     config.reflow.eval_samplers = ("heun:x",)
-    with pytest.raises(train.ConfigError, match="bad sampler 'heun:x'.*METHOD:STEPS"):
+    with pytest.raises(training.ConfigError, match="bad sampler 'heun:x'.*METHOD:STEPS"):
         reflow.ReflowSettings.from_config(config.reflow)
-    with pytest.raises(train.ConfigError, match="no 'reflow' section"):
+    with pytest.raises(training.ConfigError, match="no 'reflow' section"):
         reflow.ReflowSettings.from_config(None)
-    with pytest.raises(train.ConfigError, match=r"unknown reflow setting\(s\) \['k'\]"):
+    with pytest.raises(training.ConfigError, match=r"unknown config key reflow\.k\b"):
         reflow.ReflowSettings.from_config(dict(k=2))
+    with pytest.raises(training.ConfigError, match=r"reflow\.num_pairs must be a positive"):
+        reflow.ReflowSettings.from_config(dict(num_pairs=0))
+    with pytest.raises(training.ConfigError, match="plain training"):
+        reflow.ReflowSettings.from_config(dict(num_reflows=0))
 
 
 @pytest.mark.slow
@@ -284,8 +222,10 @@ def test_reflow_driver_runs_resumes_and_refuses_changed_stages(tmp_path, capsys)
     assert out["evaluation"]["rows"][2]["one_step"]
     with open(os.path.join(workdir, "evaluation.md")) as f:
         assert "| distill | " in f.read()
+    assert json.load(open(os.path.join(workdir, "evaluation.json"))) == json.loads(
+        json.dumps(out["evaluation"]))
     # flow 2 started from flow 1's EMA parameters (its step-0 checkpoint)
-    exp, flow1, _ = generate.restore_run(os.path.join(workdir, "flow1"))
+    flow1 = training.restore(os.path.join(workdir, "flow1")).state
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "flow2", "checkpoints"))
     start, _ = ckpt.restore(0, checkpoint_lib.abstract_like(flow1))
     ckpt.close()
@@ -300,6 +240,6 @@ def test_reflow_driver_runs_resumes_and_refuses_changed_stages(tmp_path, capsys)
     assert again["stages"] == out["stages"]
     assert capsys.readouterr().out.count("already done, skipped") == 5
     config.num_train_steps = 6
-    with pytest.raises(train.ConfigError, match=r"stage flow1 .* other settings .*\(config\."
+    with pytest.raises(training.ConfigError, match=r"stage flow1 .* other settings .*\(config\."
                        r"num_train_steps\)"):
         reflow.run_reflow(config, workdir)
