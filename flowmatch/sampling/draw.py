@@ -47,8 +47,8 @@ class Chunked:
     """num_samples drawn in chunks of one size (one compilation), chunk c from fold_in(key, c).
 
     `__call__(params, key, labels=None)` returns Samples with NumPy arrays: x float32
-    [num_samples, ...] (x0 likewise with with_source), nfe the largest chunk's, success all of
-    them, steps the largest chunk's.  labels: int [num_samples] class labels (cycled into the last chunk) or None.
+    [num_samples, ...] (x0 likewise with with_source), nfe and steps the largest chunk's, success
+    all of them.  labels: int [num_samples] class labels (cycled into the last chunk) or None.
     wrap: how the draw is compiled (default jax.jit; a device plan may pass its own); place: how
     each chunk's key and labels are put on the devices (default: as they are).
     """
