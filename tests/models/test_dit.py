@@ -11,8 +11,8 @@ import pytest
 
 from flowmatch import objectives, paths
 from flowmatch.models import build_model, count_params
-from flowmatch.models.dit import (DiT, dit_preset, param_logical_axes, patchify,
-                                  unpatchify)
+from flowmatch.models.dit import (DiT, dit_preset, memory_estimate, param_logical_axes,
+                                  patchify, unpatchify)
 from flowmatch.models.embeddings import sincos_2d_embedding
 
 # One tiny DiT on digit-sized images (8x8x1, 2x2 patches -> 16 tokens of width 32) serves every
@@ -52,13 +52,31 @@ def _random_params(seed=0):
     return jax.tree_util.tree_map(draw, shapes)
 
 
-@functools.lru_cache(maxsize=None)
-def _apply(model):
-    return jax.jit(model.apply, static_argnames=("train",))
-
-
 def _x(seed=1, shape=X_SHAPE):
     return jax.random.normal(jax.random.key(seed), shape)
+
+
+@jax.jit
+def _forward_suite(params):
+    """Every forward pass of MODEL that the tests look at, in one program (each compilation
+    costs seconds on CPU): with `params` at the times TIMES and labels LABELS, unless changed."""
+    x = _x()
+
+    def run(model=MODEL, t=TIMES, cond=LABELS, dropout_seed=None):
+        train = dropout_seed is not None
+        rngs = {"dropout": jax.random.key(dropout_seed)} if train else None
+        return model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
+    return dict(y=run(), times_reversed=run(t=TIMES[::-1]), labels_reversed=run(cond=LABELS[::-1]),
+                no_labels=run(cond=None), bfloat16=run(model=MODEL.clone(dtype=jnp.bfloat16)),
+                train_1=run(dropout_seed=1), train_1_again=run(dropout_seed=1),
+                train_2=run(dropout_seed=2))
+
+
+@functools.lru_cache(maxsize=None)
+def _outputs(which):
+    """_forward_suite at the real init ('init') or at random parameters ('random'), as numpy."""
+    params = _init_params() if which == "init" else _random_params()
+    return {k: np.asarray(v) for k, v in _forward_suite(params).items()}
 
 
 # ----------------------------------------------------------------------------- published sizes
@@ -88,20 +106,40 @@ def test_parameter_counts_match_dit_table4(preset, millions):
     assert round(n / 1e6) == millions
 
 
+def _forward_flops(model):
+    """XLA's flop count of the lowered forward at batch 1 on [32, 32, 4] (nothing allocated)."""
+    shapes = [jax.ShapeDtypeStruct(s, d) for s, d in
+              (((1, 32, 32, 4), jnp.float32), ((1,), jnp.float32), ((1,), jnp.int32))]
+    params = _abstract_params(model, (1, 32, 32, 4), conditional=True)
+    fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
+    cost = fwd.lower(params, *shapes).cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+
+
 def test_xl2_forward_flops_match_dit_table4():
     # DiT Table 4: XL/2 118.6 Gflops per 256x256 image. That figure counts a multiply-add as one
     # flop (12 D^2 T + 2 T^2 D per block, T = 256 tokens, D = 1152: 118.4e9 over 28 blocks);
     # XLA's cost analysis counts two per multiply-add (and also counts the element-wise ops).
-    model = DiT(**dit_preset("XL/2"), num_classes=1000, out_channels=8)
-    x = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.float32)
-    y = jax.ShapeDtypeStruct((1,), jnp.int32)
-    params = _abstract_params(model, (1, 32, 32, 4), conditional=True)
-    fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
-    cost = fwd.lower(params, x, t, y).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    gmacs = cost["flops"] / 2 / 1e9
+    # Flops are affine in depth, so XL/2 = one block + 27 x (two blocks - one block): two
+    # shallow lowerings instead of tracing 28 blocks.
+    xl2 = dict(dit_preset("XL/2"), num_classes=1000, out_channels=8)
+    one, two = (_forward_flops(DiT(**{**xl2, "depth": d})) for d in (1, 2))
+    gmacs = (one + 27 * (two - one)) / 2 / 1e9
     assert gmacs == pytest.approx(118.6, rel=0.01)
+
+
+def test_memory_estimate_xl2():
+    count = _closed_form_count(1152, 28, 2, 4, 4, 1000)
+    est = memory_estimate("XL/2", batch_per_chip=2)
+    assert est.params == est.ema == est.grads == 4 * count and est.optimizer == 8 * count
+    assert memory_estimate("XL/2", 2, fsdp=8).optimizer == 8 * -(-count // 8)
+    # Per example and block (T = 256, D = 1152, N = 16): T (14 D + 6 M) + 2 N T^2 floats.
+    per_block = 4 * (256 * (14 + 24) * 1152 + 2 * 16 * 256 ** 2)
+    assert est.activations == 2 * 28 * per_block
+    full, dots = (memory_estimate("XL/2", 2, remat=r).activations for r in ("full", "dots"))
+    assert full == 2 * (28 * 4 * 256 * 1152 + per_block) and full < dots < est.activations
+    with pytest.raises(ValueError, match="unknown remat 'all'"):
+        memory_estimate("XL/2", 2, remat="all")
 
 
 def test_presets_and_errors():
@@ -115,12 +153,10 @@ def test_presets_and_errors():
 # ----------------------------------------------------------------------------- the network
 
 def test_output_is_exactly_zero_at_init_shape_and_dtype():
-    params = _init_params()
-    y = _apply(MODEL)({"params": params}, _x(), TIMES, cond=LABELS, train=True,
-                      rngs={"dropout": jax.random.key(3)})
-    assert y.shape == X_SHAPE and y.dtype == jnp.float32
-    assert np.all(np.asarray(y) == 0.0)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
+    for name, y in _outputs("init").items():      # train and eval modes, float32 and bfloat16
+        assert y.shape == X_SHAPE and y.dtype == np.float32, name
+        assert np.all(y == 0.0), name
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(_init_params()))
 
 
 def test_init_statistics_follow_dit():
@@ -135,39 +171,31 @@ def test_init_statistics_follow_dit():
     assert np.std(patch) == pytest.approx(np.sqrt(2 / (4 + 32)), rel=0.15)
     assert np.std(params["time_embed"]["dense_0"]["kernel"]) == pytest.approx(0.02, rel=0.05)
     assert np.std(params["class_embed"]["embedding"]) == pytest.approx(0.02, rel=0.15)
-    for layer in (params["blocks_0"]["adaLN_modulation"], params["final_layer"]["linear"],
-                  params["final_layer"]["adaLN_modulation"], params["blocks_0"]["mlp"]["fc1"]):
-        assert not np.any(layer["kernel"]) or layer is params["blocks_0"]["mlp"]["fc1"]
-        assert not np.any(layer["bias"])
+    assert not np.any(params["blocks_0"]["mlp"]["fc1"]["bias"])
+    for zero in (params["blocks_0"]["adaLN_modulation"], params["final_layer"]["linear"],
+                 params["final_layer"]["adaLN_modulation"]):
+        assert not np.any(zero["kernel"]) and not np.any(zero["bias"])
 
 
 def test_time_and_class_conditioning_and_null_label():
-    params, apply, x = _random_params(), _apply(MODEL), _x()
-    y = apply({"params": params}, x, TIMES, cond=LABELS)
-    y_t = apply({"params": params}, x, TIMES[::-1], cond=LABELS)
-    y_c = apply({"params": params}, x, TIMES, cond=LABELS[::-1])
-    for other in (y_t, y_c):
-        assert np.all(np.abs(np.asarray(other - y)).max(axis=(1, 2, 3)) > 1e-3)
-    null = apply({"params": params}, x, TIMES, cond=None)
-    np.testing.assert_array_equal(null[3], y[3])      # row 3 of LABELS is the null class
+    out = _outputs("random")
+    for other in ("times_reversed", "labels_reversed"):
+        assert np.all(np.abs(out[other] - out["y"]).max(axis=(1, 2, 3)) > 1e-3), other
+    np.testing.assert_array_equal(out["no_labels"][3], out["y"][3])   # LABELS[3]: null class
 
 
 def test_bfloat16_compute_close_to_float32():
-    params, x = _random_params(), _x()
-    y32 = _apply(MODEL)({"params": params}, x, TIMES, cond=LABELS)
-    y16 = _apply(MODEL.clone(dtype=jnp.bfloat16))({"params": params}, x, TIMES, cond=LABELS)
-    assert y16.dtype == jnp.float32
-    err = np.linalg.norm(np.asarray(y16) - np.asarray(y32)) / np.linalg.norm(np.asarray(y32))
+    out = _outputs("random")
+    assert out["bfloat16"].dtype == np.float32
+    err = np.linalg.norm(out["bfloat16"] - out["y"]) / np.linalg.norm(out["y"])
     assert 0 < err < 0.03
 
 
 def test_dropout_only_in_training():
-    params, x = _random_params(), _x()
-    run = functools.partial(_apply(MODEL), {"params": params}, x, TIMES, cond=LABELS)
-    a = run(train=True, rngs={"dropout": jax.random.key(1)})
-    np.testing.assert_array_equal(a, run(train=True, rngs={"dropout": jax.random.key(1)}))
-    assert not np.allclose(a, run(train=True, rngs={"dropout": jax.random.key(2)}))
-    assert not np.allclose(a, run())
+    out = _outputs("random")
+    np.testing.assert_array_equal(out["train_1"], out["train_1_again"])
+    assert not np.allclose(out["train_1"], out["train_2"])
+    assert not np.allclose(out["train_1"], out["y"])
 
 
 def test_position_embedding_closed_form():
@@ -198,27 +226,50 @@ def test_non_square_images():
     assert jax.eval_shape(model.apply, {"params": params}, x, 0.5).shape == (2, 8, 12, 3)
 
 
-def test_remat_same_outputs_and_gradients():
+def _stack_blocks(params):
+    """Loop parameters (blocks_0, blocks_1, ...) in the scan_blocks layout (blocks, stacked)."""
+    loop = [params[f"blocks_{i}"] for i in range(MODEL.depth)]
+    rest = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+    return {**rest, "blocks": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *loop)}
+
+
+def test_remat_and_scan_same_outputs_and_gradients():
     params, x = _random_params(), _x()
 
     def loss(model, p):
         y = model.apply({"params": p}, x, TIMES, LABELS)
         return jnp.sum(jnp.square(y - x))
-    # One program for the three variants: each compilation costs seconds on CPU.
-    results = jax.jit(lambda p: {r: jax.value_and_grad(functools.partial(
-        loss, MODEL.clone(remat=r)))(p) for r in ("none", "full", "dots")})(params)
+
+    variants = {"none": MODEL, "full": MODEL.clone(remat="full"),
+                "scan+dots": MODEL.clone(remat="dots", scan_blocks=True)}
+
+    # One program for every variant: each compilation costs seconds on CPU.
+    @jax.jit
+    def value_and_grads(p):
+        out = {}
+        for name, model in variants.items():
+            value, grads = jax.value_and_grad(functools.partial(loss, model))(
+                _stack_blocks(p) if model.scan_blocks else p)
+            out[name] = value, grads
+        return out
+    results = value_and_grads(params)
     value, grads = results["none"]
-    for remat in ("full", "dots"):
-        value_r, grads_r = results[remat]
+    for name in ("full", "scan+dots"):
+        value_r, grads_r = results[name]
         np.testing.assert_allclose(value_r, value, rtol=1e-6)
-        for g_r, g in zip(jax.tree_util.tree_leaves(grads_r), jax.tree_util.tree_leaves(grads)):
-            np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-6)
+        want = _stack_blocks(grads) if name.startswith("scan") else grads
+        # Scanning changes the order of some sums: equal up to float32 rounding.
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+            a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()), grads_r, want)
 
 
 def test_logical_axes_cover_every_parameter():
     axes = param_logical_axes(_abstract_params(MODEL, X_SHAPE, conditional=True))
     assert axes["blocks_1"]["attn"]["qkv"]["kernel"] == ("embed", None, "heads", None)
     assert axes["blocks_0"]["mlp"]["fc2"]["kernel"] == ("mlp", "embed")
+    scanned = MODEL.clone(scan_blocks=True)
+    axes = param_logical_axes(_abstract_params(scanned, X_SHAPE, conditional=True))
+    assert axes["blocks"]["attn"]["proj"]["kernel"] == ("layers", "heads", None, "embed")
 
 
 def test_input_and_construction_errors():
