@@ -66,10 +66,9 @@ def _forward_suite(params):
         train = dropout_seed is not None
         rngs = {"dropout": jax.random.key(dropout_seed)} if train else None
         return model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
-    return dict(y=run(), times_reversed=run(t=TIMES[::-1]), labels_reversed=run(cond=LABELS[::-1]),
-                no_labels=run(cond=None), bfloat16=run(model=MODEL.clone(dtype=jnp.bfloat16)),
-                train_1=run(dropout_seed=1), train_1_again=run(dropout_seed=1),
-                train_2=run(dropout_seed=2))
+    return dict(y=run(), times_reversed=run(t=TIMES[::-1]), no_labels=run(cond=None),
+                bfloat16=run(model=MODEL.clone(dtype=jnp.bfloat16)),
+                train_1=run(dropout_seed=1), train_2=run(dropout_seed=2))
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,7 +98,9 @@ def test_parameter_counts_match_dit_table4(preset, millions):
     # predict 8 channels (noise and the learned variance), so its counts are out_channels=8;
     # with learn_sigma off (out_channels=4) the model has p*p*4*(D + 1) fewer parameters
     # (18,448 for XL/2), below the paper's rounding.
-    model = DiT(**dit_preset(preset), num_classes=1000, out_channels=8)
+    # scan_blocks: the same parameters, stacked (test_remat_and_scan_... checks that the two
+    # trees agree), and one block traced instead of depth.
+    model = DiT(**dit_preset(preset), num_classes=1000, out_channels=8, scan_blocks=True)
     n = count_params(_abstract_params(model, (1, 32, 32, 4), conditional=True))
     f = dit_preset(preset)
     assert n == _closed_form_count(f["width"], f["depth"], f["patch_size"], 4, 8, 1000)
@@ -179,9 +180,11 @@ def test_init_statistics_follow_dit():
 
 def test_time_and_class_conditioning_and_null_label():
     out = _outputs("random")
-    for other in ("times_reversed", "labels_reversed"):
-        assert np.all(np.abs(out[other] - out["y"]).max(axis=(1, 2, 3)) > 1e-3), other
-    np.testing.assert_array_equal(out["no_labels"][3], out["y"][3])   # LABELS[3]: null class
+    change = {k: np.abs(out[k] - out["y"]).max(axis=(1, 2, 3)) for k in ("times_reversed",
+                                                                          "no_labels")}
+    assert np.all(change["times_reversed"] > 1e-3)
+    # cond=None is the null class: labels 0, 1, 2 give other outputs, label 3 (null) the same.
+    assert np.all(change["no_labels"][:3] > 1e-3) and change["no_labels"][3] == 0.0
 
 
 def test_bfloat16_compute_close_to_float32():
@@ -193,7 +196,6 @@ def test_bfloat16_compute_close_to_float32():
 
 def test_dropout_only_in_training():
     out = _outputs("random")
-    np.testing.assert_array_equal(out["train_1"], out["train_1_again"])
     assert not np.allclose(out["train_1"], out["train_2"])
     assert not np.allclose(out["train_1"], out["y"])
 
