@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from flowmatch import timegrids
-from flowmatch.integrators import runge_kutta
+from flowmatch.integrators import multistep, runge_kutta
 from flowmatch.integrators.adaptive import solve_adaptive
 from flowmatch.integrators.arguments import check_arguments, check_grid, check_save_at
 from flowmatch.integrators.controller import PIController
@@ -26,11 +26,13 @@ def solve(v: Callable, x0, *, method="euler", num_steps: int | None = None, time
         to x0's dtypes).
     x0: pytree of float arrays (any shapes; a batch is one system).  bfloat16 states are stepped
         in bfloat16; time, step sizes and error norms use at least float32.
-    method: a name in METHODS or a ButcherTableau.
+    method: a name in METHODS, a ButcherTableau or an AdamsBashforth.
     Fixed grid (any method): num_steps (uniform from t0 to t1) or time_grid [N + 1] (any
         monotonic grid, e.g. from flowmatch.timegrids; it sets the endpoints, so leave t0/t1
         out; repeated points are zero-length no-op steps).  lax.scan; nfe == nfe_for(method, N);
-        unroll is passed to lax.scan.  Differentiable in reverse mode.
+        unroll is passed to lax.scan.  Differentiable in reverse mode.  Adams-Bashforth ab2 /
+        ab3 / ab4 (fixed grids only): one evaluation per step after k - 1 warm-start steps of
+        heun / rk3 / rk4, with variable-step weights computed from the grid (see `multistep`).
     Adaptive (embedded pairs: bosh3, dopri5, tsit5): rtol and atol.  lax.while_loop with PI
         control (`controller`) on the error norm RMS(err / (atol + rtol max(|x_old|, |x_new|)));
         the first step from the Hairer-Norsett-Wanner heuristic (one extra evaluation) unless
@@ -55,7 +57,8 @@ def solve(v: Callable, x0, *, method="euler", num_steps: int | None = None, time
             raise ValueError("save_at is for adaptive stepping; on a fixed grid use "
                              "save_trajectory=True (put the times you need into time_grid)")
         grid = _fixed_grid(num_steps, time_grid, t0, t1)
-        sol = runge_kutta.solve_fixed(f, tab, leaves0, grid, save=save_trajectory, unroll=unroll)
+        stepper = multistep if isinstance(tab, multistep.AdamsBashforth) else runge_kutta
+        sol = stepper.solve_fixed(f, tab, leaves0, grid, save=save_trajectory, unroll=unroll)
     else:
         if save_trajectory and save_at is None:
             raise ValueError("adaptive steps are not known in advance: pass save_at=[times] to "

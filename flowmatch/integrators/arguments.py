@@ -8,8 +8,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from flowmatch.integrators.methods import ADAPTIVE_METHODS, check_count, lookup
-from flowmatch.integrators.tableaus import ButcherTableau
+from flowmatch.integrators.methods import ADAPTIVE_METHODS, Method, check_count, lookup
+from flowmatch.integrators.multistep import AdamsBashforth
 
 
 def concrete(x):
@@ -27,15 +27,18 @@ def _check_positive(name, value):
 
 
 def check_arguments(method, *, num_steps=None, time_grid=None, rtol=None, atol=None,
-                    max_steps=4096, first_step=None) -> ButcherTableau:
+                    max_steps=4096, first_step=None) -> Method:
     """Validates a method / grid / tolerance combination (host side, no tracing); returns the
-    tableau.  `solve` calls it; call it early to fail before compiling anything."""
+    method (a ButcherTableau or an AdamsBashforth).  `solve` calls it; call it early to fail
+    before compiling anything."""
     tab = lookup(method)
     adaptive = rtol is not None or atol is not None
     on_grid = num_steps is not None or time_grid is not None
     if adaptive and not tab.embedded:
+        why = (" (an Adams-Bashforth multistep method runs on a fixed grid only)"
+               if isinstance(tab, AdamsBashforth) else "")
         raise ValueError(
-            f"method {tab.name!r} is fixed-step and takes no rtol/atol; drop them (and pass "
+            f"method {tab.name!r} is fixed-step and takes no rtol/atol{why}; drop them (and pass "
             f"num_steps or time_grid) or choose an adaptive method: {', '.join(ADAPTIVE_METHODS)}")
     if num_steps is not None and time_grid is not None:
         raise ValueError("pass num_steps or time_grid, not both")
