@@ -19,21 +19,7 @@ its scaling on pods.
 Smoke variant (tests): --config=configs/digits_dit.py:smoke
 """
 
-import ml_collections
-
 from configs import default
-from flowmatch.models.dit import dit_preset
-
-
-def dit_model(preset="S/2", **fields):
-    """A model section for the DiT: a published size (dit_preset: "S/2" ... "XL/8") with DiT's
-    other choices, then `fields`; e.g. dit_model("XL/2", num_classes=1000, remat="full").
-    (Meant for configs/default.py as default.dit_model, beside default.unet_model.)"""
-    model = dict(name="dit", dtype="float32", **dit_preset(preset), mlp_ratio=4.0,
-                 qk_norm=False, dropout=0.0, num_classes=0, time_freq_dim=256,
-                 time_scale=1000.0, remat="none", scan_blocks=False)
-    model.update(fields)
-    return ml_collections.ConfigDict(model)
 
 
 def get_config(variant=""):
@@ -47,7 +33,7 @@ def get_config(variant=""):
     c.checkpoint_every_steps = 1_000
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 200
-    c.model = dit_model(width=64, depth=4, num_heads=4, patch_size=2)
+    c.model = default.dit_model(width=64, depth=4, num_heads=4, patch_size=2)
     c.sampling.method = "heun"
     c.sampling.num_steps = 50
     return default.apply_variant(c, variant)
