@@ -104,7 +104,8 @@ def _scan(model, times, coeffs, step_fn, x_init, key):
         return step_fn(x, c, jax.random.fold_in(key, c["k"]) if key is not None else None), None
 
     x, _ = lax.scan(body, x_init, xs)
-    return Samples(x=x, nfe=jnp.asarray(K, jnp.int32), success=jnp.asarray(True))
+    return Samples(x=x, nfe=jnp.asarray(K, jnp.int32), success=jnp.asarray(True),
+                   steps=jnp.asarray(K, jnp.int32))
 
 
 def ancestral_sampler(model: ModelFn, *, num_steps: int | None = None, skip: str = "uniform",

@@ -47,8 +47,8 @@ class Chunked:
     """num_samples drawn in chunks of one size (one compilation), chunk c from fold_in(key, c).
 
     `__call__(params, key, labels=None)` returns Samples with NumPy arrays: x float32
-    [num_samples, ...] (x0 likewise with with_source), nfe the largest chunk's, success all of
-    them.  labels: int [num_samples] class labels (cycled into the last chunk) or None.
+    [num_samples, ...] (x0 likewise with with_source), nfe and steps the largest chunk's, success
+    all of them.  labels: int [num_samples] class labels (cycled into the last chunk) or None.
     wrap: how the draw is compiled (default jax.jit; a device plan may pass its own); place: how
     each chunk's key and labels are put on the devices (default: as they are).
     """
@@ -68,7 +68,7 @@ class Chunked:
 
     def __call__(self, params, key, labels=None) -> Samples:
         n, size = self.num_samples, self.chunk_size
-        xs, x0s, nfe, ok = [], [], 0, True
+        xs, x0s, nfe, steps, ok = [], [], 0, 0, True
         for c, start in enumerate(range(0, n, size)):
             cond = None
             if labels is not None:
@@ -79,6 +79,7 @@ class Chunked:
             if self.with_source:
                 x0s.append(np.asarray(out.x0, np.float32))
             nfe = max(nfe, int(out.nfe))
+            steps = max(steps, int(out.steps)) if out.steps is not None else steps
             ok = ok and bool(out.success)
         x0 = np.concatenate(x0s)[:n] if self.with_source else None
-        return Samples(x=np.concatenate(xs)[:n], nfe=nfe, success=ok, x0=x0)
+        return Samples(x=np.concatenate(xs)[:n], nfe=nfe, success=ok, x0=x0, steps=steps)

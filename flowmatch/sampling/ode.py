@@ -39,6 +39,7 @@ def ode_sampler(model: ModelFn, *, method: str, num_steps: int | None = None,
         if model.denoises:
             x = model.denoise(params, x, cond)
             nfe = nfe + 1
-        return Samples(x=x, nfe=jnp.asarray(nfe, jnp.int32), success=sol.success)
+        return Samples(x=x, nfe=jnp.asarray(nfe, jnp.int32), success=sol.success,
+                       steps=sol.num_accepted)
 
     return sample

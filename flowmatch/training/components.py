@@ -249,7 +249,7 @@ def _check_model_fits_data(s: Settings, model, spec: RunSpec):
                           "use model.name='mlp' for 2-D data")
     if name == "mlp" and len(shape) != 1:
         raise ConfigError(f"model 'mlp' takes vectors, but data {d!r} has examples of shape "
-                          f"{shape}; use model.name='unet' for images")
+                          f"{shape}; use model.name='unet' or 'dit' for images")
     check_input = getattr(model, "_check_input", None)
     if check_input is not None:
         try:
