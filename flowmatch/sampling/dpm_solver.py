@@ -268,6 +268,7 @@ def dpm_solver_sampler(model: ModelFn, *, num_steps: int, method: str | None = N
             (_, hist), _ = lax.scan(step, (x0, hist), xs)
         # the last step, to t = 1 (sigma = 0): the data estimate at t_{K-1}
         return Samples(x=hist[0], nfe=jnp.asarray(num_steps, jnp.int32),
-                       success=jnp.all(jnp.isfinite(hist[0])))
+                       success=jnp.all(jnp.isfinite(hist[0])),
+                       steps=jnp.asarray(num_steps, jnp.int32))
 
     return sample

@@ -221,6 +221,7 @@ def sde_sampler(model: ModelFn, *, method: str, num_steps: int, diffusion: str =
         if model.denoises and not tweedie:
             x = model.denoise(params, x, cond)
         count = nfe(method, num_steps, model, last_step=last_step)
-        return Samples(x=x, nfe=jnp.asarray(count, jnp.int32), success=jnp.all(jnp.isfinite(x)))
+        return Samples(x=x, nfe=jnp.asarray(count, jnp.int32), success=jnp.all(jnp.isfinite(x)),
+                       steps=jnp.asarray(num_steps, jnp.int32))
 
     return sample
