@@ -13,7 +13,9 @@ Keys (what the training loop reads):
                (parameters with fewer elements stay replicated); batch_size must divide by
                data_axis_size x fsdp_axis_size x grad_accum_steps
   data.*       name, path, image_size, channels, random_flip, skip_bad ('pairs' with path = a
-               directory of (x0, x1) pairs from flowmatch.reflow trains on paired data)
+               directory of (x0, x1) pairs from scripts/reflow.py trains on paired data;
+               'arrayrecord' with path = a directory from scripts/prepare_data.py streams its
+               shards through grain: split, worker_count, prefetch, verify_checksums)
   model.*      name ('mlp' | 'unet' | 'dit'), dtype ('float32' | 'bfloat16'), and the network's
                own fields (unet_model / dit_model below give the image networks' sections)
   path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
@@ -68,7 +70,7 @@ def get_config():
 
     c.data = ml_collections.ConfigDict(dict(
         name="checkerboard", path="", image_size=0, channels=3, random_flip=False,
-        skip_bad=False))
+        skip_bad=False, split="train", worker_count=0, prefetch=2, verify_checksums=False))
 
     c.model = ml_collections.ConfigDict(dict(
         name="mlp", dtype="float32", hidden_sizes=(256, 256, 256), activation="relu",

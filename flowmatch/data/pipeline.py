@@ -170,8 +170,12 @@ def make_source(
     """
     if name in toy2d.TOY_DATASETS:
         return ToySource(name)
-    if name == "pairs":  # (x0, x1) pairs written by flowmatch.reflow: data.path is their directory
+    if name == "pairs":  # (x0, x1) pairs written by reflow: data.path is their directory
         return pairs_lib.load_pairs(path)
+    if name == "arrayrecord":  # shards from scripts/prepare_data.py, streamed through grain
+        from flowmatch.data import grain_pipeline  # pylint: disable=g-import-not-at-top
+        grain_pipeline._grain()  # pylint: disable=protected-access  (fails early, with the fix)
+        return grain_pipeline.ArrayRecordSource(path, split)
     if name not in images_lib.IMAGE_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, pairs")
     info = images_lib.IMAGE_DATASETS[name]
@@ -283,6 +287,12 @@ class BatchIterator:
     def __next__(self) -> dict[str, Any]:
         out = self.batch(self.index)
         self.index += 1
+        return out
+
+    def next_batches(self, k: int) -> dict[str, Any]:
+        """The next k global batches stacked (`batches(index, k)`), advancing the position."""
+        out = self.batches(self.index, k)
+        self.index += int(k)
         return out
 
     def state(self) -> dict[str, int]:

@@ -244,7 +244,7 @@ def _check_combinations(s: Settings):
 
 def _check_model_fits_data(s: Settings, model, spec: RunSpec):
     name, d, shape = s.model.get("name", "mlp"), s.data.name, tuple(spec.example_shape)
-    if name != "mlp" and spec.kind != "image":
+    if name != "mlp" and spec.kind not in ("image", "latent"):
         raise ConfigError(f"model {name!r} needs image data, but data.name={d!r} is {spec.kind}; "
                           "use model.name='mlp' for 2-D data")
     if name == "mlp" and len(shape) != 1:

@@ -40,6 +40,7 @@ from flowmatch.training import components as components_lib
 from flowmatch.training import evaluation
 from flowmatch.training import monitor as monitor_lib
 from flowmatch.training import runs
+from flowmatch.training import settings as settings_lib
 from flowmatch.training import state as state_lib
 from flowmatch.training import step as step_lib
 from flowmatch.training import workdir as workdir_lib
@@ -61,11 +62,26 @@ def load_data(d) -> Any:
     """The training split of config.data (`settings.DataSettings`); unreadable or damaged data
     is a ConfigError naming what to do."""
     try:
-        return data_lib.make_source(d.name, split="train", path=d.path or None,
-                                    image_size=d.image_size or None, channels=d.channels,
-                                    random_flip=d.random_flip, skip_bad=d.skip_bad)
-    except (ValueError, OSError) as e:
+        return data_lib.make_source(d.name, split=d.split if d.name == "arrayrecord" else "train",
+                                    path=d.path or None, image_size=d.image_size or None,
+                                    channels=d.channels, random_flip=d.random_flip,
+                                    skip_bad=d.skip_bad)
+    except (ValueError, OSError, ImportError) as e:  # ImportError: grain not installed
         raise ConfigError(f"data: {e}") from e
+
+
+def make_iterator(source, d: settings_lib.DataSettings, train: settings_lib.TrainSettings):
+    """This process's iterator over the global batches of `source`: grain over ArrayRecord
+    shards for data.name 'arrayrecord', else the in-memory `data.BatchIterator`.  Both serve
+    `next_batches(k)` and a JSON `state()` / `restore(state)` that the checkpoint carries."""
+    common = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if getattr(source, "name", "") == "arrayrecord":
+        from flowmatch.data import grain_pipeline  # pylint: disable=g-import-not-at-top
+        return grain_pipeline.GrainIterator(
+            source.path, global_batch_size=train.batch_size, seed=train.seed, split=d.split,
+            worker_count=d.worker_count, prefetch=d.prefetch, random_flip=d.random_flip,
+            skip_bad=d.skip_bad, verify_checksums=d.verify_checksums, **common)
+    return data_lib.BatchIterator(source, train.batch_size, train.seed, **common)
 
 
 def _barrier(name: str):
@@ -176,10 +192,9 @@ class _Trainer:
         return state, meta
 
     def _iterator(self, meta):
-        data_index = int(meta["data"]["index"]) if meta else 0
-        it = data_lib.BatchIterator(self.source, self.s.batch_size, self.s.seed, index=data_index,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+        it = make_iterator(self.source, self.comps.settings.data, self.s)
+        if meta:
+            it.restore(meta["data"])
         rows = (it.process_index * it.local_batch_size,
                 (it.process_index + 1) * it.local_batch_size)
         if self.plan.process_rows(self.s.batch_size) != rows:
@@ -196,11 +211,15 @@ class _Trainer:
         # Evaluation is collective (the samples are split over every device), so every process
         # runs it; only process 0's pictures land in workdir.
         scratch = None if self.main else tempfile.TemporaryDirectory(prefix="flowmatch_eval_")
-        writer = progress = None
+        writer = progress = iterator = None
         try:
             state, meta = self._restore(ckpt)
             self.nonfinite.restore(meta.get("nonfinite"))
             iterator = self._iterator(meta)
+            skipped = getattr(iterator, "num_skipped", 0)
+            if skipped and self.main:
+                print(f"flowmatch: left out {skipped} damaged record(s) of {iterator!r} "
+                      "(data.skip_bad=True; see train.log for which)", flush=True)
             writer = metrics_lib.MetricWriter(self.workdir, tensorboard=self.s.tensorboard,
                                               is_main_process=self.main)
             evaluator = None
@@ -216,6 +235,8 @@ class _Trainer:
                 progress.close()
             if writer is not None:
                 writer.close()
+            if iterator is not None and hasattr(iterator, "close"):
+                iterator.close()
             ckpt.close()
             if scratch is not None:
                 scratch.cleanup()
@@ -260,14 +281,14 @@ class _Trainer:
             for name, v in host.items():
                 window.values.setdefault(name, []).extend(float(x) for x in np.asarray(v))
 
-    def _save(self, ckpt, step: int, snapshot, data_index: int, window: _Window):
+    def _save(self, ckpt, step: int, snapshot, data_state: dict, window: _Window):
         if not checkpoint_lib.all_finite(snapshot):
             kept = (f"the newest checkpoint, step {self.last_saved}, is kept"
                     if self.last_saved is not None else "no checkpoint exists yet")
             raise monitor_lib.NonFiniteError(
                 f"the train state at step {step} has non-finite values; it is not saved ({kept})")
         # Asynchronous: the save proceeds while training goes on.
-        ckpt.save(step, snapshot, {"data": {"index": data_index}, "step": step,
+        ckpt.save(step, snapshot, {"data": data_state, "step": step,
                                    "nonfinite": self.nonfinite.state(),
                                    "window": monitor_lib.window_to_json(window.values)})
         self.last_saved = step
@@ -295,14 +316,14 @@ class _Trainer:
         device_key = plan.replicate(self.train_key)
         run_state = plan.stack(state) if in_pmap else state
         canonical = lambda st: plan.unstack(st) if in_pmap else st  # noqa: E731
-        step, data_index = int(state.step), iterator.index
+        step = int(state.step)
         window = _Window(values=monitor_lib.window_from_json(meta.get("window")), start=step)
         while step < s.num_train_steps:
             n = min(s.steps_per_call, s.num_train_steps - step)
-            batches = plan.put_batches(iterator.batches(data_index, n))
+            batches = plan.put_batches(iterator.next_batches(n))
             run_state, step_metrics = multi_step(run_state, batches, device_key)
             self.unread.append((step + 1, step_metrics))
-            step, data_index = step + n, data_index + n
+            step += n
             if progress is not None:
                 progress.update(n)
             is_last = step == s.num_train_steps
@@ -319,7 +340,7 @@ class _Trainer:
                 self._read(window, 0)
             if save or preempted:
                 self._save(ckpt, step, snapshot if snapshot is not None else canonical(run_state),
-                           data_index, window)
+                           iterator.state(), window)
             if preempted:
                 ckpt.wait()
                 raise checkpoint_lib.Preempted(step, ckpt.directory, self.preemption.reason)

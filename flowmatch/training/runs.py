@@ -89,6 +89,11 @@ def _legacy_spec(config) -> RunSpec:
         return RunSpec(data=spec["data"], kind=spec["kind"],
                        example_shape=tuple(spec["example_shape"]),
                        num_classes=int(spec.get("num_classes", 0)), box=box)
+    if d.name == "arrayrecord":
+        from flowmatch.data import arrayrecord  # pylint: disable=g-import-not-at-top
+        m = arrayrecord.read_manifest(d.path, d.get("split", "train"))
+        return RunSpec(data=d.name, kind=m.kind, example_shape=tuple(m.example_shape),
+                       num_classes=int(m.num_classes))
     info = images_lib.image_dataset_info(d.name)
     size = info.image_size or d.image_size
     channels = {"digits": 1, "mnist": 1, "cifar10": 3}.get(d.name, d.get("channels", 3))

@@ -137,7 +137,9 @@ class NonfiniteSettings:
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
     """config.data: name, path ('' = unset), image_size (0 = the data's own), channels,
-    random_flip, skip_bad."""
+    random_flip, skip_bad; for name 'arrayrecord' (shards written by scripts/prepare_data.py,
+    streamed through grain): split, worker_count (decoding processes, 0 = this one), prefetch
+    (batches read ahead), verify_checksums (CRC-32 of every shard at the start)."""
 
     name: str = "checkerboard"
     path: str = ""
@@ -145,14 +147,23 @@ class DataSettings:
     channels: int = 3
     random_flip: bool = False
     skip_bad: bool = False
+    split: str = "train"
+    worker_count: int = 0
+    prefetch: int = 2
+    verify_checksums: bool = False
 
     def __post_init__(self):
         from flowmatch import data as data_lib  # pylint: disable=g-import-not-at-top
-        checks.choice("name", self.name, tuple(data_lib.DATASETS) + ("pairs",), "dataset")
-        if self.name in ("cifar10", "image_folder", "pairs") and not self.path:
+        checks.choice("name", self.name, tuple(data_lib.DATASETS) + ("pairs", "arrayrecord"),
+                      "dataset")
+        checks.non_negative_int("worker_count", self.worker_count)
+        checks.non_negative_int("prefetch", self.prefetch)
+        if self.name in ("cifar10", "image_folder", "pairs", "arrayrecord") and not self.path:
             raise ValueError(f"dataset {self.name!r} needs a path: set --config.data.path=..."
                              + (" (the CIFAR-10 python release, cifar-10-python.tar.gz)"
-                                if self.name == "cifar10" else ""))
+                                if self.name == "cifar10" else "")
+                             + (" (a directory written by scripts/prepare_data.py)"
+                                if self.name == "arrayrecord" else ""))
         checks.non_negative_int("image_size", self.image_size)
         if self.name == "image_folder" and self.image_size < 1:
             raise ValueError("image_size must be a positive integer for image folders (every "
