@@ -73,6 +73,89 @@ def test_exact_assignment_degenerate_inputs():
     assert sorted(np.asarray(bad.index)) == list(range(8)) and not bool(bad.converged)
 
 
+def _adversarial_costs():
+    """(name, cost [n, n] float32) cases for the auction: ties, extreme ranges, odd sizes."""
+    rng = np.random.default_rng(3)
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    sq = lambda a, b: np.asarray(couplings.squared_distances(a, b))
+    dup = _points(rng, 13, 2)
+    far = _points(rng, 40, 3) * 1e3
+    far[0] += 1e6  # one outlier: every other cost is a tiny fraction of the range
+    only = np.full((9, 9), np.inf, np.float32)  # a single allowed column per row
+    only[np.arange(9), rng.permutation(9)] = rng.uniform(size=9)
+    return [
+        ("duplicated points", sq(np.repeat(dup, 3, 0), np.tile(dup, (3, 1)))),
+        ("tiny range", (1.0 + 1e-4 * rng.uniform(size=(50, 50))).astype(np.float32)),
+        ("large range and an outlier", sq(far, _points(rng, 40, 3) * 1e3)),
+        ("integer costs, many ties", rng.integers(0, 4, size=(61, 61)).astype(np.float32)),
+        ("two rows", np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)),
+        ("five rows", _points(rng, 5, 5)),
+        ("a single allowed column per row", only),
+        ("clustered: moons vs 8gaussians", sq(toy2d.moons(jax.random.PRNGKey(4), 100),
+                                              toy2d.eight_gaussians(jax.random.PRNGKey(5), 100))),
+    ]
+
+
+@pytest.mark.parametrize("bidders", [1, 3, 4, 32])
+def test_exact_assignment_is_optimal_to_the_tolerance_on_adversarial_costs(bidders):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    tol = couplings.DEFAULT_TOLERANCE
+    for name, cost in _adversarial_costs():
+        n = cost.shape[0]
+        result = jax.jit(lambda c: couplings.exact_assignment(c, bidders=bidders))(cost)
+        index = np.asarray(result.index)
+        assert sorted(index) == list(range(n)) and bool(result.converged), name
+        c = np.asarray(cost, np.float64)
+        finite = np.isfinite(c)
+        best, _ = _optimum(np.where(finite, c, 1e30))
+        spread = c[finite].max() - c[finite].min()
+        gap = (c[np.arange(n), index].sum() - best) / n
+        # Within tolerance x range, plus float32 round-off of the scaled costs and prices.
+        assert gap <= (tol + 2e-7) * spread + 1e-7 * abs(best / n), (name, gap, spread)
+        if name.startswith("integer") or name.startswith("a single"):
+            assert gap == 0, name  # n * tolerance < 1: only the optimum qualifies
+
+
+def test_the_tolerance_bounds_the_mean_pair_cost_and_sets_the_work():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    n = 128
+    cost = np.asarray(couplings.squared_distances(
+        toy2d.moons(jax.random.PRNGKey(6), n), toy2d.eight_gaussians(jax.random.PRNGKey(7), n)),
+        np.float64)
+    best, _ = _optimum(cost)
+    spread = cost.max() - cost.min()
+    gaps, rounds = [], []
+    for tol in (3e-2, 1e-3, 1e-6):
+        result = jax.jit(lambda c, t=tol: couplings.exact_assignment(c, tolerance=t))(
+            cost.astype(np.float32))
+        gap = (cost[np.arange(n), np.asarray(result.index)].sum() - best) / n
+        assert gap <= (tol + 2e-7) * spread, (tol, gap / spread)
+        gaps.append(gap)
+        rounds.append(int(result.rounds))
+    assert gaps[0] > 0  # the coarse tolerance is used, not a no-op
+    assert rounds[0] < rounds[1] < rounds[2]  # each factor of tolerance costs phases
+
+
+def test_top2_reductions_agree_with_sorting_ties_included():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(6, 37)).astype(np.float32)
+    x[1, [3, 20]] = x[1].max() + 1.0  # a tie for the best: lowest index, second == best
+    x[2, :] = -np.inf
+    x[2, 5] = 0.0  # one finite entry: second best -inf
+    expected = (x.max(1), np.argmax(x, 1), np.sort(x, 1)[:, -2])
+    for got in (jax.jit(couplings._top2)(x),  # pylint: disable=protected-access
+                jax.jit(jax.vmap(couplings._top2))(x)):  # pylint: disable=protected-access
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(np.asarray(g), e)
+
+
 def test_per_class_pairs_stay_in_their_class_and_are_optimal_within_it():
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -139,6 +222,23 @@ def test_sample_rows_draws_from_each_rows_conditional():
         freq = np.bincount(draws[row * m // 2:(row + 1) * m // 2], minlength=3) / (m // 2)
         np.testing.assert_allclose(freq, probs[row], atol=0.015)
     assert not np.any(draws[m // 2:] == 1)  # zero mass is never drawn
+
+
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 100])
+def test_sample_rows_is_the_inverse_cdf(m):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(m)
+    n = 300
+    plan = (rng.uniform(size=(n, m)) ** 4 * (rng.uniform(size=(n, m)) < 0.6)).astype(np.float32)
+    plan[:, m // 2] += 1e-3  # every row has mass
+    u = rng.uniform(size=n).astype(np.float32)
+    u[:3] = [0.0, 0.5, np.nextafter(np.float32(1), np.float32(0))]
+    got = np.asarray(jax.jit(couplings.sample_rows)(plan, u))
+    cdf = np.cumsum(plan.astype(np.float64), 1)
+    expected = np.minimum(np.sum(cdf <= u[:, None] * cdf[:, -1:], 1), m - 1)
+    assert np.all(plan[np.arange(n), got] > 0)  # zero mass is never drawn
+    assert np.mean(got == expected) > 0.98  # float32 block sums may move a boundary draw
 
 
 def test_couplings_lower_the_mean_pair_cost():
