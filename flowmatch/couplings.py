@@ -198,13 +198,13 @@ def _slot_round(a, eps, s: _Slots) -> _Slots:
     (and bids again), and empty slots take the next fresh rows in order."""
     n, m = a.shape[0], s.slots.shape[0]
     empty = s.slots >= n
-    rank = jnp.cumsum(empty.astype(jnp.int32)) - 1
+    slot = jnp.arange(m, dtype=jnp.int32)
+    rank = jnp.sum(empty[None, :] & (slot[None, :] < slot[:, None]), axis=1)  # empty slots before
     slots = jnp.where(empty & (s.fresh + rank < n), s.fresh + rank, s.slots)
     fresh = jnp.minimum(s.fresh + jnp.sum(empty, dtype=jnp.int32), n)
     best, j, second = _top2(a[jnp.minimum(slots, n - 1)] - s.prices[None, :])   # [m] each
     bidding = (slots < n) & jnp.isfinite(best)   # a row with no allowed column drops out
     bid = s.prices[j] + _bid_increment(best, second) + eps
-    slot = jnp.arange(m, dtype=jnp.int32)
     higher = (bid[None, :] > bid[:, None]) | (
         (bid[None, :] == bid[:, None]) & (slot[None, :] < slot[:, None]))
     outbid = (j[:, None] == j[None, :]) & bidding[None, :] & higher   # [m, m]: slot k beats i
@@ -223,23 +223,42 @@ def _chain_bid(a, eps, s: _Chain) -> _Chain:
     n = a.shape[0]
     iota = jnp.arange(n, dtype=jnp.int32)
     best, j, second = _top2(a[jnp.minimum(s.row, n - 1)] - s.prices)
-    ok = jnp.isfinite(best) & (s.row < n)
+    live = s.row < n   # past the chain's end a bid is a no-op
+    ok = jnp.isfinite(best) & live
     j = jnp.minimum(j, n - 1)
     displaced = s.owner[j]
     won = (iota == j) & ok
     prices = jnp.where(won, s.prices + _bid_increment(best, second) + eps, s.prices)
     owner = jnp.where(won, s.row, s.owner)
-    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n), s.rounds + 1)
+    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n),
+                  s.rounds + live.astype(jnp.int32))
+
+
+def _slot_widths(num_slots: int) -> list[int]:
+    """The slot stages of a phase: num_slots, then halved down to 2 (or just 1)."""
+    widths = [num_slots]
+    while widths[-1] // 2 >= 2:
+        widths.append(widths[-1] // 2)
+    return widths
 
 
 def _auction_phase(a, eps, prices, num_slots: int, max_rounds: int):
-    """One epsilon phase from `prices` with every row free: (prices, owner [n], rounds)."""
+    """One epsilon phase from `prices` with every row free: (prices, owner [n], rounds).
+
+    Slot stages of num_slots, num_slots / 2, ... 2 slots, each until the free rows fit in the
+    next (a narrower round does the same bids for less work), then the chain.
+    """
     n = a.shape[0]
-    start = _Slots(prices, jnp.full((n,), -1, jnp.int32), jnp.full((num_slots,), n, jnp.int32),
-                   jnp.int32(0), jnp.int32(0))
+    widths = _slot_widths(num_slots)
+    s = _Slots(prices, jnp.full((n,), -1, jnp.int32), jnp.full((num_slots,), n, jnp.int32),
+               jnp.int32(0), jnp.int32(0))
     left = lambda s: jnp.sum(s.slots < n) + (n - s.fresh)   # rows still free (and bidding)
-    s = lax.while_loop(lambda s: (left(s) > 1) & (s.rounds < max_rounds),
-                       lambda s: _slot_round(a, eps, s), start)
+    for k, width in enumerate(widths):
+        if width < s.slots.shape[0]:  # the busy slots (fewer than width) move to the front
+            s = s._replace(slots=jnp.sort(s.slots)[:width])
+        stop = widths[k + 1] if k + 1 < len(widths) else 1
+        s = lax.while_loop(lambda s, stop=stop: (left(s) > stop) & (s.rounds < max_rounds),
+                           lambda s: _slot_round(a, eps, s), s)
     last = jnp.where(s.fresh < n, s.fresh, jnp.min(s.slots))   # the one row left, or n
     c = lax.while_loop(lambda c: (c.row < n) & (c.rounds < max_rounds),
                        lambda c: _chain_bid(a, eps, c), _Chain(s.prices, s.owner, last, s.rounds))
