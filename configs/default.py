@@ -14,7 +14,8 @@ Keys (what the training loop reads):
                data_axis_size x fsdp_axis_size x grad_accum_steps
   data.*       name, path, image_size, channels, random_flip, skip_bad ('pairs' with path = a
                directory of (x0, x1) pairs from flowmatch.reflow trains on paired data)
-  model.*      name ('mlp' | 'unet'), dtype ('float32' | 'bfloat16'), and the network's own fields
+  model.*      name ('mlp' | 'unet' | 'dit'), dtype ('float32' | 'bfloat16'), and the network's
+               own fields (unet_model / dit_model below give the image networks' sections)
   path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
   source.*     p0, what flows start from at t = 0: name ('normal' | a 2-D data set such as
                '8gaussians', for 2-D data), scale (multiplies its samples)
@@ -141,6 +142,18 @@ def unet_model(**fields):
     model = dict(name="unet", dtype="float32", time_embedding="sinusoidal", time_scale=1000.0,
                  num_classes=0, num_heads=1, base_channels=128, channel_mult=(1, 2, 2, 2),
                  num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_groups=32)
+    model.update(fields)
+    return ml_collections.ConfigDict(model)
+
+
+def dit_model(preset="S/2", **fields):
+    """A model section for the diffusion transformer: a published size (flowmatch.models.dit's
+    dit_preset: "S/2" ... "XL/8") with DiT's other choices, then `fields`; e.g.
+    dit_model("XL/2", num_classes=1000, remat="full")."""
+    from flowmatch.models.dit import dit_preset  # pylint: disable=g-import-not-at-top
+    model = dict(name="dit", dtype="float32", **dit_preset(preset), mlp_ratio=4.0,
+                 qk_norm=False, dropout=0.0, num_classes=0, time_freq_dim=256,
+                 time_scale=1000.0, remat="none", scan_blocks=False)
     model.update(fields)
     return ml_collections.ConfigDict(model)
 

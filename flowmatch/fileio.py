@@ -39,3 +39,48 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically."""
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int = 1, **kwargs) -> None:
+    """json.dumps(obj) to `path` atomically (kwargs go to json.dumps)."""
+    import json  # pylint: disable=g-import-not-at-top
+    write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows, fieldnames) -> None:
+    """Rows (dicts) as CSV with the given columns (others ignored), atomically."""
+    import csv  # pylint: disable=g-import-not-at-top
+    import io  # pylint: disable=g-import-not-at-top
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """np.savez(path, **arrays) atomically."""
+    import io  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """A matplotlib figure saved atomically (format from the file name: png, pdf, svg)."""
+    import io  # pylint: disable=g-import-not-at-top
+    buf = io.BytesIO()
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    fig.savefig(buf, format=fmt, **savefig_kwargs)
+    write_bytes(path, buf.getvalue())

@@ -347,3 +347,154 @@ def bits_per_dim(v: Callable, x, key, *, num_bits: int = 8, dtype=None,
     res = log_likelihood(v, xq, key=kp, return_solution=True, **likelihood_kwargs)
     bpd = nats_to_bpd(res.logp, num_dims, bin_width=2.0 / 2**num_bits)
     return (bpd, res) if return_solution else bpd
+
+
+# -- DDPM's variational bound ----------------------------------------------------------------------
+
+VARIANCES = ("fixed_small", "fixed_large")
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (broadcasting), in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
+                  + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
+
+
+def _log_diff_ndtr(lo, hi):
+    """log(Phi(hi) - Phi(lo)) for lo < hi, reflected into the lower tail to avoid cancellation."""
+    flip = lo + hi > 0
+    lo, hi = jnp.where(flip, -hi, lo), jnp.where(flip, -lo, hi)
+    a, b = jax.scipy.special.log_ndtr(lo), jax.scipy.special.log_ndtr(hi)
+    return b + jnp.log1p(-jnp.exp(jnp.minimum(a - b, -1e-30)))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale, *, num_bits: int = 8):
+    """log P(x) elementwise for x on the 2^bits-level grid of [-1, 1] (Ho et al. eq. 13).
+
+    P(x) = int_{delta-(x)}^{delta+(x)} N(y; mean, e^{2 log_scale}) dy with bins of width
+    2 / (2^bits - 1): delta+- = x +- 1 / (2^bits - 1), and -inf / +inf at x = -1 / +1, so the
+    bins cover the real line and the probabilities of all levels sum to 1.
+    """
+    half = 1.0 / (2**num_bits - 1)
+    inv = jnp.exp(-log_scale)
+    lo = jnp.where(x < -1.0 + half, -jnp.inf, (x - half - mean) * inv)
+    hi = jnp.where(x > 1.0 - half, jnp.inf, (x + half - mean) * inv)
+    lo_f = jnp.where(jnp.isfinite(lo), lo, -1e30)  # finite stand-ins keep the gradients NaN-free
+    hi_f = jnp.where(jnp.isfinite(hi), hi, 1e30)
+    return jnp.where(
+        jnp.isneginf(lo), jax.scipy.special.log_ndtr(hi_f),
+        jnp.where(jnp.isposinf(hi), jax.scipy.special.log_ndtr(-lo_f), _log_diff_ndtr(lo_f, hi_f)))
+
+
+@flax.struct.dataclass
+class BoundResult:
+    """The bound in bits/dim per example, and its parts.
+
+    total = prior + decoder + kl  [B].  prior: L_T; decoder: L_0; kl: sum (or estimate) of the
+    L_i, i = 1..T-1.  terms [B, K]: the evaluated L_i (unweighted), at steps term_index [K].
+    nfe: network evaluations (K + 1).
+    """
+
+    total: jax.Array
+    prior: jax.Array
+    decoder: jax.Array
+    kl: jax.Array
+    terms: jax.Array
+    term_index: jax.Array
+    nfe: int = flax.struct.field(pytree_node=False)
+
+
+def _bound_tables(schedule, variance: str) -> dict:
+    """float32 [T] arrays of the discrete schedule (computed in float64): alpha, sigma at every
+    step, and the reverse step i -> i-1 (step -1: clean data): posterior coefficients c_a, c_1,
+    the posterior log variance (step 0's, which is 0, clipped to step 1's as Ho et al. do) and the
+    model's log variance."""
+    from flowmatch import paths as paths_lib  # pylint: disable=g-import-not-at-top
+    from flowmatch import schedules as schedules_lib  # pylint: disable=g-import-not-at-top
+    abar = schedule.alphas_cumprod
+    prev = np.append(1.0, abar[:-1])
+    sa = schedules_lib.ScheduleOutput(np.sqrt(abar), np.sqrt(1.0 - abar), None, None)
+    sb = schedules_lib.ScheduleOutput(np.sqrt(prev), np.sqrt(1.0 - prev), None, None)
+    c_a, c_1, var, s2 = paths_lib.posterior(sa, sb)
+    post_log_var = np.log(np.append(var[1], var[1:]))
+    model_log_var = post_log_var if variance == "fixed_small" else np.log(np.append(var[1], s2[1:]))
+    return {k: jnp.asarray(v, jnp.float32) for k, v in dict(
+        alpha=sa.alpha, sigma=sa.sigma, c_a=c_a, c_1=c_1, post_log_var=post_log_var,
+        model_log_var=model_log_var).items()}
+
+
+def vlb_bits_per_dim(model, params, x, key, *, cond=None, variance: str = "fixed_small",
+                     clip_denoised: bool = False, num_terms: int | None = None,
+                     num_bits: int = 8) -> BoundResult:
+    """The variational bound of a DDPM model (Ho et al. 2020, eq. 5) in bits/dim, 8-bit data.
+
+    model: a `flowmatch.sampling.ModelFn` on a discrete schedule (`schedules.DiscreteVPSchedule`,
+    steps i = 0..T-1 at times t_i); params, cond: its parameters and labels.  In the path's terms,
+    with x_i = alpha_i x + sigma_i noise_i (noise of step i: fold_in(key, i)):
+        -log p(x) <= L_T + sum_{i=1}^{T-1} L_i + L_0,
+        L_T = KL(q(x_{T-1} | x) || N(0, I))                                        (no network)
+        L_i = KL(q(x_{i-1} | x_i, x) || p(x_{i-1} | x_i)),  p: the posterior with the network's
+              data estimate x1_hat (clipped to [-1, 1] if clip_denoised) in place of x
+        L_0 = -log p(x | x_0): `discretized_gaussian_log_likelihood` at x1_hat, log scale half the
+              model's log variance at step 0,
+    each summed over dimensions and divided by D log 2.  variance: the model's reverse variance,
+    'fixed_small' (the posterior's) or 'fixed_large' (beta_i; step 0: the posterior's at step 1).
+    x: [B, ...] on the 2^bits grid of [-1, 1].  num_terms=None evaluates all T-1 KL terms plus
+    L_0: T network calls of the batch.  num_terms=K < T-1 draws K distinct steps from 1..T-1
+    uniformly (from fold_in(key, T)) and estimates the KL sum as (T-1)/K times their sum
+    (unbiased; L_T and L_0, usually the largest, stay exact): K + 1 calls.
+    """
+    from flowmatch import paths as paths_lib  # pylint: disable=g-import-not-at-top
+    from flowmatch import schedules as schedules_lib  # pylint: disable=g-import-not-at-top
+    schedule = model.path.schedule
+    if not isinstance(schedule, schedules_lib.DiscreteVPSchedule):
+        raise ValueError("the variational bound needs a DDPM model (a discrete schedule); use "
+                         "log_likelihood for flow-matching models")
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
+    T = schedule.num_timesteps
+    tab = _bound_tables(schedule, variance)
+    B, dt = x.shape[0], x.dtype
+    to_bpd = 1.0 / (math.prod(x.shape[1:]) * math.log(2.0))
+
+    def per_example(v):  # [B, ...] nats -> [B] bits/dim
+        return jnp.sum(v.reshape(B, -1), axis=1) * to_bpd
+
+    def step(i):
+        """(x_i, posterior mean with x, with x1_hat) at step i (a traced scalar)."""
+        at = lambda name: tab[name][i].astype(dt)
+        x_i = at("alpha") * x + at("sigma") * jax.random.normal(jax.random.fold_in(key, i),
+                                                                x.shape, dt)
+        pred, _ = model.predict(params, x_i, schedule.time(i).astype(dt), cond)
+        # the table's coefficients at the step (not the cubic between steps): exact at i
+        x1_hat, _ = paths_lib.endpoints(schedule.at_steps(i, dt), pred, x_i, model.prediction,
+                                        model.path.eps)
+        if clip_denoised:
+            x1_hat = jnp.clip(x1_hat, -1.0, 1.0)
+        return x1_hat, at("c_a") * x_i + at("c_1") * x, at("c_a") * x_i + at("c_1") * x1_hat
+
+    def kl_term(_, i):
+        _, true_mean, model_mean = step(i)
+        return None, per_example(normal_kl(true_mean, tab["post_log_var"][i].astype(dt),
+                                           model_mean, tab["model_log_var"][i].astype(dt)))
+
+    if num_terms is None:
+        idx, weight = jnp.arange(1, T), 1.0
+    else:
+        if (isinstance(num_terms, bool) or not isinstance(num_terms, (int, np.integer))
+                or not 1 <= num_terms <= T - 1):
+            raise ValueError(f"num_terms must be None (all terms) or an integer in [1, T-1={T - 1}]"
+                             f", got {num_terms!r}")
+        idx = jax.random.choice(jax.random.fold_in(key, T), jnp.arange(1, T), (num_terms,),
+                                replace=False)
+        weight = (T - 1) / num_terms
+    _, terms = lax.scan(kl_term, None, idx)  # [K, B]
+    terms = terms.T
+    x1_hat0, _, _ = step(jnp.asarray(0))
+    decoder = -per_example(discretized_gaussian_log_likelihood(
+        x, x1_hat0, 0.5 * tab["model_log_var"][0].astype(dt), num_bits=num_bits))
+    a_last = tab["alpha"][T - 1].astype(dt)
+    prior = per_example(normal_kl(a_last * x, jnp.log1p(-a_last * a_last), 0.0, 0.0))
+    return BoundResult(total=prior + decoder + weight * jnp.sum(terms, axis=1), prior=prior,
+                       decoder=decoder, kl=weight * jnp.sum(terms, axis=1), terms=terms,
+                       term_index=idx, nfe=int(idx.shape[0]) + 1)

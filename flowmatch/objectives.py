@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from flowmatch import paths as paths_lib
+from flowmatch import schedules as schedules_lib
 
 TIME_SAMPLERS = ("uniform", "logit_normal", "zero")
 
@@ -48,7 +49,7 @@ class FlowMatching:
     2023).
 
     loss = E_{t, (x0, x1)} || f(x_t, t) - target ||^2, averaged over elements, where target is
-    dx_t (prediction='velocity'), x1 ('x1') or x0 ('x0'), and the pairs are x0 ~ N(0, I)
+    dx_t (prediction='velocity'), x1 ('x1'), x0 ('x0') or v ('v', see flowmatch.paths), and the pairs are x0 ~ N(0, I)
     independent of x1 ~ data unless the caller passes x0 (a coupling, another source p0, pairs
     from a file).
     """
@@ -102,24 +103,103 @@ class FlowMatching:
         """The x0 ~ N(0, I) that `loss(predict, x1, key)` draws itself: [B, ...] like x1."""
         return jax.random.normal(jax.random.split(key)[1], x1.shape, x1.dtype)
 
+    @property
+    def parametrisation(self) -> str:
+        """What the network predicts, in the path's vocabulary (here the same as prediction)."""
+        return self.prediction
+
+    @property
+    def t_end(self) -> float:
+        """Samplers integrate up to t = 1 (data)."""
+        return 1.0
+
     def velocity(self, pred, x_t, t):
         """The velocity implied by this objective's prediction (for ODE sampling)."""
         return self.path.velocity(pred, x_t, t, self.prediction)
+
+
+# DDPM's published parametrisation names (Ho et al.'s epsilon, x0 = the clean data, Salimans & Ho's
+# v) in the path's vocabulary, where x0 is the noise and x1 the data.  Only the config key
+# objective.prediction of a DDPM run uses DDPM's names; everything below it uses the path's.
+DDPM_PREDICTIONS = {"eps": "x0", "x0": "x1", "v": "v"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPM:
+    """The DDPM baseline (Ho et al. 2020, L_simple) as an objective on an affine path.
+
+    The path is `AffinePath(DiscreteVPSchedule)` of the beta schedule: step i of T sits at time
+    t_i = 1 - (i + 1) / T with alpha = sqrt(abar_i), sigma = sqrt(1 - abar_i) (see
+    `flowmatch.schedules.DiscreteVPSchedule`), so DDPM's forward process is this path at those
+    times and a DDPM model is a model of the path like any flow-matching model.
+
+        loss = E_{i ~ U{0..T-1}, x0 ~ N(0, I), x1 ~ data} || f(x_{t_i}, t_i) - target ||^2
+
+    averaged over elements, with the target of `parametrisation`: the noise x0 (DDPM's
+    prediction='eps'), the data x1 ('x0', DDPM's name for the clean sample) or v ('v').  Sampling
+    (`flowmatch.sampling`) integrates or steps up to the last training time `t_end` = t_0 and
+    denoises there with one evaluation.
+    """
+
+    beta_schedule: str = "linear"
+    num_timesteps: int = 1000
+    prediction: str = "eps"
+    schedule: schedules_lib.DiscreteVPSchedule = dataclasses.field(init=False, repr=False,
+                                                                   compare=False)
+    path: paths_lib.AffinePath = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        paths_lib.check_prediction(self.prediction, tuple(DDPM_PREDICTIONS))
+        s = schedules_lib.discrete_vp(self.beta_schedule, self.num_timesteps)
+        object.__setattr__(self, "schedule", s)
+        object.__setattr__(self, "path", paths_lib.AffinePath(s))
+
+    @property
+    def parametrisation(self) -> str:
+        """What the network predicts, in the path's vocabulary ('x0', 'x1' or 'v')."""
+        return DDPM_PREDICTIONS[self.prediction]
+
+    @property
+    def t_end(self) -> float:
+        """The last training time, t_0 = 1 - 1/T: samplers stop there and denoise."""
+        return float(self.schedule.time(0))
+
+    def loss(self, predict: Predict, x1, key, x0=None):
+        """Monte-Carlo loss on clean data x1: [B, ...] (one step i and noise per example).
+
+        x0 (the noise) may be passed like flow matching's; None draws it from the second half of
+        jax.random.split(key) (the first draws the steps).  Returns (loss, aux).
+        """
+        s = self.schedule
+        key_i, key_x0 = jax.random.split(key)
+        i = jax.random.randint(key_i, (x1.shape[0],), 0, s.num_timesteps)
+        if x0 is None:
+            x0 = jax.random.normal(key_x0, x1.shape, x1.dtype)
+        t = s.time(i).astype(x1.dtype)
+        coeffs = schedules_lib.ScheduleOutput(
+            *(paths_lib.expand(v, x1) for v in s.at_steps(i, x1.dtype)))
+        ps = self.path.point(coeffs, x0, x1, t)
+        pred = predict(ps.x_t, t)
+        target = self.path.target(ps, self.parametrisation)
+        loss = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+        return loss, {"loss": loss}
+
+    def velocity(self, pred, x_t, t):
+        """The probability-flow velocity of a prediction at continuous t [B] or scalar."""
+        return self.path.velocity(pred, x_t, t, self.parametrisation)
 
 
 OBJECTIVES = ("flow_matching", "ddpm")
 
 
 def objective_class(name: str):
-    """The dataclass of a named objective: FlowMatching, or `flowmatch.ddpm.DDPM`."""
-    if name == "flow_matching":
-        return FlowMatching
-    if name == "ddpm":
-        from flowmatch import ddpm  # pylint: disable=g-import-not-at-top  (ddpm builds on paths)
-        return ddpm.DDPM
-    raise ValueError(
-        f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)} "
-        "(config key: objective.name)")
+    """The dataclass of a named objective: FlowMatching or DDPM."""
+    classes = {"flow_matching": FlowMatching, "ddpm": DDPM}
+    if name not in classes:
+        raise ValueError(
+            f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)} "
+            "(config key: objective.name)")
+    return classes[name]
 
 
 def objective_fields(name: str) -> set:
@@ -130,8 +210,8 @@ def objective_fields(name: str) -> set:
 def build_objective(name: str, *, path: paths_lib.AffinePath, **kwargs):
     """Builds a named objective from its settings.
 
-    'flow_matching' trains on `path`; 'ddpm' (the discrete-time baseline) has its own noise
-    schedule (beta_schedule, num_timesteps) and ignores `path`.
+    'flow_matching' trains on `path`; 'ddpm' (the discrete-time baseline) builds its own
+    variance-preserving path from beta_schedule and num_timesteps and ignores `path`.
     """
     cls = objective_class(name)
     allowed = objective_fields(name)

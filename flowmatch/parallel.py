@@ -14,7 +14,7 @@ Global shard s (the s-th device of the mesh, row-major) holds rows [s b, (s + 1)
 batch, b = batch_size / num_shards.  Devices are ordered by process, so process p's devices hold
 one contiguous block of rows: exactly the rows `data.BatchIterator(process_index=p)` loads.
 
-Nothing here knows about losses or samplers; the trainer (`flowmatch.train`) uses these pieces.
+Nothing here knows about losses or samplers; the trainer (`flowmatch.training`) uses these pieces.
 Multi-process runs call `maybe_initialize_distributed` before any other JAX call.
 """
 
@@ -234,6 +234,52 @@ class Plan:
         sharding = NamedSharding(self.pmap_mesh, P(DATA_AXIS))
         offsets = np.arange(self.num_shards, dtype=np.int32) * rows_per_shard
         return jax.make_array_from_callback(offsets.shape, sharding, lambda idx: offsets[idx])
+
+    # -- functions of a batch's rows ------------------------------------------------------------
+
+    def over_global_batch(self, fn):
+        """fn(*rows) over the whole global batch, returning this shard's rows of its output.
+
+        Inside the train step, where each argument is [b, ...] (all rows under jit, one device's
+        under pmap, where `fn` sees the all_gather of the "data" axis and its output is sliced
+        back to the device's rows).  Under jit with several devices every device computes fn on
+        the whole batch (shard_map with replicated specs): XLA's partitioner would otherwise be
+        free to split fn's arrays over the mesh and put collectives inside its loops (the exact
+        coupling's thousands of sequential auction rounds).  fn must be deterministic.
+        """
+        if self.mode == "pmap":
+            def per_device(*rows):
+                full = fn(*(jax.lax.all_gather(v, DATA_AXIS, tiled=True) for v in rows))
+                start = jax.lax.axis_index(DATA_AXIS) * rows[0].shape[0]
+                return jax.lax.dynamic_slice_in_dim(full, start, rows[0].shape[0])
+            return per_device
+        def gathered(*rows):
+            whole = fn
+            if self.mesh.size > 1:
+                # check_vma off: fn's loops start from constants, which the check would ask to
+                # mark as varying over the mesh; every value is per device anyway.
+                whole = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(),) * len(rows),
+                                      out_specs=P(), check_vma=False)
+            rows = jax.lax.with_sharding_constraint(rows, self.replicated)
+            return jax.lax.with_sharding_constraint(whole(*rows), self.batch_sharding())
+
+        return gathered
+
+    def over_local_rows(self, fn):
+        """fn(*rows) on each device's rows alone (pmap: as it is; jit: shard_map over the
+        batch)."""
+        if self.mode == "pmap" or self.num_shards == 1:
+            return fn
+        spec = P(BATCH_AXES)
+        return lambda *rows: jax.shard_map(fn, mesh=self.mesh, in_specs=(spec,) * len(rows),
+                                           out_specs=spec, check_vma=False)(*rows)
+
+    def constrain_rows(self, x):
+        """Inside jit: x [n, ...] split over the devices when n divides by their number (so a
+        sampler's work is spread), else left to XLA."""
+        if self.mode == "pmap" or x.shape[0] % self.num_shards:
+            return x
+        return jax.lax.with_sharding_constraint(x, self.batch_sharding())
 
     # -- pmap layout ----------------------------------------------------------------------------
 

@@ -16,15 +16,18 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from flowmatch import fileio
+
 __all__ = ["plot_2d", "image_grid", "plot_curves"]
 
 
 def _save(fig: Figure, path: str | os.PathLike, **kwargs) -> None:
+    """The figure as a PNG at `path` (its folder made if needed), written atomically."""
     FigureCanvasAgg(fig)
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.savefig(os.fspath(path), format="png", **kwargs)
+    fileio.save_figure(fig, path, **kwargs)
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:

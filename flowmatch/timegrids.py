@@ -118,3 +118,54 @@ def make_grid(kind: str, num_steps: int, **kwargs) -> jnp.ndarray:
     if fn is None:
         raise ValueError(f"unknown time grid {kind!r}; choose one of: {', '.join(GRIDS)}")
     return fn(num_steps, **kwargs)
+
+
+# -- DDPM step subsequences -------------------------------------------------------------------------
+
+SKIPS = ("uniform", "quadratic")
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+def discrete_steps(num_timesteps: int, num_steps: int, skip: str = "uniform",
+                   spacing: str = "linspace") -> np.ndarray:
+    """K = num_steps of a discrete schedule's T steps, ascending int64 NumPy [K] (all T when K = T).
+
+    Step i sits at time 1 - (i + 1) / T (`flowmatch.schedules.DiscreteVPSchedule`), so samplers
+    visit the result from its last entry (the noisiest) to its first.  With g(u) = u ('uniform')
+    or u^2 ('quadratic', Song et al. 2021a: denser near the data; they scale it to 0.8 T for
+    CIFAR-10, here it spans the full range) and k = 0..K-1, following Lin et al. 2024, Table 2
+    (given there 1-based, here 0-based):
+        'linspace' (Nichol & Dhariwal):  i_k = round(g(k / (K-1)) (T-1))   first 0, last T-1
+        'leading'  (DDIM, LDM):          i_k = floor(g(k / K) T)            first 0
+        'trailing' (DPM-Solver):         i_k = round(g((k+1) / K) T) - 1    last T-1
+    e.g. T = 1000, K = 10: linspace 0, 111, ..., 999; leading 0, 100, ..., 900; trailing 99, 199,
+    ..., 999.  Quadratic grids can repeat a step at the dense end; repeats are moved up one step
+    at a time so the result is strictly increasing.
+    """
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, numbers.Integral) or (
+            num_timesteps < 2):
+        raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+    T = int(num_timesteps)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or not (
+            1 <= num_steps <= T):
+        raise ValueError(f"num_steps must be an integer in [1, T={T}], got {num_steps!r}")
+    for kind, value, allowed in (("timestep skip", skip, SKIPS),
+                                 ("timestep spacing", spacing, SPACINGS)):
+        if value not in allowed:
+            raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(allowed)}")
+    K = int(num_steps)
+    k = np.arange(K, dtype=np.float64)
+    g = (lambda u: u) if skip == "uniform" else (lambda u: u * u)
+    if spacing == "linspace":
+        ts = np.round(g(k / max(K - 1, 1)) * (T - 1)) if K > 1 else np.array([T - 1.0])
+    elif spacing == "leading":
+        # the small epsilon keeps k T / K that are whole numbers on the right side of floor
+        ts = np.floor(g(k / K) * T + 1e-9)
+    else:
+        ts = np.round(g((k + 1) / K) * T) - 1
+    ts = np.clip(ts, 0, T - 1).astype(np.int64)
+    for j in range(1, K):
+        ts[j] = max(ts[j], ts[j - 1] + 1)
+    if ts[-1] > T - 1:
+        raise ValueError(f"cannot place {K} distinct steps of T={T} with skip={skip!r}")
+    return ts

@@ -325,3 +325,104 @@ def test_bits_per_dim_on_uniform_data():
             gap = np.asarray(bpd) - discrete
             assert gap.mean() > -3 * gap.std() / math.sqrt(n), scale
             assert abs(gap.mean()) < 0.01, scale
+
+
+# -- DDPM's variational bound ----------------------------------------------------------------------
+
+
+def test_discretized_gaussian_is_a_distribution_over_levels():
+    from scipy.stats import norm
+    with jax.enable_x64(True):
+        levels = jnp.arange(256, dtype=jnp.float64) / 127.5 - 1.0
+        loglik = jax.jit(likelihood.discretized_gaussian_log_likelihood)
+        for mean, log_scale in ((0.1, -2.0), (-0.97, -5.0), (0.999, -6.0), (3.0, -1.0)):
+            lp = loglik(levels, jnp.float64(mean), jnp.float64(log_scale))
+            np.testing.assert_allclose(jnp.sum(jnp.exp(lp)), 1.0, rtol=1e-10)
+            sd, h = math.exp(log_scale), 1 / 255
+            lv = np.asarray(levels)
+            with np.errstate(divide="ignore"):  # differences of the tail nearer the bin
+                want = np.log(np.where(
+                    lv > mean, norm.sf(lv - h, mean, sd) - norm.sf(lv + h, mean, sd),
+                    norm.cdf(lv + h, mean, sd) - norm.cdf(lv - h, mean, sd)))
+            want[0] = norm.logcdf(-1 + h, mean, sd)
+            want[-1] = norm.logsf(1 - h, mean, sd)
+            ok = np.isfinite(want) & (want > -600)
+            np.testing.assert_allclose(np.asarray(lp)[ok], want[ok], rtol=1e-7, atol=1e-9)
+            assert np.all(np.isfinite(lp))
+    lp32 = likelihood.discretized_gaussian_log_likelihood(jnp.array([1.0, -1.0, 0.0]), 0.0, -9.0)
+    assert np.all(np.isfinite(lp32)) and lp32[2] > -1e-6
+
+
+def _ddpm_model(T, prediction, apply):
+    from flowmatch import objectives, sampling
+    obj = objectives.DDPM("cosine", T, prediction=prediction)
+    return sampling.ModelFn.from_objective(apply, obj), obj
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+def test_vlb_of_a_point_mass_oracle_is_prior_plus_decoder(prediction):
+    """With the exact predictor for data = c, every L_i (i >= 1) vanishes; L_T and L_0 are closed
+    form: KL(N(a c, 1 - abar) || N(0, 1)) and -log P(bin of c | N(c, posterior var_1))."""
+    from scipy.stats import norm
+    T = 50
+    levels = np.array([0, 100, 200, 255])
+    c = jnp.asarray(levels / 127.5 - 1.0, jnp.float32)[None]
+
+    def apply(params, x, t, cond):
+        co = obj.schedule.at_steps(obj.schedule.step(t))
+        a, b = co.alpha[:, None], co.sigma[:, None]
+        return (x - a * c) / b if prediction == "eps" else jnp.broadcast_to(c, x.shape)
+
+    model, obj = _ddpm_model(T, prediction, apply)
+    x = jnp.broadcast_to(c, (3, 4))
+    out = jax.jit(lambda x, k: likelihood.vlb_bits_per_dim(model, None, x, k))(
+        x, jax.random.PRNGKey(0))
+    assert out.nfe == T and out.terms.shape == (3, T - 1)
+    np.testing.assert_allclose(out.kl, 0.0, atol=1e-6 if prediction == "x0" else 1e-3)
+    cc = levels / 127.5 - 1.0
+    abar = obj.schedule.alphas_cumprod
+    prior = 0.5 * (-1 - math.log(1 - abar[-1]) + (1 - abar[-1]) + abar[-1] * cc**2)
+    beta1 = 1 - abar[1] / abar[0]
+    sd, h = math.sqrt(beta1 * (1 - abar[0]) / (1 - abar[1])), 1 / 255
+    dec = -np.log(2 * norm.cdf(h / sd) - 1) * np.ones(4)
+    dec[[0, -1]] = -norm.logcdf(h / sd)
+    d_ln2 = 4 * math.log(2)
+    np.testing.assert_allclose(out.prior, prior.sum() / d_ln2, rtol=1e-5)
+    np.testing.assert_allclose(out.decoder, dec.sum() / d_ln2, rtol=1e-4)
+    np.testing.assert_allclose(out.total, out.prior + out.decoder + out.kl, rtol=1e-6)
+
+
+def test_vlb_monte_carlo_subset_is_the_weighted_sum_of_the_same_terms():
+    T = 40
+    model, _ = _ddpm_model(T, "eps", lambda p, x, t, c: 0.5 * x)  # every term is positive
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 2, 2, 1)) / 127.5 - 1,
+                    jnp.float32)
+    key = jax.random.PRNGKey(4)
+    vlb = jax.jit(lambda x, k, num_terms: likelihood.vlb_bits_per_dim(
+        model, None, x, k, variance="fixed_large", num_terms=num_terms), static_argnums=2)
+    full = vlb(x, key, None)
+    np.testing.assert_array_equal(full.term_index, np.arange(1, T))
+    assert np.all(full.terms > 0)
+    np.testing.assert_allclose(full.kl, full.terms.sum(1), rtol=1e-6)
+    K = 7
+    sub = vlb(x, key, K)
+    idx = np.asarray(sub.term_index)
+    assert sub.nfe == K + 1 and len(set(idx.tolist())) == K and idx.min() >= 1 and idx.max() < T
+    np.testing.assert_allclose(sub.terms, full.terms[:, idx - 1], rtol=1e-5)
+    np.testing.assert_allclose(sub.kl, (T - 1) / K * sub.terms.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(sub.prior, full.prior, rtol=1e-6)
+    np.testing.assert_allclose(sub.decoder, full.decoder, rtol=1e-6)
+
+
+def test_vlb_errors():
+    from flowmatch import objectives, paths, sampling
+    model, _ = _ddpm_model(10, "eps", lambda p, x, t, c: x)
+    x = jnp.zeros((2, 1))
+    with pytest.raises(ValueError, match="num_terms must be None"):
+        likelihood.vlb_bits_per_dim(model, None, x, jax.random.PRNGKey(0), num_terms=100)
+    with pytest.raises(ValueError, match="fixed_small, fixed_large"):
+        likelihood.vlb_bits_per_dim(model, None, x, jax.random.PRNGKey(0), variance="learned")
+    fm = sampling.ModelFn.from_objective(lambda p, x, t, c: x,
+                                         objectives.FlowMatching(paths.make_path()))
+    with pytest.raises(ValueError, match="needs a DDPM model"):
+        likelihood.vlb_bits_per_dim(fm, None, x, jax.random.PRNGKey(0))

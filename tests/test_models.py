@@ -280,7 +280,7 @@ def test_unet_gradients_after_waking_zero_init_layers():
 # ----------------------------------------------------------------------------- errors
 
 def test_build_model_registry_and_conversions():
-    assert set(MODELS) == {"mlp", "unet"}
+    assert set(MODELS) == {"mlp", "unet", "dit"}
     model = build_model("mlp", hidden_sizes=[8, 8], dtype="bfloat16")
     assert isinstance(model, MLP) and model.hidden_sizes == (8, 8)
     assert model.dtype == jnp.bfloat16

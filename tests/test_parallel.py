@@ -48,13 +48,13 @@ def worker(spec):
         parallel.maybe_initialize_distributed(spec["coordinator"], spec["num_processes"],
                                               spec["process_id"])
     jax.config.update("jax_numpy_rank_promotion", "raise")
-    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    from flowmatch import metrics, training  # pylint: disable=g-import-not-at-top
     out = spec["out"]
     for name, overrides, steps in spec["runs"]:
         config = small_config(overrides)
         config.num_train_steps = steps
         workdir = os.path.join(out, "work", name)
-        state = train.train_and_evaluate(config, workdir)
+        state = training.train_and_evaluate(config, workdir)
         rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
         tag = f"{name}.{jax.process_index()}"
         leaves = jax.tree.leaves(state.params)
@@ -66,9 +66,9 @@ def worker(spec):
                        "devices": jax.device_count(), "processes": jax.process_count()}, f)
     for name, overrides in spec.get("errors", []):
         try:
-            train.Experiment.from_config(small_config(overrides))
+            training.loop.make_plan(training.read_settings(small_config(overrides)))
             message = None
-        except train.ConfigError as e:
+        except training.ConfigError as e:
             message = str(e)
         with open(os.path.join(out, f"error_{name}.json"), "w") as f:
             json.dump({"message": message}, f)
@@ -210,13 +210,13 @@ def test_two_processes_match_one_process_with_four_devices(eight_devices, tmp_pa
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
-    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    from flowmatch import metrics, training  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     states, losses = [], []
     for k in (1, 4):
         config = small_config({"grad_accum_steps": k, "num_train_steps": 6,
                                "checkpoint_every_steps": 6, "eval_every_steps": 6})
-        states.append(train.train_and_evaluate(config, str(tmp_path / str(k))))
+        states.append(training.train_and_evaluate(config, str(tmp_path / str(k))))
         losses.append([r["loss"] for r in metrics.read_metrics(str(tmp_path / str(k) /
                                                                    "metrics.jsonl"))])
     np.testing.assert_allclose(losses[0], losses[1], rtol=2e-6)
@@ -227,22 +227,26 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 def test_bfloat16_compute_keeps_float32_state_and_loss():
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    from flowmatch import training  # pylint: disable=g-import-not-at-top
+    from flowmatch.training import state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
     config = load_config("digits")
     config.model.dtype = "bfloat16"
     config.model.update(base_channels=8, num_res_blocks=1, num_groups=4)
     config.batch_size = 4
-    exp = train.Experiment.from_config(config)
-    state = exp.create_state(jax.random.PRNGKey(0))
-    batch = {"x": jnp.zeros((1, 4, *exp.source.example_shape)),
-             "label": jnp.zeros((1, 4), jnp.int32)}
-    key = exp.plan.replicate(jax.random.PRNGKey(1))
-    jaxpr = str(jax.make_jaxpr(exp.train_step)(state, jax.tree.map(lambda v: v[0], batch), key))
+    settings = training.read_settings(config)
+    comps = training.build(settings, training.RunSpec("digits", "image", (8, 8, 1), 10))
+    plan = training.loop.make_plan(settings)
+    state = state_lib.create_state(comps.model, comps.tx, (8, 8, 1), False,
+                                   jax.random.PRNGKey(0), plan)
+    batch = {"x": jnp.zeros((1, 4, 8, 8, 1)), "label": jnp.zeros((1, 4), jnp.int32)}
+    key = plan.replicate(jax.random.PRNGKey(1))
+    multi_step = step_lib.make_multi_step(comps, plan, jax.tree.map(lambda a: a.sharding, state))
+    jaxpr = str(jax.make_jaxpr(multi_step)(state, batch, key))
     assert "bf16[" in jaxpr and " = conv_general_dilated" in jaxpr
     for line in jaxpr.splitlines():
         if " = conv_general_dilated" in line:  # every convolution runs in bfloat16
             assert "bf16[" in line.split("=")[0], line
-    state, metrics = exp.make_multi_step()(state, exp.plan.put_batches(batch), key)
+    state, metrics = multi_step(state, plan.put_batches(batch), key)
     for leaf in jax.tree.leaves((state.params, state.opt_state, state.ema_params)):
         assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
     assert metrics["loss"].dtype == jnp.float32 and np.isfinite(metrics["loss"]).all()
@@ -257,9 +261,9 @@ def test_bfloat16_compute_keeps_float32_state_and_loss():
     ({"parallel.data_axis_size": 0}, "data_axis_size must be a positive integer or -1"),
 ])
 def test_bad_parallel_settings_fail_before_compiling(overrides, match, tmp_path):
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
-    with pytest.raises(train.ConfigError, match=match):
-        train.train_and_evaluate(small_config(overrides), str(tmp_path))
+    from flowmatch import training  # pylint: disable=g-import-not-at-top
+    with pytest.raises(training.ConfigError, match=match):
+        training.train_and_evaluate(small_config(overrides), str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 

@@ -1,4 +1,4 @@
-"""Schedules, paths and objectives: derivatives, conversions and losses as maths."""
+"""Paths: the conditional target, conversions between every parametrisation, the posterior."""
 
 import itertools
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 
-from flowmatch import objectives, paths, schedules
+from flowmatch import paths, schedules
 
 SCHEDULES = [
     schedules.CondOTSchedule(),
@@ -17,32 +17,6 @@ SCHEDULES = [
     schedules.PolynomialSchedule(2.0),
     schedules.PolynomialSchedule(3.5),
 ]
-
-
-@pytest.mark.parametrize("sched", SCHEDULES, ids=repr)
-def test_schedule_derivatives_match_jvp(sched):
-    with jax.enable_x64(True):
-        ts = jnp.linspace(0.01, 0.99, 37, dtype=jnp.float64)
-        for t in ts:
-            out, tangent = jax.jvp(lambda s: tuple(sched(s)[:2]), (t,), (jnp.ones_like(t),))
-            s = sched(t)
-            np.testing.assert_allclose(tangent[0], s.d_alpha, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(tangent[1], s.d_sigma, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(out[0], s.alpha, rtol=1e-14)
-
-
-@pytest.mark.parametrize("sched", SCHEDULES, ids=repr)
-def test_schedule_endpoints(sched):
-    with jax.enable_x64(True):
-        s0, s1 = sched(jnp.float64(0.0)), sched(jnp.float64(1.0))
-        np.testing.assert_allclose([s0.alpha, s0.sigma, s1.alpha], [0.0, 1.0, 1.0], atol=1e-15)
-        expected = getattr(sched, "sigma_min", 0.0)
-        np.testing.assert_allclose(s1.sigma, expected, atol=1e-15)
-
-
-def test_cosine_is_variance_preserving():
-    s = schedules.CosineSchedule()(jnp.linspace(0, 1, 11))
-    np.testing.assert_allclose(s.alpha**2 + s.sigma**2, 1.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("sched", SCHEDULES, ids=repr)
@@ -68,7 +42,8 @@ def test_conversions_round_trip_and_agree_with_truth(sched, src, dst):
         x1 = jax.random.normal(k1, (32, 4), jnp.float64)
         t = jax.random.uniform(kt, (32,), jnp.float64, 0.02, 0.98)
         ps = path.sample(x0, x1, t)
-        truth = {"velocity": ps.dx_t, "x1": x1, "x0": x0}
+        truth = {"velocity": ps.dx_t, "x1": x1, "x0": x0,
+                 "v": ps.alpha * x0 - ps.sigma * x1}
         converted = path.convert(truth[src], ps.x_t, t, src, dst)
         np.testing.assert_allclose(converted, truth[dst], rtol=1e-9, atol=1e-9)
         back = path.convert(converted, ps.x_t, t, dst, src)
@@ -88,47 +63,54 @@ def test_velocity_conversion_exact_at_endpoints():
         np.testing.assert_allclose(got_x0, x0, atol=1e-6)
 
 
-@pytest.mark.parametrize("prediction", paths.PREDICTIONS)
-def test_loss_vanishes_for_the_exact_predictor_of_a_point_mass(prediction):
-    # Data = a point mass c: on the cond-OT path x_t determines x0 = (x_t - t c) / (1 - t), so the
-    # exact predictor of each parametrisation has zero loss.
-    c = jnp.array([[1.5, -0.5]])
-    obj = objectives.FlowMatching(paths.make_path("cond_ot"), prediction=prediction, t_max=0.99)
-
-    def predict(x_t, t):
-        t = t[:, None]
-        x0 = (x_t - t * c) / (1 - t)
-        return {"velocity": c - x0, "x1": jnp.broadcast_to(c, x_t.shape), "x0": x0}[prediction]
-
-    x1 = jnp.broadcast_to(c, (256, 2))
-    loss, aux = obj.loss(predict, x1, jax.random.PRNGKey(0))
-    assert float(loss) < 1e-8
-    bad, _ = obj.loss(lambda x_t, t: jnp.zeros_like(x_t), x1, jax.random.PRNGKey(0))
-    assert float(bad) > 0.1
-    assert set(aux) == {"loss"}
 
 
-def test_time_samplers():
-    key = jax.random.PRNGKey(0)
-    u = objectives.sample_time(key, 100_000, "uniform")
-    ln = objectives.sample_time(key, 100_000, "logit_normal")
-    for t in (u, ln):
-        assert t.shape == (100_000,) and float(t.min()) >= 0.0 and float(t.max()) <= 1.0
-    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.002
-    # sigmoid(N(0, 1)) is symmetric about 1/2 and more concentrated than U[0, 1).
-    assert abs(float(ln.mean()) - 0.5) < 0.01 and float(ln.var()) < 1 / 12 - 0.02
-    shifted = objectives.sample_time(key, 1000, "uniform", t_min=0.2, t_max=0.4)
-    assert float(shifted.min()) >= 0.2 and float(shifted.max()) <= 0.4
+def test_score_is_the_gaussian_score_of_the_marginal():
+    """Data N(mu, sd^2): p_t = N(a mu, a^2 sd^2 + s^2), whose score -(x - a mu) / var is what
+    `convert(..., 'score')` gives from the exact velocity."""
+    with jax.enable_x64(True):
+        path = paths.AffinePath(schedules.CosineSchedule())
+        mu, sd = 0.7, 1.3
+        x = jnp.linspace(-3, 3, 11, dtype=jnp.float64)[:, None]
+        t = jnp.full((11,), 0.37, jnp.float64)
+        s = path.at(t, x)
+        var = s.alpha**2 * sd**2 + s.sigma**2
+        x0 = s.sigma * (x - s.alpha * mu) / var
+        x1 = mu + s.alpha * sd**2 * (x - s.alpha * mu) / var
+        v = paths.from_endpoints(s, x1, x0, "velocity")
+        np.testing.assert_allclose(path.convert(v, x, t, "velocity", "score"),
+                                   -(x - s.alpha * mu) / var, rtol=1e-12)
 
 
-def test_errors_name_allowed_values():
-    with pytest.raises(ValueError, match="choose one of: cond_ot, cosine, polynomial"):
-        schedules.make_schedule("sigmoid")
-    with pytest.raises(ValueError, match="accepts"):
-        schedules.make_schedule("cosine", sigma_min=0.1)
-    with pytest.raises(ValueError, match="velocity, x1, x0"):
-        objectives.FlowMatching(paths.make_path(), prediction="score")
-    with pytest.raises(ValueError, match="uniform, logit_normal"):
-        objectives.sample_time(jax.random.PRNGKey(0), 4, "beta")
-    with pytest.raises(ValueError, match="flow_matching"):
-        objectives.build_objective("ddim", path=paths.make_path())
+@pytest.mark.parametrize("sched", [schedules.CondOTSchedule(), schedules.CosineSchedule(),
+                                   schedules.discrete_vp("cosine", 200)], ids=repr)
+def test_posterior_is_the_gaussian_conditional(sched):
+    """q(x_b | x_a, x1) by conditioning the joint Gaussian of (x_b, x_a) given x1, by hand:
+    x_b = a_b x1 + s_b e, x_a = a_a x1 + s_a (r e + sqrt(1 - r^2) e') with r chosen so that
+    x_a | x_b is the forward transition; compared on times a < b in float64."""
+    with jax.enable_x64(True):
+        ta, tb = jnp.float64(0.3), jnp.float64(0.55)
+        sa, sb = sched(ta), sched(tb)
+        c_a, c_1, var, s2 = paths.posterior(sa, sb)
+        ratio = float(sa.alpha / sb.alpha)
+        # joint of (x_a, x_b) given x1: cov(x_a, x_b) = ratio s_b^2, var(x_a) = s_a^2
+        cov, vb, va = ratio * float(sb.sigma) ** 2, float(sb.sigma) ** 2, float(sa.sigma) ** 2
+        np.testing.assert_allclose(c_a, cov / va, rtol=1e-12)
+        np.testing.assert_allclose(c_1, float(sb.alpha) - cov / va * float(sa.alpha), rtol=1e-12)
+        np.testing.assert_allclose(var, vb - cov**2 / va, rtol=1e-10)
+        np.testing.assert_allclose(s2, va - ratio**2 * vb, rtol=1e-12)
+
+
+def test_posterior_of_adjacent_ddpm_steps_is_ho_et_al_eq_7():
+    s = schedules.discrete_vp("linear", 1000)
+    abar = s.alphas_cumprod
+    i = np.array([1, 2, 250, 999])
+    prev = abar[i - 1]
+    beta = 1 - abar[i] / prev
+    sa = schedules.ScheduleOutput(np.sqrt(abar[i]), np.sqrt(1 - abar[i]), None, None)
+    sb = schedules.ScheduleOutput(np.sqrt(prev), np.sqrt(1 - prev), None, None)
+    c_a, c_1, var, s2 = paths.posterior(sa, sb)
+    np.testing.assert_allclose(c_1, beta * np.sqrt(prev) / (1 - abar[i]), rtol=1e-10)
+    np.testing.assert_allclose(c_a, (1 - prev) * np.sqrt(1 - beta) / (1 - abar[i]), rtol=1e-10)
+    np.testing.assert_allclose(var, beta * (1 - prev) / (1 - abar[i]), rtol=1e-9)
+    np.testing.assert_allclose(s2, beta, rtol=1e-9)

@@ -1,5 +1,7 @@
 """Tests for flowmatch.timegrids: endpoints, monotonicity, formulas, direction reversal."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,3 +92,37 @@ def test_traced_endpoints():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_discrete_steps_lin_et_al_table_2():
+    # Lin et al. 2024, Table 2 (T = 1000, 10 steps), there 1-based: linspace 1, 112, ..., 1000;
+    # leading 1, 101, ..., 901; trailing 100, 200, ..., 1000.
+    steps = timegrids.discrete_steps
+    np.testing.assert_array_equal(steps(1000, 10, spacing="linspace"),
+                                  np.round(np.linspace(1, 1000, 10)) - 1)
+    np.testing.assert_array_equal(steps(1000, 10, spacing="leading"), np.arange(1, 1000, 100) - 1)
+    np.testing.assert_array_equal(steps(1000, 10, spacing="trailing"),
+                                  np.arange(100, 1001, 100) - 1)
+    np.testing.assert_array_equal(steps(1000, 3, spacing="trailing"), [332, 666, 999])
+    np.testing.assert_array_equal(steps(1000, 50, spacing="leading"), np.arange(0, 1000, 20))
+    for skip in timegrids.SKIPS:
+        for spacing in timegrids.SPACINGS:
+            np.testing.assert_array_equal(steps(37, 37, skip, spacing), np.arange(37))
+            for K in (1, 2, 5, 30):
+                ts = steps(37, K, skip, spacing)
+                assert len(ts) == K and ts[0] >= 0 and ts[-1] <= 36
+                assert np.all(np.diff(ts) > 0)
+                if spacing == "leading":
+                    assert ts[0] == 0
+                if spacing == "trailing" or (spacing == "linspace" and K > 1):
+                    assert ts[-1] == 36
+    quad = steps(1000, 10, skip="quadratic", spacing="leading")
+    np.testing.assert_array_equal(quad, np.floor((np.arange(10) / 10) ** 2 * 1000 + 1e-9))
+    for args, msg in (((100, 101), "num_steps must be an integer in [1, T=100]"),
+                      ((100, 0), "num_steps must be an integer in [1, T=100]")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            steps(*args)
+    with pytest.raises(ValueError, match="uniform, quadratic"):
+        steps(100, 10, skip="cubic")
+    with pytest.raises(ValueError, match="leading, trailing"):
+        steps(100, 10, spacing="middle")

@@ -354,6 +354,37 @@ def _read_image(file: Path, image_size: int, mode: str) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+def list_image_folder(root: Path) -> tuple[tuple[str, ...], list[list[Path]]]:
+    """(class names, image files per class) of an image folder: its sorted class subfolders (files
+    found recursively), or one unnamed class for a flat folder.  Raises FileNotFoundError for a
+    missing folder and ValueError for a class folder without images, loose images beside class
+    folders, or no images at all."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image folder {str(root)!r} does not exist or is not a folder; "
+            "set --config.data.path to a folder of images (or of class subfolders)"
+        )
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs:
+        files = _images_under(root)
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}; "
+                             "check --config.data.path")
+        return (), [files]
+    loose = [p for p in root.iterdir() if _is_image(p)]
+    if loose:
+        raise ValueError(
+            f"{root} holds both class subfolders and {len(loose)} loose image(s) (e.g. "
+            f"{loose[0].name}); move every image into a class subfolder, or use a flat folder"
+        )
+    files_per_class = [_images_under(d) for d in subdirs]
+    for d, files in zip(subdirs, files_per_class):
+        if not files:
+            raise ValueError(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                             "add images or remove the folder")
+    return tuple(d.name for d in subdirs), files_per_class
+
+
 def load_image_folder(
     path: str | os.PathLike, image_size: int, channels: int = 3, skip_bad: bool = False
 ) -> ImageDataset:
@@ -374,36 +405,7 @@ def load_image_folder(
             f"image_size must be a positive int, got {image_size!r}; set --config.data.image_size"
         )
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"image folder {str(root)!r} does not exist or is not a folder; "
-            "set --config.data.path to a folder of images (or of class subfolders)"
-        )
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if subdirs:
-        loose = [p for p in root.iterdir() if _is_image(p)]
-        if loose:
-            raise ValueError(
-                f"{root} holds both class subfolders and {len(loose)} loose image(s) (e.g. "
-                f"{loose[0].name}); move every image into a class subfolder, or use a flat folder"
-            )
-        class_names = tuple(d.name for d in subdirs)
-        files_per_class = [_images_under(d) for d in subdirs]
-        for d, files in zip(subdirs, files_per_class):
-            if not files:
-                raise ValueError(
-                    f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                    "add images or remove the folder"
-                )
-    else:
-        class_names = ()
-        files_per_class = [_images_under(root)]
-        if not files_per_class[0]:
-            raise ValueError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}; "
-                "check --config.data.path"
-            )
-
+    class_names, files_per_class = list_image_folder(root)
     mode = "RGB" if channels == 3 else "L"
     images, labels, bad = [], [], []
     for label, files in enumerate(files_per_class):

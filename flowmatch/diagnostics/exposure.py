@@ -22,7 +22,7 @@ velocity field and an exact integrator the sampling states have the training mar
 s_hat(t) = r(t), t_eff = t and sigma_eff = sigma_t (up to Monte Carlo error): the tests check this
 on Gaussian data.  sigma_eff > sigma_t means the states are noisier than the schedule says.
 
-Corrections (evaluated by `flowmatch.compare`):
+Corrections (evaluated by `flowmatch.experiments.compare`):
   time_shift  Li et al.'s time-shifted sampling on a fixed grid: step k starts from x_k but
               treats it as being at tau_k = t_eff(t_k) (from a pilot run on other noise,
               clipped to within max_shift of a step from t_k) and takes one step of the method
@@ -31,6 +31,10 @@ Corrections (evaluated by `flowmatch.compare`):
   eps_scale   Ning et al.'s epsilon scaling: the predicted noise component is divided by a
               factor lam, v' = d_alpha x1_hat + d_sigma x0_hat / lam (lam > 1 removes less noise
               per step).  Any integrator; same NFE.
+
+A trained network enters as its `sampling.ModelFn`: its velocity `model.velocity_fn(params, cond)`
+on its path `model.path`; trajectories span [0, t1] with t1 = model.t_end (1 for flow matching,
+a DDPM model's last training time, where its sampler stops and denoises).
 """
 
 from __future__ import annotations
@@ -45,21 +49,13 @@ from jax import lax
 
 from flowmatch import integrators
 from flowmatch import paths as paths_lib
+from flowmatch import sampling
 from flowmatch import timegrids
 
 DEFAULT_NUM_TAUS = 101
 DEFAULT_MAX_SHIFT = 0.5
 Z_SCORE = 2.0
 CORRECTIONS = ("time_shift", "eps_scale")
-
-
-def model_path(objective) -> paths_lib.AffinePath:
-    """The affine path on which an objective's velocity (`objective.velocity`) is defined:
-    flow matching's own path, or for DDPM the continuous VP path of its discrete schedule."""
-    vp = getattr(objective, "vp", None)
-    if vp is not None:
-        return paths_lib.AffinePath(vp)
-    return objective.path
 
 
 def _expand(t, x):
@@ -180,8 +176,9 @@ class Trajectory(NamedTuple):
 
 
 def trajectory_statistic(v: Callable, path: paths_lib.AffinePath, x0, *, method: str,
-                         num_steps: int, v_model: Callable | None = None) -> Trajectory:
-    """Integrates v from x0 (t = 0) to 1 on a uniform grid and measures s at every grid state.
+                         num_steps: int, v_model: Callable | None = None,
+                         t1: float = 1.0) -> Trajectory:
+    """Integrates v from x0 (t = 0) to t1 on a uniform grid and measures s at every grid state.
 
     v_model: the model whose prediction x1_hat enters s (default v itself; a different one lets
     a test drive the states with a deliberately wrong field and measure them with the exact
@@ -193,18 +190,19 @@ def trajectory_statistic(v: Callable, path: paths_lib.AffinePath, x0, *, method:
     def measure(t, x):
         return _mean_se(noise_statistic(path, t, x, endpoints(v_model, path, t, x)[0]))
 
-    sol, (stat, se) = along_trajectory(v, x0, measure, method=method, num_steps=num_steps)
+    sol, (stat, se) = along_trajectory(v, x0, measure, method=method, num_steps=num_steps, t1=t1)
     return Trajectory(*(np.asarray(a, np.float64) for a in (sol.ts, stat, se)), sol.x)
 
 
-def along_trajectory(v: Callable, x0, fn: Callable, *, method: str, num_steps: int):
-    """Solves dx/dt = v from x0 (t = 0) to 1 on a uniform grid of num_steps steps, keeping every
+def along_trajectory(v: Callable, x0, fn: Callable, *, method: str, num_steps: int,
+                     t1: float = 1.0):
+    """Solves dx/dt = v from x0 (t = 0) to t1 on a uniform grid of num_steps steps, keeping every
     grid state, and maps fn(t, x) over the N + 1 saved states with lax.scan; one compiled
     program.  Returns (the solution: ts, xs, x, ...; fn's outputs stacked over the grid)."""
 
     @jax.jit
     def run(x0):
-        sol = integrators.solve(v, x0, method=method, num_steps=num_steps,
+        sol = integrators.solve(v, x0, method=method, num_steps=num_steps, t0=0.0, t1=t1,
                                 save_trajectory=True)
         return sol, lax.scan(lambda _, tx: (None, fn(*tx)), None, (sol.ts, sol.xs))[1]
 
@@ -296,6 +294,18 @@ def scale_noise(v: Callable, path: paths_lib.AffinePath, scale: float) -> Callab
     return v_scaled
 
 
+def noise_scaled_model(model: sampling.ModelFn, scale: float) -> sampling.ModelFn:
+    """The model with epsilon scaling applied (`scale_noise` of its velocity), as a model that
+    predicts that velocity on the same path with the same t_end: any sampler of the registry
+    (`sampling.make_sampler`) then samples the corrected field."""
+
+    def apply(params, x, t, cond):
+        return scale_noise(model.velocity_fn(params, cond), model.path, scale)(t, x)
+
+    return sampling.ModelFn(apply=apply, path=model.path, prediction="velocity",
+                            t_end=model.t_end)
+
+
 def time_shift_schedule(grid, t_eff, max_shift: float = DEFAULT_MAX_SHIFT) -> np.ndarray:
     """Evaluation times tau_k [N] for the steps of `grid` [N + 1] (increasing), from the
     effective times t_eff [N + 1 or N] of the grid states of a pilot run: tau_k = t_eff_k
@@ -332,6 +342,27 @@ def time_shifted_solve(v: Callable, x0, *, method: str, grid, eval_times):
     return x, stages * (grid.shape[0] - 1)
 
 
-def uniform_grid(num_steps: int) -> np.ndarray:
-    """The uniform grid [num_steps + 1] that `integrators.solve(num_steps=...)` uses."""
-    return np.asarray(timegrids.uniform(num_steps), np.float64)
+def time_shifted_sampler(model: sampling.ModelFn, *, method: str, eval_times):
+    """sample(params, x0, key, cond) -> sampling.Samples by `time_shifted_solve` of the model's
+    velocity on the uniform grid of len(eval_times) steps over [0, model.t_end] (then, like the
+    registry's ODE sampler, the data estimate at t_end when the model denoises: nfe + 1).  The
+    registry's sampler signature for a correction the registry does not have; key is unused."""
+    eval_times = np.asarray(eval_times, np.float64)
+    grid = uniform_grid(len(eval_times), model.t_end)
+
+    def sample(params, x0, key, cond=None):
+        del key
+        x, nfe = time_shifted_solve(model.velocity_fn(params, cond), x0, method=method,
+                                    grid=jnp.asarray(grid, x0.dtype), eval_times=eval_times)
+        if model.denoises:
+            x, nfe = model.denoise(params, x, cond), nfe + 1
+        return sampling.Samples(x=x, nfe=jnp.asarray(nfe, jnp.int32),
+                                success=jnp.all(jnp.isfinite(x)))
+
+    return sample
+
+
+def uniform_grid(num_steps: int, t1: float = 1.0) -> np.ndarray:
+    """The uniform grid [num_steps + 1] over [0, t1] that `integrators.solve(num_steps=...,
+    t1=t1)` uses."""
+    return np.asarray(timegrids.uniform(num_steps, 0.0, t1), np.float64)

@@ -9,7 +9,8 @@ bandwidth W (byte/s), the roofline bound (Williams, Waterman & Patterson 2009) i
 so a program with I below the ridge point P / W is memory-bound, above it compute-bound.
 
 `profile_model` measures, for a config's network at several batch sizes, one training step
-(forward, backward and the AdamW + EMA update, as `train.Experiment.train_step`) and one sampling
+(forward, backward and the AdamW + EMA update: the trainer's compiled step,
+`training.step.make_multi_step`) and one sampling
 evaluation (the velocity v(t, x) at one t): FLOPs, bytes, intensity and the median time of the
 compiled call.  Two byte counts bracket the real memory traffic: XLA's "bytes accessed" (every
 fused operation reads its operands from and writes its result to memory: no reuse through
@@ -33,11 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowmatch import sampling
-from flowmatch import train as train_lib
+from flowmatch.training import components as components_lib
+from flowmatch.training import loop
+from flowmatch.training import runs
+from flowmatch.training import state as state_lib
+from flowmatch.training import step as step_lib
 
 # Peak dense float32-model matmul throughput (TFLOP/s: TF32 tensor cores on NVIDIA, which XLA uses
-# for float32 matmuls there; bf16 on TPUs, as in flowmatch.benchmark_parallel.PEAK_TFLOPS), peak
+# for float32 matmuls there; bf16 on TPUs, as in flowmatch.experiments.speed_unet.PEAK_TFLOPS), peak
 # bf16 TFLOP/s, and memory bandwidth (GB/s = 1e9 byte/s), per chip, from the vendors' pages:
 # NVIDIA H100 Tensor Core GPU data sheet (SXM5: 3.35 TB/s HBM3; PCIe: 2 TB/s), NVIDIA H200 data
 # sheet (4.8 TB/s), NVIDIA A100 data sheet (80 GB SXM: 2,039 GB/s); Google Cloud TPU system
@@ -90,8 +94,9 @@ def measure_cpu_peaks(matmul_size: int = 2048, copy_mib: int = 256, cache_mib: i
     cache, "cache_bandwidth").  The fastest of `repeats` timed calls (the least disturbed by
     other load; 20 x repeats for the short cache-sized calls)."""
     n = int(matmul_size)
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (n, n), jnp.float32)
+    b = jax.random.normal(key_b, (n, n), jnp.float32)
     mm = jax.jit(jnp.matmul)
     m = copy_mib * 2**20 // 4
     x = jnp.ones((m,), jnp.float32)
@@ -124,14 +129,35 @@ def nbytes(tree) -> int:
                    for x in jax.tree.leaves(tree)))
 
 
-def _experiment(config):
+def _one_chip(config, batch_size: int):
+    """config's settings on one device in sharding mode with global batch `batch_size` (the
+    profile is per chip) and no gradient accumulation."""
     c = config.copy_and_resolve_references()
     c.unlock()
-    c.parallel.data_axis_size = 1  # one device: the profile is per chip
+    c.parallel.mode = "sharding"
+    c.parallel.data_axis_size = 1
     c.parallel.fsdp_axis_size = 1
-    c.batch_size = 1
+    c.batch_size = int(batch_size)
     c.grad_accum_steps = 1
-    return train_lib.Experiment.from_config(c)
+    return components_lib.read_settings(c)
+
+
+def _programs(config, spec, b: int):
+    """For batch size b: (the trainer's compiled step (`training.step.make_multi_step`: one
+    step, state donated), one velocity evaluation v(0.5, x) of the model as the samplers see it),
+    both jitted, not yet compiled."""
+    settings = _one_chip(config, b)
+    comps, plan = components_lib.build(settings, spec), loop.make_plan(settings)
+    abstract = state_lib.abstract_state(comps.model, comps.tx, tuple(spec.example_shape),
+                                        comps.conditional, plan)
+    # The state is donated, as in training; XLA:CPU also takes minutes and gigabytes to compile
+    # the U-Net step without the donation.
+    train_step = step_lib.make_multi_step(comps, plan,
+                                          jax.tree.map(lambda a: a.sharding, abstract))
+    model = comps.model_fn()
+    sample_eval = jax.jit(
+        lambda params, x, cond: model.velocity_fn(params, cond)(jnp.float32(0.5), x))
+    return train_step, sample_eval
 
 
 def profile_model(config, batch_sizes: Sequence[int], *, repeats: int = 5,
@@ -140,44 +166,38 @@ def profile_model(config, batch_sizes: Sequence[int], *, repeats: int = 5,
     "intensity", "io_bytes", "intensity_io", "seconds", "flops_per_sec", "bytes_per_sec"} for
     `config`'s network at each batch size on the default device (random inputs; FLOPs and bytes
     do not depend on values).  bytes_per_sec uses XLA's bytes."""
-    exp = _experiment(config)
-    shape = tuple(exp.source.example_shape)
+    settings = _one_chip(config, 1)
+    # The data source gives the example shape and classes (as training would read them).
+    spec = runs.spec_of_source(loop.load_data(settings.data), settings.data.name)
     key = jax.random.PRNGKey(0)
-    state = jax.jit(exp.init_state)(key)
-    cond_fn = (lambda b: jnp.zeros((b,), jnp.int32)) if exp.conditional() else (lambda b: None)
-    # The state is donated, as in training (`Experiment.make_multi_step`); XLA:CPU also takes
-    # minutes and gigabytes to compile the U-Net step without the donation.
-    train_step = jax.jit(lambda s, batch, k: exp.train_step(s, batch, k), donate_argnums=(0,))
-
-    def sample_eval(params, x, cond):
-        v = sampling.velocity_fn(lambda p, xx, t, c: exp.apply(p, xx, t, c), params,
-                                 exp.objective, cond)
-        return v(jnp.float32(0.5), x)
-
-    sample_eval = jax.jit(sample_eval)
+    comps = components_lib.build(settings, spec)
+    shape = tuple(spec.example_shape)
+    state = state_lib.create_state(comps.model, comps.tx, shape, comps.conditional, key,
+                                   loop.make_plan(settings))
     rows = []
     for b in batch_sizes:
+        train_step, sample_eval = _programs(config, spec, b)
         x = jax.random.uniform(jax.random.fold_in(key, b), (b, *shape), jnp.float32, -1.0, 1.0)
-        batch = {"x": x, "label": jnp.zeros((b,), jnp.int32)}
-        cond = cond_fn(b)
+        batches = {"x": x[None], "label": jnp.zeros((1, b), jnp.int32)}
+        cond = jnp.zeros((b,), jnp.int32) if comps.conditional else None
         holder = [jax.tree.map(jnp.copy, state)]  # donated by each train step call
 
         def call_train():
-            holder[0], metrics = compiled_train(holder[0], batch, key)
+            holder[0], metrics = compiled_train(holder[0], batches, key)
             return metrics["loss"]
 
-        compiled_train = train_step.lower(holder[0], batch, key).compile()
+        compiled_train = train_step.lower(holder[0], batches, key).compile()
         compiled_eval = sample_eval.lower(state.ema_params, x, cond).compile()
-        train_args, eval_args = (state, batch, key), (state.ema_params, x, cond)
+        train_args, eval_args = (state, batches, key), (state.ema_params, x, cond)
         io = {"train_step": nbytes(train_args) + nbytes(jax.eval_shape(train_step, *train_args)),
               "sample_eval": nbytes(eval_args) + nbytes(jax.eval_shape(sample_eval, *eval_args))}
         for what, compiled, call in (
                 ("train_step", compiled_train, call_train),
                 ("sample_eval", compiled_eval, lambda: compiled_eval(state.ema_params, x, cond))):
             c = cost(compiled)
-            row = {"model": exp.config.model.name, "data": exp.config.data.name, "what": what,
-                   "batch": int(b), **c, "io_bytes": io[what],
-                   "intensity_io": c["flops"] / io[what], "seconds": None,
+            row = {"model": comps.settings.model.get("name", "mlp"),
+                   "data": comps.settings.data.name, "what": what, "batch": int(b), **c,
+                   "io_bytes": io[what], "intensity_io": c["flops"] / io[what], "seconds": None,
                    "flops_per_sec": None, "bytes_per_sec": None}
             if time_calls:
                 s = best_seconds(call, repeats)

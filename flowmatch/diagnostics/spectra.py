@@ -67,12 +67,12 @@ def radial_profile(images, mode: str = "mean") -> np.ndarray:
 
 
 def spectral_trajectory(v: Callable, path: paths_lib.AffinePath, x0, *, method: str,
-                        num_steps: int):
-    """Integrates v from x0 [B, H, W, C] (t = 0) to 1 on a uniform grid; returns (ts [N + 1],
-    states [N + 1, B, ...], x1_hat [N + 1, B, ...]) with x1_hat the model's clean-image
-    prediction at every grid state (N + 1 evaluations beyond the solve's)."""
+                        num_steps: int, t1: float = 1.0):
+    """Integrates v from x0 [B, H, W, C] (t = 0) to t1 (a model's t_end) on a uniform grid;
+    returns (ts [N + 1], states [N + 1, B, ...], x1_hat [N + 1, B, ...]) with x1_hat the model's
+    clean-image prediction at every grid state (N + 1 evaluations beyond the solve's)."""
     sol, x1s = exposure.along_trajectory(v, x0, lambda t, x: exposure.endpoints(v, path, t, x)[0],
-                                         method=method, num_steps=num_steps)
+                                         method=method, num_steps=num_steps, t1=t1)
     return np.asarray(sol.ts, np.float64), np.asarray(sol.xs), np.asarray(x1s)
 
 

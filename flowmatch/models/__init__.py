@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowmatch.models.dit import DiT
 from flowmatch.models.embeddings import FourierFeatures, TimeEmbedding, sinusoidal_embedding
 from flowmatch.models.mlp import MLP
 from flowmatch.models.unet import UNet
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT}
 
 
 def model_fields(cls: type[nn.Module]) -> tuple[str, ...]:
@@ -57,5 +58,5 @@ def count_params(params: Any) -> int:
 
 __all__ = [
     "MODELS", "build_model", "count_params", "model_fields",
-    "MLP", "UNet", "sinusoidal_embedding", "TimeEmbedding", "FourierFeatures",
+    "MLP", "UNet", "DiT", "sinusoidal_embedding", "TimeEmbedding", "FourierFeatures",
 ]

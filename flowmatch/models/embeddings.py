@@ -98,6 +98,33 @@ def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0,
     return emb
 
 
+def sincos_2d_embedding(height: int, width: int, dim: int,
+                        max_period: float = 10000.0) -> np.ndarray:
+    """Fixed 2-D sin-cos position embedding of a height x width grid of tokens (MAE, He et al.
+    2022; used unchanged by DiT, Peebles & Xie 2023): not learned, a numpy constant.
+
+    Tokens are row-major, n = i * width + j for row i and column j. With q = dim / 4 and
+    w_k = max_period^(-k / q), k < q:
+        emb[n] = [sin(j w_k), cos(j w_k), sin(i w_k), cos(i w_k)]   (four blocks of q columns)
+    so the first half of the channels encodes the column, the second half the row.
+
+    Returns:
+      float32 [height * width, dim]; raises ValueError unless dim is a multiple of 4.
+    """
+    if dim <= 0 or dim % 4 or height <= 0 or width <= 0:
+        raise ValueError(
+            f"a 2-D sin-cos embedding needs a positive grid and a width that is a multiple of 4; "
+            f"got grid {height}x{width} and dim={dim}")
+    quarter = dim // 4
+    freqs = max_period ** (-np.arange(quarter, dtype=np.float64) / quarter)
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    col_args = cols.reshape(-1, 1) * freqs[None, :]
+    row_args = rows.reshape(-1, 1) * freqs[None, :]
+    emb = np.concatenate([np.sin(col_args), np.cos(col_args), np.sin(row_args),
+                          np.cos(row_args)], axis=-1)
+    return emb.astype(np.float32)
+
+
 class FourierFeatures(nn.Module):
     """Gaussian random Fourier features of t: [sin(2 pi t w), cos(2 pi t w)], w ~ N(0, scale^2).
 
@@ -130,6 +157,9 @@ class TimeEmbedding(nn.Module):
     integer timesteps 0..1000 (frequencies up to 1000 rad per unit t); a smaller scale gives a
     field that varies more slowly in t, which suits few-step ODE samplers.
 
+    `kernel_init` initialises both Dense kernels (flax's default, LeCun normal, unless given;
+    DiT uses normal(0.02)).
+
     Call: t [B] -> [B, hidden] in `dtype` (features in float32, Dense layers compute in `dtype`,
     parameters float32).
     """
@@ -140,6 +170,7 @@ class TimeEmbedding(nn.Module):
     fourier_scale: float = 16.0
     time_scale: float = 1000.0
     dtype: Any = jnp.float32
+    kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
@@ -149,5 +180,7 @@ class TimeEmbedding(nn.Module):
             emb = sinusoidal_embedding(t, self.dim, scale=self.time_scale)
         else:
             emb = FourierFeatures(self.dim, scale=self.fourier_scale)(t)
-        emb = nn.Dense(self.hidden, dtype=self.dtype, name="dense_0")(emb)
-        return nn.Dense(self.hidden, dtype=self.dtype, name="dense_1")(act(emb))
+        emb = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=self.kernel_init,
+                       name="dense_0")(emb)
+        return nn.Dense(self.hidden, dtype=self.dtype, kernel_init=self.kernel_init,
+                        name="dense_1")(act(emb))

@@ -1,0 +1,224 @@
+"""The integrator comparison: rows, files, NFE accounting, convergence to the reference, the
+same samples as scripts/sample.py, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flowmatch import integrators, metrics, objectives, paths, rng, sampling, training
+from flowmatch.checks import ConfigError
+from flowmatch.data import toy2d
+from flowmatch.experiments import compare, sample
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "compare_integrators.py")
+# The smoke model's sinusoidal time embedding (sin(1000 t ...)) makes v(t, x) oscillate in t,
+# so integrators only reach their asymptotic regime at a few hundred NFE: budgets go that high.
+BUDGETS = (4, 64, 1024)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    training.train_and_evaluate(load_config("checkerboard"), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def result(run_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("compare"))
+    rows = compare.compare_integrators(run_dir, out, methods=["euler", "rk4", "dopri5"],
+                                       nfe_budgets=BUDGETS, num_samples=64,
+                                       tolerances=(1e-2, 1e-5))
+    return rows, out
+
+
+def test_writes_json_csv_and_png(result):
+    rows, out = result
+    with open(os.path.join(out, "integrators.json")) as f:
+        assert json.load(f) == rows
+    with open(os.path.join(out, "integrators.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and tuple(table[0]) == compare.FIELDS
+    with open(os.path.join(out, "integrators.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows(result):
+    rows, _ = result
+    required = {"method", "num_steps", "nfe", "metric", "value", "traj_error", "seconds"}
+    for r in rows:
+        assert required <= set(r)
+        assert r["success"] and r["seconds"] > 0 and np.isfinite(r["traj_error"])
+    # One tv and one w2 row per solve; dopri5 at NFE 4 (6 per step) is skipped.
+    fixed = {(r["method"], r["budget"]) for r in rows if r["kind"] == "fixed"}
+    assert fixed == {(m, b) for m in ("euler", "rk4", "dopri5") for b in BUDGETS
+                     if b >= integrators.nfe_for(m, 1)}
+    assert sorted(r["metric"] for r in rows if (r["method"], r["budget"]) == ("rk4", 64)) == [
+        "tv", "w2"]
+    assert {r["rtol"] for r in rows if r["kind"] == "adaptive"} == {1e-2, 1e-5}
+    assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] == "tv")
+
+
+def test_fixed_grid_nfe_is_the_largest_within_budget(result):
+    rows, _ = result
+    for r in rows:
+        if r["kind"] == "fixed":
+            assert r["nfe"] == integrators.nfe_for(r["method"], r["num_steps"]) <= r["budget"]
+            assert integrators.nfe_for(r["method"], r["num_steps"] + 1) > r["budget"]
+
+
+def _errors(rows, method, kind="fixed"):
+    pts = sorted({(r["nfe"], r["traj_error"]) for r in rows
+                  if r["method"] == method and r["kind"] == kind})
+    return [e for _, e in pts]
+
+
+def test_errors_shrink_towards_the_reference(result):
+    rows, _ = result
+    ref = [r for r in rows if r["kind"] == "reference"]
+    assert ref and all(r["traj_error"] == 0.0 and r["method"] == compare.REFERENCE_METHOD
+                       for r in ref)
+    rk4 = _errors(rows, "rk4")
+    assert len(rk4) == 3 and all(a > b for a, b in zip(rk4, rk4[1:]))
+    # Independent solvers converge to the reference: it is accurate, not just self-consistent.
+    assert rk4[-1] < 1e-2 * rk4[0]
+    tight, loose = _errors(rows, "dopri5", "adaptive")[::-1]
+    assert tight < loose and tight < 1e-3
+    adaptive = [r for r in rows if r["kind"] == "adaptive"]
+    assert all(r["nfe"] > 0 and r["num_steps"] > 0 for r in adaptive)
+
+
+def test_same_samples_as_the_sample_script(run_dir, result, tmp_path):
+    """The rows' samples are those of scripts/sample.py for the same run, seed and settings (one
+    key layout): the same tv against the same reference stream."""
+    rows, _ = result
+    out = sample.sample_to_file(run_dir, str(tmp_path / "s.npz"), num_samples=64,
+                                method="euler", num_steps=4, seed=0)
+    row = next(r for r in rows if (r["method"], r["budget"], r["metric"]) == ("euler", 4, "tv"))
+    assert out["nfe"] == row["nfe"] == 4
+    assert row["value"] == out["tv"]
+
+
+def test_chunks_and_nll(run_dir, tmp_path):
+    chunked = compare.compare_integrators(run_dir, str(tmp_path), methods=["euler"],
+                                          nfe_budgets=(64,), num_samples=64, tolerances=(),
+                                          chunk_size=25, nll=True, path_metrics=False)
+    # Chunks of 25 (25 + 25 + 14, the last one padded) draw the noise as sample.draw does.
+    run = training.restore(run_dir)
+    drawn = sample.draw(run, 64, seed=0, chunk_size=25, method="euler", num_steps=64)
+    cfg = run.components.settings.eval
+    ref = toy2d.sample_toy("checkerboard", rng.seed_stream(0, "reference"), cfg.num_tv_samples)
+    tv = metrics.tv_distance(drawn.x, ref, toy2d.toy_box("checkerboard"), bins=cfg.tv_bins)
+    got = {r["metric"]: r["value"] for r in chunked if r["kind"] == "fixed"}
+    assert got["tv"] == pytest.approx(tv, abs=1e-12)
+    nll = {r["kind"]: r["value"] for r in chunked if r["metric"] == "nll"}
+    assert set(nll) == {"reference", "fixed"} and all(np.isfinite(list(nll.values())))
+    assert nll["fixed"] == pytest.approx(nll["reference"], abs=0.1)
+
+
+def test_budgets_count_the_denoising_evaluation():
+    """A DDPM model stops at t_end < 1 and denoises (one more evaluation): the largest grid whose
+    NFE, that evaluation included, fits each budget."""
+    ddpm = objectives.build_objective("ddpm", path=paths.make_path("cond_ot"),
+                                      num_timesteps=100)
+    model = sampling.ModelFn.from_objective(lambda p, x, t, c: x, ddpm)
+    args = compare._check_arguments(["euler", "heun"], (2, 4, 9), (), 1e-7, None, None, (), 0.5)
+    plan = compare._plan(args, model)
+    assert plan == [("euler", 2, 1), ("euler", 4, 3), ("euler", 9, 8), ("heun", 4, 1),
+                    ("heun", 9, 4)]
+    assert all(sampling.nfe(m, k, model) <= b < sampling.nfe(m, k + 1, model)
+               for m, b, k in plan)
+    assert compare._plan(args, None)[0] == ("euler", 2, 2)  # flow matching: no extra evaluation
+
+
+def test_path_metrics(result):
+    rows, _ = result
+    for r in rows:
+        assert r["correction"] == compare.NO_CORRECTION
+        assert all(np.isfinite(r[k]) for k in compare.PATH_METRICS), r
+        assert r["npe"] >= 0.0
+        if r["method"] in ("euler", "rk4"):  # positive weights: PE >= |d|^2 (Cauchy-Schwarz)
+            assert r["energy_ratio"] >= 1.0 - 1e-6 and r["straightness"] >= -1e-6
+    # Converged solves agree with the reference's path energy.
+    ref = next(r for r in rows if r["kind"] == "reference")
+    fine = next(r for r in rows if (r["method"], r["budget"]) == ("rk4", BUDGETS[-1]))
+    assert fine["energy_ratio"] == pytest.approx(ref["energy_ratio"], rel=1e-3)
+    assert fine["straightness"] == pytest.approx(ref["straightness"], rel=1e-2, abs=1e-4)
+
+
+def test_corrections(run_dir, tmp_path):
+    rows = compare.compare_integrators(run_dir, str(tmp_path), methods=["heun"], nfe_budgets=(8,),
+                                       num_samples=64, tolerances=(),
+                                       corrections=["time_shift", "eps_scale=1.05"])
+    fixed = {r["correction"]: r for r in rows if r["kind"] == "fixed" and r["metric"] == "w2"}
+    assert set(fixed) == {"none", "time_shift", "eps_scale=1.05"}
+    assert all(r["nfe"] == 8 and r["success"] for r in fixed.values())
+    assert fixed["time_shift"]["straightness"] is None  # its steps follow no single field
+    assert np.isfinite(fixed["eps_scale=1.05"]["energy_ratio"])
+    # A correction changes the solve (the model is not exact), but not by much.
+    for name in ("time_shift", "eps_scale=1.05"):
+        assert 0 < fixed[name]["traj_error"] < 1.0
+    with pytest.raises(ConfigError, match="unknown correction"):
+        compare.compare_integrators(run_dir, str(tmp_path), corrections=["warp"])
+    with pytest.raises(ConfigError, match="max_shift"):
+        compare.compare_integrators(run_dir, str(tmp_path), corrections=["time_shift"],
+                                    max_shift=1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(methods=["rk5"]), "unknown integrator 'rk5'"),
+    (dict(methods=[]), "no methods"),
+    (dict(nfe_budgets=(4, 0)), "positive integers"),
+    (dict(nfe_budgets=(2.5,)), "positive integers"),
+    (dict(nfe_budgets=()), "no NFE budgets"),
+    (dict(tolerances=(-1e-3,)), "positive numbers"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(methods=["rk4"], nfe_budgets=(2, 3)), "nothing to compare"),
+])
+def test_bad_arguments(kwargs, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        compare.compare_integrators(str(tmp_path), str(tmp_path / "out"), **kwargs)
+
+
+def test_missing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        compare.compare_integrators(str(tmp_path), str(tmp_path / "out"), methods=["euler"])
+
+
+def _script(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def test_script(run_dir, tmp_path):
+    out = tmp_path / "cli"
+    proc = _script(f"--workdir={run_dir}", f"--output={out}", "--methods=euler,heun",
+                   "--nfe=4", "--num_samples=64", "--tolerances=", "--nll")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for ext in ("json", "csv", "png"):
+        assert (out / f"integrators.{ext}").exists()
+    with open(out / "integrators.json") as f:
+        rows = json.load(f)
+    assert {(r["method"], r["nfe"], r["num_steps"]) for r in rows if r["kind"] == "fixed"} == {
+        ("euler", 4, 4), ("heun", 4, 2)}
+    assert {r["metric"] for r in rows} == {"tv", "w2", "nll"}
+    assert "traj_error" in proc.stdout  # the printed table
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--methods=euler,rk5", "unknown integrator 'rk5'"),
+    ("--nfe=4,x", "--nfe must be a comma-separated list of positive integers"),
+])
+def test_script_bad_input(flag, match, run_dir, tmp_path):
+    proc = _script(f"--workdir={run_dir}", f"--output={tmp_path}", flag)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and match in lines[-1]
+    assert "Traceback" not in proc.stderr
