@@ -312,17 +312,37 @@ def small_config(**overrides):
     return config
 
 
+def built(config):
+    """(components, plan) of a training config as the trainer builds them (no data read)."""
+    from flowmatch import training  # pylint: disable=g-import-not-at-top
+    from flowmatch.training import runs  # pylint: disable=g-import-not-at-top
+    settings = training.read_settings(config)
+    comps = training.build(settings, runs._legacy_spec(config))  # pylint: disable=protected-access
+    return comps, training.loop.make_plan(settings)
+
+
+def pairing(comps, plan):
+    """The trainer's pair(batch, indices, step_key) for the run's coupling and source."""
+    from flowmatch.training import step  # pylint: disable=g-import-not-at-top
+    return step.make_pairing(comps.objective, comps.source, comps.settings.coupling,
+                             comps.settings.train.batch_size, plan)
+
+
 def test_default_pairing_gives_the_loss_of_the_noise_the_loss_draws_itself():
+    import functools  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
-    exp = train.Experiment.from_config(small_config())
-    params = exp.init_state(jax.random.PRNGKey(0)).params
+    from flowmatch.training import state, step  # pylint: disable=g-import-not-at-top
+    comps, plan = built(small_config())
+    params = state.init_state(comps.model, comps.tx, comps.spec.example_shape, comps.conditional,
+                              jax.random.PRNGKey(0)).params
     batch = {"x": jax.random.normal(jax.random.PRNGKey(1), (32, 2)),
              "label": jnp.zeros((32,), jnp.int32)}
     idx, key = jnp.arange(32, dtype=jnp.int32), jax.random.PRNGKey(2)
-    paired = jax.jit(exp.pair_batch)(batch, idx, key)
-    loss = jax.jit(exp.batch_loss)
+    pair = pairing(comps, plan)
+    paired = jax.jit(pair)(batch, idx, key)
+    loss = jax.jit(functools.partial(step.batch_loss, comps.apply, comps.objective,
+                                     comps.conditional))
     plain, _ = loss(params, batch, idx, key)
     with_x0, aux = loss(params, paired, idx, key)
     assert float(plain) == float(with_x0)  # bit for bit: runs without coupling are unchanged
@@ -330,63 +350,47 @@ def test_default_pairing_gives_the_loss_of_the_noise_the_loss_draws_itself():
                                np.mean(np.sum((paired["x0"] - batch["x"]) ** 2, 1)), rtol=1e-5)
     # x0 that comes with the batch (pairs from a file) is used as it is.
     given = dict(batch, x0=jnp.ones((32, 2)))
-    assert exp.pair_batch(given, idx, key) is given
+    assert pair(given, idx, key) is given
     assert float(loss(params, given, idx, key)[0]) != float(plain)
 
 
 def test_per_class_pairing_of_labelled_images_in_the_trainer():
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    from flowmatch.training import step  # pylint: disable=g-import-not-at-top
     config = load_config("digits")
     config.coupling.name, config.coupling.per_class = "exact", True
-    exp = train.Experiment.from_config(config)
     b = 24
+    config.batch_size = b
+    comps, plan = built(config)
     labels = jnp.arange(b, dtype=jnp.int32) % 3
-    batch = {"x": jax.random.normal(jax.random.PRNGKey(0), (b, *exp.source.example_shape)),
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(0), (b, *comps.source.example_shape)),
              "label": labels}
     idx, key = jnp.arange(b, dtype=jnp.int32), jax.random.PRNGKey(1)
-    drawn = np.asarray(jax.jit(exp.draw_source)(batch, idx, key)).reshape(b, -1)
-    paired = np.asarray(jax.jit(exp.pair_batch)(batch, idx, key)["x0"]).reshape(b, -1)
+    drawn = np.asarray(jax.jit(lambda x: step.draw_source(comps.source, b, x, idx, key))(
+        batch["x"])).reshape(b, -1)
+    paired = np.asarray(jax.jit(pairing(comps, plan))(batch, idx, key)["x0"]).reshape(b, -1)
     for k in range(3):  # each class's rows get a permutation of that class's draws
         rows = np.flatnonzero(np.asarray(labels) == k)
         assert sorted(map(tuple, paired[rows])) == sorted(map(tuple, drawn[rows]))
     assert not np.array_equal(paired, drawn)
 
 
-@pytest.mark.parametrize("coupling", ["sinkhorn"])  # exact: test_reproduce_ot_smoke_...
+# exact: tests/experiments/test_reproduce_ot.py trains with it (and checks the lower pair cost).
+@pytest.mark.parametrize("coupling", ["sinkhorn"])
 def test_training_from_8gaussians_with_a_coupling(coupling, tmp_path):
-    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import metrics, training  # pylint: disable=g-import-not-at-top
     config = small_config(**{"coupling.name": coupling, "source.name": "8gaussians"})
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = training.train_and_evaluate(config, str(tmp_path))
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert int(state.step) == config.num_train_steps
     assert all(np.isfinite(r["loss"]) and r["pair_cost"] > 0 for r in rows)
     assert np.isfinite(rows[-1]["w2"])
-    exp = train.Experiment.from_config(config)
-    import jax  # pylint: disable=g-import-not-at-top
-    x, _, ok = exp.make_sampler("euler", 1)(state.ema_params, jax.random.PRNGKey(0), 16)
-    assert bool(ok) and x.shape == (16, 2)
-
-
-@pytest.mark.slow
-def test_reproduce_ot_smoke_writes_the_table(tmp_path):
-    from flowmatch import reproduce_ot  # pylint: disable=g-import-not-at-top
-    config = load_config("ot_8gaussians_moons")
-    config.reproduce.seeds = (0,)
-    report = reproduce_ot.reproduce(config, str(tmp_path))
-    assert [(r["coupling"], r["seed"]) for r in report["runs"]] == [("independent", 0),
-                                                                     ("exact", 0)]
-    for row in report["runs"]:
-        assert row["success_euler"] and row["nfe_euler"] == 1 and np.isfinite(row["w2_euler"])
-        np.testing.assert_allclose(row["w2sq_adaptive"], row["w2_adaptive"] ** 2)
-    # The OT run pairs its batches at a lower cost than independent draws.
-    assert report["runs"][1]["pair_cost"] < report["runs"][0]["pair_cost"]
-    table = (tmp_path / "ot_reproduction.md").read_text()
-    assert "| exact | 1 |" in table and "6.232" in table
-    # Running again keeps the finished runs.
-    again = reproduce_ot.reproduce(config, str(tmp_path))
-    assert again["runs"] == report["runs"]
+    comps, _ = built(config)
+    x0 = comps.source.sample(jax.random.PRNGKey(0), 16)
+    out = comps.make_sampler("euler", 1)(state.ema_params, x0, jax.random.PRNGKey(1))
+    assert bool(out.success) and out.x.shape == (16, 2)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -399,9 +403,9 @@ def test_reproduce_ot_smoke_writes_the_table(tmp_path):
     ({"source.name": "gaussian"}, "unknown source distribution 'gaussian'"),
 ])
 def test_bad_coupling_or_source_configs_fail_before_compiling(overrides, match):
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
-    with pytest.raises(train.ConfigError, match=match):
-        train.Experiment.from_config(small_config(**overrides))
+    from flowmatch.checks import ConfigError  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ConfigError, match=match):
+        built(small_config(**overrides))
 
 
 # -- 1 vs 8 devices (subprocess) -------------------------------------------------------------------
@@ -449,7 +453,7 @@ def worker(out):
     parallel mode, with the 1-device result alongside; writes <out>/pairs.npz."""
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import couplings, parallel, train  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings, parallel  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_numpy_rank_promotion", "raise")
     b = 32
     x1 = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (b, 2)) + 1.0)
@@ -464,18 +468,18 @@ def worker(out):
                                  "source.name": "8gaussians", "batch_size": b,
                                  "parallel.data_axis_size": 1 if mode == "one" else -1,
                                  "parallel.mode": "pmap" if mode == "pmap" else "sharding"})
-        exp = train.Experiment.from_config(config)
-        plan = exp.plan
+        comps, plan = built(config)
+        pair = pairing(comps, plan)
         if mode == "pmap":
             rows = b // plan.num_shards
-            fn = jax.pmap(lambda bt, first, exp=exp, rows=rows: exp.pair_batch(
+            fn = jax.pmap(lambda bt, first, pair=pair, rows=rows: pair(
                 bt, first + jnp.arange(rows, dtype=jnp.int32), key)["x0"],
                 axis_name=parallel.DATA_AXIS, devices=plan.devices)
             stacked = plan.put_batches(jax.tree.map(lambda v: v[None], batch))
             x0 = fn(jax.tree.map(lambda v: v[:, 0], stacked),
                     plan.shard_offsets(rows)).reshape(b, 2)
         else:
-            fn = jax.jit(lambda bt, exp=exp: exp.pair_batch(
+            fn = jax.jit(lambda bt, pair=pair: pair(
                 bt, jnp.arange(b, dtype=jnp.int32), key)["x0"],
                 in_shardings=(plan.batch_sharding(),))
             placed = jax.tree.map(lambda v: jax.device_put(v, plan.batch_sharding()), batch)
@@ -485,9 +489,9 @@ def worker(out):
         results[f"{coupling}-{scope}-{mode}"] = np.asarray(x0)
         results[f"devices-{coupling}-{scope}-{mode}"] = np.int32(plan.num_shards)
     # The unpaired draws, for the local-scope check.
-    exp = train.Experiment.from_config(small_config(**{
-        "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1}))
-    results["independent"] = np.asarray(exp.pair_batch(
+    pair = pairing(*built(small_config(**{
+        "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1})))
+    results["independent"] = np.asarray(pair(
         batch, jnp.arange(b, dtype=jnp.int32), key)["x0"])
     results["exact_cost_pieces"] = np.asarray([float(couplings.couple(
         "exact", x1[s * 4:(s + 1) * 4], results["independent"][s * 4:(s + 1) * 4]).cost)
