@@ -1,27 +1,25 @@
 """Coupled training speed side by side, in one process: flowmatch's train step uncoupled, with
 the Sinkhorn coupling and with the exact coupling, against torchcfm's OT-CFM tutorial loop.
 
-  python -m flowmatch.experiments.coupling_speed [--rounds=30] [--repeats=3]
+  python scripts/coupling_speed.py [--rounds=30] [--repeats=3]
 
-(run from the repository root, in a Python where torch, torchcfm and POT import to get the
-torchcfm row; without them it is left out).  The setting is torchcfm's 2-D OT-CFM example: batch
-256, data moons, source 8gaussians, an MLP with three hidden layers of 64 SELU units, Adam.
-flowmatch's rows are `Experiment.make_multi_step()` of configs/moons.py with those overrides
-(`steps_per_call` steps per jitted call); torchcfm's row is its tutorial training loop
-(`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact `ot.emd`
-plan on the host, and `torchcfm.models.models.MLP`), on one thread (`torch.set_num_threads(1)`),
-drawing its batches in the loop as the tutorial does.  Every runner is warmed up first; then
-`rounds` rounds time one call of each in turn, so that a machine whose load changes slows all
-alike, and each figure is steps per call / the median call time (with the interquartile range).
-Ratios count only within one run.
+(run in a Python where torch, torchcfm and POT import to get the torchcfm row; without them it
+is left out).  The setting is torchcfm's 2-D OT-CFM example: batch 256, data moons, source
+8gaussians, an MLP with three hidden layers of 64 SELU units, Adam.  flowmatch's rows are the
+trainer's own compiled multi-step call (`experiments.speed.make_trainer`: `steps_per_call` steps
+per jitted call) of configs/moons.py with those overrides; torchcfm's row is its tutorial training
+loop (`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact
+`ot.emd` plan on the host, and `torchcfm.models.models.MLP`), on one thread
+(`torch.set_num_threads(1)`), drawing its batches in the loop as the tutorial does.  Every runner
+is warmed up first; then `rounds` rounds time one call of each in turn, so that a machine whose
+load changes slows all alike, and each figure is steps per call / the median call time (with the
+interquartile range).  Ratios count only within one run.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
-import os
 import statistics
 import time
 from typing import Callable
@@ -29,9 +27,10 @@ from typing import Callable
 import jax
 import numpy as np
 
+from flowmatch import checks
 from flowmatch import couplings as couplings_lib
-from flowmatch import data as data_lib
-from flowmatch import train as train_lib
+from flowmatch.checks import ConfigError
+from flowmatch.experiments import speed
 
 # label -> coupling settings (config.coupling fields) of the flowmatch rows.  The exact row's
 # bidders are the auction's default (configs/default.py still sets the old 32).
@@ -67,18 +66,13 @@ def flowmatch_config(config, coupling: dict, *, batch_size: int, hidden_sizes, s
 
 def flowmatch_runner(config) -> tuple[Callable[[], object], list]:
     """(run, pair_costs): run() makes one compiled call of config.steps_per_call train steps
-    (state donated, the same pre-made batches every call) and returns its losses; pair_costs
-    collects each call's mean |x1 - x0|^2 of the pairs."""
-    exp = train_lib.Experiment.from_config(config)
-    multi_step = exp.make_multi_step()
-    it = data_lib.BatchIterator(exp.source, config.batch_size, config.seed)
-    batches = exp.plan.put_batches(it.batches(0, config.steps_per_call))
-    holder = [exp.create_state(jax.random.PRNGKey(0))]
-    key = exp.plan.replicate(jax.random.PRNGKey(1))
+    (`speed.make_trainer`: state donated, the same pre-made batches every call) and returns its
+    losses; pair_costs collects each call's mean |x1 - x0|^2 of the pairs."""
+    trainer = speed.make_trainer(config, steps_per_call=config.steps_per_call)
     pair_costs = []
 
     def run():
-        holder[0], metrics = multi_step(holder[0], batches, key)
+        metrics = trainer.call()
         pair_costs.append(metrics.get("pair_cost"))
         return metrics["loss"]
 
@@ -173,14 +167,20 @@ def coupled_training_speed(config, *, batch_size: int = 256, hidden_sizes=(64, 6
     |x1 - x0|^2 of the flowmatch rows' pairs, NaN for torchcfm).
     """
     rows = dict(FLOWMATCH_ROWS if rows is None else rows)
+    try:
+        for name, value in (("batch_size", batch_size), ("steps_per_call", steps_per_call),
+                            ("rounds", rounds)):
+            checks.positive_int(name, value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if REFERENCE_ROW not in rows:
-        raise ValueError(f"rows must include the reference row {REFERENCE_ROW!r} (the uncoupled "
-                         f"step), got {sorted(rows)}")
+        raise ConfigError(f"rows must include the reference row {REFERENCE_ROW!r} (the uncoupled "
+                          f"step), got {sorted(rows)}")
     if torchcfm is None:
         torchcfm = torchcfm_available()
     elif torchcfm and not torchcfm_available():
-        raise ValueError("torchcfm=True needs torch, torchcfm and POT; install them or pass "
-                         "torchcfm=None to leave that row out")
+        raise ConfigError("torchcfm=True needs torch, torchcfm and POT; install them or pass "
+                          "torchcfm=None to leave that row out")
     runners, costs = {}, {}
     for label, coupling in rows.items():
         c = flowmatch_config(config, coupling, batch_size=batch_size, hidden_sizes=hidden_sizes,
@@ -190,16 +190,24 @@ def coupled_training_speed(config, *, batch_size: int = 256, hidden_sizes=(64, 6
         runners[TORCHCFM_ROW] = torchcfm_runner(batch_size=batch_size, width=hidden_sizes[0],
                                                 steps_per_call=steps_per_call)
     times = interleaved_seconds(runners, rounds=rounds)
+    return summarise(times, costs, steps_per_call)
+
+
+def summarise(times: dict, pair_costs: dict, steps_per_call: int) -> list[dict]:
+    """The rows of `coupled_training_speed` from {label: [seconds per call]} and {label: [each
+    call's pair costs or None]}: rate = steps_per_call / median seconds; slowdown = rate of
+    REFERENCE_ROW / rate; vs_torchcfm = rate / rate of TORCHCFM_ROW (NaN without that row)."""
     rate = {label: steps_per_call / statistics.median(t) for label, t in times.items()}
     out = []
     for label, t in times.items():
         q1, _, q3 = statistics.quantiles(t, n=4) if len(t) > 1 else (t[0],) * 3
-        pairs = [float(np.mean(v)) for v in costs.get(label, []) if v is not None]
+        pairs = [float(np.mean(v)) for v in pair_costs.get(label, []) if v is not None]
         out.append(dict(
             label=label, steps_per_sec=rate[label],
             steps_per_sec_iqr=(steps_per_call / q3, steps_per_call / q1),
             slowdown=rate[REFERENCE_ROW] / rate[label],
-            vs_torchcfm=rate[label] / rate[TORCHCFM_ROW] if torchcfm else float("nan"),
+            vs_torchcfm=(rate[label] / rate[TORCHCFM_ROW] if TORCHCFM_ROW in rate
+                         else float("nan")),
             pair_cost=float(np.mean(pairs)) if pairs else float("nan")))
     return out
 
@@ -215,28 +223,14 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _load_config(path: str):
-    spec = importlib.util.spec_from_file_location("coupling_speed_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=os.path.join("configs", "moons.py"))
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=1, help="whole measurements in a row")
-    parser.add_argument("--steps_per_call", type=int, default=10)
-    args = parser.parse_args(argv)
-    config = _load_config(args.config)
-    for i in range(args.repeats):
-        results = coupled_training_speed(config, rounds=args.rounds,
-                                         steps_per_call=args.steps_per_call)
-        print(f"\nrun {i + 1} of {args.repeats} ({jax.devices()[0]}, {args.rounds} rounds, "
-              f"{args.steps_per_call} steps per call):")
+def report(config, *, rounds: int = 30, repeats: int = 1, steps_per_call: int = 10) -> list:
+    """Prints `repeats` whole measurements (`coupled_training_speed`) in a row as Markdown
+    tables; returns their rows, one list per measurement."""
+    out = []
+    for i in range(repeats):
+        results = coupled_training_speed(config, rounds=rounds, steps_per_call=steps_per_call)
+        print(f"\nrun {i + 1} of {repeats} ({jax.devices()[0]}, {rounds} rounds, "
+              f"{steps_per_call} steps per call):")
         print(format_table(results), flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        out.append(results)
+    return out
