@@ -66,3 +66,71 @@ def test_errors_say_what_is_allowed(call, message):
     with pytest.raises(ValueError) as err:
         call(fm, ddpm)
     assert message in str(err.value), str(err.value)
+
+
+def test_every_method_is_described():
+    """describe(): what the README's sampling table lists for each method."""
+    for method in sampling.METHODS:
+        d = sampling.describe(method)
+        assert d["method"] == method and d["family"] == sampling.family(method)
+        assert isinstance(d["order"], int) and d["order"] >= 1, d
+        assert d["nfe_per_step"] >= 1 and d["nfe"] and d["use"] and d["source"], d
+        assert d["num_steps"] in ("required", "optional", "or rtol/atol")
+        assert d["options"] == sampling.options(method)
+    assert sampling.describe("rk4")["order"] == integrators.TABLEAUS["rk4"].order
+    assert sampling.describe("dopri5")["num_steps"] == "or rtol/atol"
+    assert [sampling.describe(m)["order"] for m in ("dpmpp_2m", "dpmpp_3m", "unipc")] == [2, 3, 3]
+    assert sampling.describe("sde_euler")["stochastic"] and not sampling.describe("unipc")[
+        "stochastic"]
+
+
+def test_sde_and_dpm_solver_families_count_their_evaluations():
+    fm, ddpm = models()
+    assert [sampling.family(m) for m in sampling.SDE_METHODS] == ["sde", "sde"]
+    assert [sampling.family(m) for m in sampling.DPM_SOLVER_METHODS] == ["dpm_solver"] * 3
+    assert sampling.nfe("sde_euler", 10, fm) == 10 and sampling.nfe("sde_euler", 10, ddpm) == 11
+    assert sampling.nfe("sde_euler", 10, ddpm, last_step="tweedie") == 10
+    assert sampling.nfe("sde_heun", 10, fm) == 19 and sampling.nfe("sde_heun", 10, ddpm) == 20
+    assert sampling.nfe("dpmpp_2m", 10, ddpm) == 10 == sampling.nfe("unipc", 10, fm)
+    assert sampling.steps_for_budget("sde_heun", 20, ddpm) == 10
+    assert sampling.steps_for_budget("sde_heun", 20, fm) == 10
+    assert sampling.steps_for_budget("sde_heun", 20, ddpm, last_step="tweedie") == 10
+    assert sampling.steps_for_budget("dpmpp_3m", 10, ddpm) == 10
+
+    class Defaults(dict):
+        __getattr__ = dict.get
+
+    assert sampling.resolve(Defaults(method="heun", num_steps=20), "dpmpp_2m")["num_steps"] == 20
+    with pytest.raises(ValueError, match="needs num_steps"):
+        sampling.resolve(Defaults(method="sde_euler", num_steps=None))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda fm, dd: sampling.make_sampler(fm, "sde_euler"), "sde_euler needs num_steps"),
+    (lambda fm, dd: sampling.make_sampler(fm, "dpmpp_2m"), "dpmpp_2m needs num_steps"),
+    (lambda fm, dd: sampling.make_sampler(fm, "sde_heun", num_steps=5, diffusion="linear"),
+     "constant, sigma, score_sde, decreasing"),
+    (lambda fm, dd: sampling.make_sampler(fm, "sde_euler", num_steps=5, diffusion_scale=-1.0),
+     "diffusion_scale must be"),
+    (lambda fm, dd: sampling.make_sampler(fm, "sde_euler", num_steps=5, last_step="euler"),
+     "mean, tweedie"),
+    (lambda fm, dd: sampling.make_sampler(fm, "sde_euler", num_steps=5, eta=0.0), "no option"),
+    (lambda fm, dd: sampling.make_sampler(dd, "dpmpp_2m", num_steps=5, rtol=1e-3),
+     "takes no rtol/atol"),
+    (lambda fm, dd: sampling.make_sampler(dd, "dpmpp_2m", num_steps=5, order=2), "no option"),
+    (lambda fm, dd: sampling.make_sampler(dd, "unipc", num_steps=5, order=4), "1, 2 or 3"),
+    (lambda fm, dd: sampling.make_sampler(dd, "dpmpp_3m", num_steps=5, spacing="quadratic"),
+     "logsnr, linspace, leading, trailing"),
+    (lambda fm, dd: sampling.make_sampler(fm, "dpmpp_3m", num_steps=5, spacing="leading"),
+     "for a continuous path choose one of: logsnr, linspace"),
+    (lambda fm, dd: sampling.make_sampler(dd, "unipc", num_steps=5, t_min=0.1),
+     "for continuous paths"),
+    (lambda fm, dd: sampling.make_sampler(fm, "unipc", num_steps=5, t_min=0.6, t_max=0.5),
+     "t_min < t_max"),
+    (lambda fm, dd: sampling.make_sampler(dd, "dpmpp_2m", num_steps=101), "at most the model's"),
+])
+def test_new_methods_errors_say_what_is_allowed(call, message):
+    fm, ddpm = models()
+    with pytest.raises(ValueError) as err:
+        call(fm, ddpm)
+    assert message in str(err.value), str(err.value)
