@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -46,7 +47,7 @@ SCOPES = ("global", "local")
 DEFAULT_TOLERANCE = 1e-6
 DEFAULT_EPS_START = 0.05
 DEFAULT_EPS_FACTOR = 5.0
-DEFAULT_BIDDERS = 32
+DEFAULT_BIDDERS = 8
 # Sinkhorn defaults: on 256 moons vs 256 8gaussians draws, reg 0.01 (of max C) and 50 iterations
 # pair at a mean cost 8% above the exact assignment's (independent pairs: 4.5x above it), with
 # the x0 marginal within 1.2% (L1) of uniform, in about 1 ms on one CPU core.
@@ -103,12 +104,38 @@ def class_cost(cost, labels):
     return jnp.where(labels[:, None] == labels[None, :], cost, jnp.inf)
 
 
-def _row_argmax(x, iota):
-    """argmax over the last axis (lowest index on ties) as max + compare + min: XLA on CPU runs
-    these reductions several times faster than its variadic argmax."""
-    best = jnp.max(x, axis=-1, keepdims=True)
-    n = x.shape[-1]
-    return jnp.min(jnp.where(x == best, iota, n), axis=-1), best[..., 0]
+def _top2_merge(x, y):
+    """Merges two (best, index of the best, second best) states: the auction's reduction."""
+    (best_x, j_x, second_x), (best_y, j_y, second_y) = x, y
+    x_wins = (best_x > best_y) | ((best_x == best_y) & (j_x < j_y))
+    return (jnp.where(x_wins, best_x, best_y), jnp.where(x_wins, j_x, j_y),
+            jnp.maximum(jnp.maximum(second_x, second_y), jnp.where(x_wins, best_y, best_x)))
+
+
+_TOP2_LANES = 16
+
+
+def _top2(values):
+    """(best, index of the best (lowest on ties), second best) over the last axis of [..., n].
+
+    One variadic reduction of (value, index, runner-up) states merged by `_top2_merge`, over a
+    [..., n / 16, 16] view (padded with -inf): first down each of the 16 lanes, which XLA:CPU
+    runs as vector operations across the lanes, then across the lanes.  A tie for the best gives
+    second == best; a row with a single finite entry has second -inf.  A single row's bid (256
+    columns) took 3.5k instructions with it, 7.9k with a one-pass reduction over the plain
+    vector and 9.5k with three plain reductions (max; its lowest index; max of the rest), and a
+    4-row bid 5.7k, 26k and 19k (callgrind, XLA:CPU).
+    """
+    *lead, n = values.shape
+    rows = -(-n // _TOP2_LANES)
+    size = rows * _TOP2_LANES
+    v = jnp.pad(values, [(0, 0)] * len(lead) + [(0, size - n)], constant_values=-jnp.inf)
+    v = v.reshape(*lead, rows, _TOP2_LANES)
+    index = (lax.broadcasted_iota(jnp.int32, v.shape, v.ndim - 2) * _TOP2_LANES
+             + lax.broadcasted_iota(jnp.int32, v.shape, v.ndim - 1))
+    init = (jnp.float32(-jnp.inf), jnp.int32(size), jnp.float32(-jnp.inf))
+    lanes = lax.reduce((v, index, jnp.full_like(v, -jnp.inf)), init, _top2_merge, (v.ndim - 2,))
+    return lax.reduce(lanes, init, _top2_merge, (v.ndim - 2,))
 
 
 # -- exact assignment: the auction algorithm ----------------------------------------------------
@@ -135,26 +162,152 @@ def _normalised_benefit(cost):
     return jnp.where(finite, -(cost - lo) / scale, -jnp.inf), finite
 
 
+class _Slots(NamedTuple):
+    """The auction's state in the slot stage of a phase (n rows, m slots).
+
+    prices: [n] float32; owner: [n] int32, column -> its row (-1: free); slots: [m] int32, the
+    rows bidding next round (n: empty); fresh: int32, rows fresh .. n-1 have not bid in this
+    phase (the free rows are exactly the slots' rows and these); rounds: int32.
+    """
+
+    prices: jax.Array
+    owner: jax.Array
+    slots: jax.Array
+    fresh: jax.Array
+    rounds: jax.Array
+
+
+class _Chain(NamedTuple):
+    """The chain stage: row (n: none) bids next; prices, owner, rounds as in `_Slots`."""
+
+    prices: jax.Array
+    owner: jax.Array
+    row: jax.Array
+    rounds: jax.Array
+
+
+def _bid_increment(best, second):
+    # A row with a single allowed column may raise its price by the whole range (benefits are
+    # in [-1, 0]); the cap keeps prices finite.
+    return jnp.minimum(best - second, 1.0)
+
+
+def _slot_round(a, eps, s: _Slots) -> _Slots:
+    """The m slots' rows bid at once (a Jacobi round); each column goes to its highest bid (ties:
+    the lowest slot).  A winner's slot passes to the row it displaced, a loser keeps its slot
+    (and bids again), and empty slots take the next fresh rows in order."""
+    n, m = a.shape[0], s.slots.shape[0]
+    empty = s.slots >= n
+    slot = jnp.arange(m, dtype=jnp.int32)
+    rank = jnp.sum(empty[None, :] & (slot[None, :] < slot[:, None]), axis=1)  # empty slots before
+    slots = jnp.where(empty & (s.fresh + rank < n), s.fresh + rank, s.slots)
+    fresh = jnp.minimum(s.fresh + jnp.sum(empty, dtype=jnp.int32), n)
+    best, j, second = _top2(a[jnp.minimum(slots, n - 1)] - s.prices[None, :])   # [m] each
+    bidding = (slots < n) & jnp.isfinite(best)   # a row with no allowed column drops out
+    bid = s.prices[j] + _bid_increment(best, second) + eps
+    higher = (bid[None, :] > bid[:, None]) | (
+        (bid[None, :] == bid[:, None]) & (slot[None, :] < slot[:, None]))
+    outbid = (j[:, None] == j[None, :]) & bidding[None, :] & higher   # [m, m]: slot k beats i
+    wins = bidding & ~jnp.any(outbid, axis=1)
+    won = (j[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :]) & wins[:, None]    # [m, n]
+    taken = jnp.any(won, axis=0)
+    displaced = s.owner[j]
+    prices = jnp.where(taken, jnp.max(jnp.where(won, bid[:, None], -jnp.inf), axis=0), s.prices)
+    owner = jnp.where(taken, jnp.max(jnp.where(won, slots[:, None], -1), axis=0), s.owner)
+    slots = jnp.where(wins, jnp.where(displaced >= 0, displaced, n), jnp.where(bidding, slots, n))
+    return _Slots(prices, owner, slots, fresh, s.rounds + 1)
+
+
+def _chain_bid(a, eps, s: _Chain) -> _Chain:
+    """The single free row bids; the row it displaces (if any) is the next to bid."""
+    n = a.shape[0]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    best, j, second = _top2(a[jnp.minimum(s.row, n - 1)] - s.prices)
+    live = s.row < n   # past the chain's end a bid is a no-op
+    ok = jnp.isfinite(best) & live
+    j = jnp.minimum(j, n - 1)
+    displaced = s.owner[j]
+    won = (iota == j) & ok
+    prices = jnp.where(won, s.prices + _bid_increment(best, second) + eps, s.prices)
+    owner = jnp.where(won, s.row, s.owner)
+    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n),
+                  s.rounds + live.astype(jnp.int32))
+
+
+def _slot_widths(num_slots: int) -> list[int]:
+    """The slot stages of a phase: num_slots, then halved down to 2 (or just 1)."""
+    widths = [num_slots]
+    while widths[-1] // 2 >= 2:
+        widths.append(widths[-1] // 2)
+    return widths
+
+
+def _auction_phase(a, eps, prices, num_slots: int, max_rounds: int):
+    """One epsilon phase from `prices` with every row free: (prices, owner [n], rounds).
+
+    Slot stages of num_slots, num_slots / 2, ... 2 slots, each until the free rows fit in the
+    next (a narrower round does the same bids for less work), then the chain.
+    """
+    n = a.shape[0]
+    widths = _slot_widths(num_slots)
+    s = _Slots(prices, jnp.full((n,), -1, jnp.int32), jnp.full((num_slots,), n, jnp.int32),
+               jnp.int32(0), jnp.int32(0))
+    left = lambda s: jnp.sum(s.slots < n) + (n - s.fresh)   # rows still free (and bidding)
+    for k, width in enumerate(widths):
+        if width < s.slots.shape[0]:  # the busy slots (fewer than width) move to the front
+            s = s._replace(slots=jnp.sort(s.slots)[:width])
+        stop = widths[k + 1] if k + 1 < len(widths) else 1
+        s = lax.while_loop(lambda s, stop=stop: (left(s) > stop) & (s.rounds < max_rounds),
+                           lambda s: _slot_round(a, eps, s), s)
+    last = jnp.where(s.fresh < n, s.fresh, jnp.min(s.slots))   # the one row left, or n
+    c = lax.while_loop(lambda c: (c.row < n) & (c.rounds < max_rounds),
+                       lambda c: _chain_bid(a, eps, c), _Chain(s.prices, s.owner, last, s.rounds))
+    return c.prices, c.owner, c.rounds
+
+
 def exact_assignment(cost, *, tolerance: float = DEFAULT_TOLERANCE,
                      eps_start: float = DEFAULT_EPS_START, eps_factor: float = DEFAULT_EPS_FACTOR,
                      bidders: int = DEFAULT_BIDDERS, max_rounds: int | None = None) -> Assignment:
     """Minimum-cost perfect matching of a square cost [n, n] (rows -> columns), on device.
 
-    Bertsekas' forward auction (1988) with epsilon scaling.  Costs are scaled to [0, 1] (by min
-    and max over finite entries; +inf marks forbidden pairs, e.g. `class_cost`).  Rows ("persons")
-    without a column bid for their best column j at price p_j + (best - second best value) + eps;
-    each column goes to its highest bidder, whose predecessor becomes unassigned.  Up to
-    `bidders` unassigned rows bid per round (Jacobi blocks: all at once is as many rounds and
-    costs n rows of work each); once a single row is free, the phase ends in a chain of
-    single bids (the displaced row bids next), each a few vector operations.  Epsilon runs
-    eps_start, eps_start / eps_factor, ... down to `tolerance`, each phase restarting the
-    assignment from the last prices.
+    Bertsekas' forward auction (Bertsekas 1988, "The auction algorithm: a distributed relaxation
+    method for the assignment problem") with epsilon scaling.  Costs are scaled to benefits
+    a = -(C - min C) / (max C - min C) in [-1, 0] (+inf costs, e.g. `class_cost`, are forbidden
+    pairs).  A free row i bids for its best column j, argmax_j a_ij - p_j, raising p_j by
+    (best - second best value) + eps and displacing j's previous row.  Epsilon runs eps_start,
+    eps_start / eps_factor, ... down to `tolerance`; each phase starts with every row free and
+    the last phase's prices, in two stages:
 
-    Guarantee: every phase ends in eps-complementary slackness, so the final total cost is at
-    most n * tolerance * (max C - min C) above the optimum (Bertsekas 1988, Prop. 1) -- the mean
-    pair cost at most tolerance * (max C - min C) (float32 round-off of the prices, about 1e-7
-    of the range, adds to it).  A problem whose optimum is unique by more than that margin gets
-    exactly the optimal permutation.
+    1. Slots: `bidders` rows bid at once (a Jacobi round; Bertsekas & Castanon 1991, "Parallel
+       synchronous and asynchronous implementations of the auction algorithm"), each column
+       going to its highest bid.  A winner's slot passes to the row it displaced, a loser keeps
+       its slot, and an empty slot takes the next row that has not bid in this phase, so the
+       free rows are always the slots' rows plus the rows not reached yet and no round has to
+       search for them.  Rounds are [bidders, n] vector operations with no scatter.
+    2. Chain: with one row left, it bids alone and the row it displaces bids next, until a bid
+       lands on a free column.
+
+    A bid's best and second best values come from one reduction (`_top2`).  The rounds of a
+    phase depend on each other, so the cost is their number times a round's cost, which on
+    XLA:CPU is mostly the launches of its operations: on 256 moons vs 8gaussians points (8
+    batches), 8 slots take 2,900 rounds (1,200 slot rounds, 1,700 chain bids) and 35M
+    instructions per assignment (callgrind); 4 slots 3,500 rounds and 39M, 16 slots 2,300 and
+    41M, 2 slots 4,600 and 50M.  The previous version of this function (up to 32 bidders,
+    compacted from all free rows each round, three-pass reductions) took 2,500 rounds and 102M.
+
+    Guarantee: a bid leaves the bidder's value within eps of its best (eps-complementary
+    slackness), prices only rise, and a row whose column is taken is free again; so every
+    assigned row satisfies eps-CS throughout a phase, whichever rows bid in which order, and
+    at the end of the last phase all n rows satisfy tolerance-CS.  The total cost is then at
+    most n * tolerance * (max C - min C) above the optimum (Bertsekas 1988, Prop. 1): the mean
+    pair cost at most tolerance * (max C - min C) above it (float32 round-off of the prices,
+    about 1e-7 of the range, adds to it).  A problem whose optimum is unique by more than that
+    margin gets exactly the optimal permutation.  Each factor eps_factor of tolerance is one
+    more phase: on the points above, tolerance 1e-3 takes 1,250 rounds, 1e-4 2,050, 1e-5 2,750
+    and 1e-6 2,900 (the last phases start from nearly final prices); the mean pair cost came
+    within 5e-9 of the range of scipy's optimum at 1e-6.  Per-class costs (`class_cost`) make
+    it cheaper, the price wars staying within a class: 1,800 rounds with 2 random classes, 740
+    with 10.
 
     max_rounds: per phase (default 100 n), a safeguard against NaN costs or a pathological
     price war: if hit, the remaining rows get the remaining columns in order (`converged`
@@ -176,80 +329,25 @@ def exact_assignment(cost, *, tolerance: float = DEFAULT_TOLERANCE,
     if n == 1:
         return Assignment(jnp.zeros((1,), jnp.int32), jnp.int32(0), jnp.isfinite(cost[0, 0]))
     max_rounds = 100 * n if max_rounds is None else int(max_rounds)
-    k = min(bidders, n)
     a, finite = _normalised_benefit(cost)
-    iota = jnp.arange(n, dtype=jnp.int32)
     num_phases = max(1, math.ceil(math.log(eps_start / tolerance) / math.log(eps_factor)
                                   - 1e-9) + 1)
     epsilons = jnp.asarray([max(eps_start / eps_factor**p, tolerance)
                             for p in range(num_phases)], jnp.float32)
-    unassigned = jnp.full((n,), -1, jnp.int32)
-
-    def bid_round(eps, state):
-        """Up to k free rows bid at once; each column goes to its highest bidder."""
-        prices, row_col, col_row, rounds, _ = state
-        free = row_col < 0
-        rank = jnp.cumsum(free) - 1
-        who = jnp.full((k,), n, jnp.int32).at[jnp.where(free, rank, k)].set(iota, mode="drop")
-        valid = who < n
-        values = a[jnp.minimum(who, n - 1)] - prices[None, :]               # [k, n]
-        j, best = _row_argmax(values, iota[None, :])
-        second = jnp.max(jnp.where(iota[None, :] == j[:, None], -jnp.inf, values), axis=1)
-        # A row with one allowed column may raise its price by the whole range.
-        increment = jnp.minimum(best - second, 1.0)
-        valid = valid & jnp.isfinite(best)
-        j = jnp.minimum(j, n - 1)
-        bid = jnp.where(valid, prices[j] + increment + eps, -jnp.inf)
-        top = jnp.full((n,), -jnp.inf).at[j].max(bid)
-        wins = valid & (bid == top[j])
-        winner = jnp.full((n,), n, jnp.int32).at[j].min(jnp.where(wins, who, n))
-        taken = winner < n
-        loser = jnp.where(taken & (col_row >= 0), col_row, n)
-        row_col = row_col.at[loser].set(-1, mode="drop")
-        row_col = row_col.at[jnp.where(taken, winner, n)].set(iota, mode="drop")
-        col_row = jnp.where(taken, winner, col_row)
-        prices = jnp.where(taken, top, prices)
-        # Go on while several rows are free and some row could bid (rows without finite
-        # costs cannot).
-        go = (jnp.sum(row_col < 0) > 1) & jnp.any(valid)
-        return prices, row_col, col_row, rounds + 1, go
-
-    def chain_bid(eps, state):
-        """One free row i bids; the row it displaces (if any) bids next: with a single free
-        row left, the rest of a phase is this chain, and one row's bid is a cheap step."""
-        prices, row_col, col_row, rounds, i = state
-        values = a[i] - prices
-        j, best = _row_argmax(values, iota)
-        second = jnp.max(jnp.where(iota == j, -jnp.inf, values))
-        ok = jnp.isfinite(best)
-        j = jnp.minimum(j, n - 1)
-        displaced = col_row[j]
-        prices = prices.at[j].set(jnp.where(ok, prices[j] + jnp.minimum(best - second, 1.0)
-                                             + eps, prices[j]))
-        row_col = row_col.at[i].set(jnp.where(ok, j, -1))
-        col_row = col_row.at[j].set(jnp.where(ok, i, displaced))
-        row_col = row_col.at[jnp.where(ok & (displaced >= 0), displaced, n)].set(-1, mode="drop")
-        nxt = jnp.where(ok & (displaced >= 0), displaced, n)
-        return prices, row_col, col_row, rounds + 1, nxt
 
     def phase(carry, eps):
-        prices, _, _, total = carry
-        state = (prices, unassigned, unassigned, jnp.int32(0), jnp.bool_(True))
-        state = lax.while_loop(lambda s: s[4] & (s[3] < max_rounds),
-                               lambda s: bid_round(eps, s), state)
-        prices, row_col, col_row, rounds, _ = state
-        last = jnp.where(jnp.sum(row_col < 0) == 1, jnp.argmin(row_col), n).astype(jnp.int32)
-        state = lax.while_loop(lambda s: (s[4] < n) & (s[3] < max_rounds),
-                               lambda s: chain_bid(eps, s),
-                               (prices, row_col, col_row, rounds, last))
-        prices, row_col, col_row, rounds, _ = state
-        return (prices, row_col, col_row, total + rounds), None
+        prices, _, total = carry
+        prices, owner, rounds = _auction_phase(a, eps, prices, min(bidders, n), max_rounds)
+        return (prices, owner, total + rounds), None
 
-    init = (jnp.zeros((n,), jnp.float32), unassigned, unassigned, jnp.int32(0))
-    (_, row_col, col_row, rounds), _ = lax.scan(phase, init, epsilons)
+    init = (jnp.zeros((n,), jnp.float32), jnp.full((n,), -1, jnp.int32), jnp.int32(0))
+    (_, owner, rounds), _ = lax.scan(phase, init, epsilons)
+    iota = jnp.arange(n, dtype=jnp.int32)
+    row_col = jnp.full((n,), -1, jnp.int32).at[jnp.where(owner >= 0, owner, n)].set(
+        iota, mode="drop")
     converged = jnp.all(row_col >= 0) & jnp.all(jnp.any(finite, axis=1))
     # Completion (only after a failure): free rows take the free columns in order.
-    free_rows, free_cols = row_col < 0, col_row < 0
+    free_rows, free_cols = row_col < 0, owner < 0
     rank_rows = jnp.cumsum(free_rows) - 1
     cols_by_rank = jnp.full((n,), n, jnp.int32).at[
         jnp.where(free_cols, jnp.cumsum(free_cols) - 1, n)].set(iota, mode="drop")
@@ -336,18 +434,36 @@ def sinkhorn(cost, *, reg: float, num_iters: int) -> SinkhornPlan:
     return SinkhornPlan(plan=plan, log_plan=log_plan, f=f, g=g, marginal_error=marginal_error)
 
 
+def _first_past(cumulative, threshold):
+    """Per row, the number of entries of `cumulative` [..., k] that are <= threshold [..., 1]:
+    the index of the first entry past it."""
+    return jnp.sum(cumulative <= threshold, axis=-1)
+
+
 def sample_rows(plan, uniforms):
     """For each row i, a column drawn from P[i, :] / P[i, :].sum(): [n] int32.
 
     plan: [n, m] nonnegative weights (each row with a positive sum); uniforms: [n] in [0, 1),
     one per row (inverse-CDF sampling: the smallest j whose cumulative row mass exceeds u_i
-    times the row's total).
+    times the row's total).  Searched in two levels: the row's mass in blocks of b = ceil(sqrt
+    m) columns, the first block whose cumulative mass passes the threshold, then the column
+    within that block; O(m) per row, where one cumulative sum over all m columns (a windowed
+    reduction on XLA:CPU) took 3x longer at m = 256.  Zero-mass columns are never drawn.
     """
     plan = jnp.asarray(plan)
-    m = plan.shape[1]
-    cdf = jnp.cumsum(plan, axis=1)
-    threshold = jnp.asarray(uniforms, cdf.dtype)[:, None] * cdf[:, -1:]
-    return jnp.minimum(jnp.sum(cdf <= threshold, axis=1), m - 1).astype(jnp.int32)
+    n, m = plan.shape
+    b = math.isqrt(m - 1) + 1
+    blocks = jnp.pad(plan, ((0, 0), (0, b * b - m))).reshape(n, b, b)
+    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=2), axis=1)                      # [n, b]
+    threshold = jnp.asarray(uniforms, plan.dtype)[:, None] * block_cdf[:, -1:]
+    k = jnp.minimum(_first_past(block_cdf, threshold), b - 1)                    # [n]
+    before = jnp.where(k > 0, jnp.take_along_axis(block_cdf, jnp.maximum(k - 1, 0)[:, None],
+                                                  axis=1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(blocks, k[:, None, None], axis=1)[:, 0]          # [n, b]
+    j = _first_past(before[:, None] + jnp.cumsum(inner, axis=1), threshold)
+    # Round-off can put the threshold past the block's last entry: take its last positive one.
+    last = jnp.max(jnp.where(inner > 0, jnp.arange(b), 0), axis=1)
+    return (k * b + jnp.where(j < b, j, last)).astype(jnp.int32)
 
 
 # -- the couplings used by training ----------------------------------------------------------------

@@ -73,6 +73,89 @@ def test_exact_assignment_degenerate_inputs():
     assert sorted(np.asarray(bad.index)) == list(range(8)) and not bool(bad.converged)
 
 
+def _adversarial_costs():
+    """(name, cost [n, n] float32) cases for the auction: ties, extreme ranges, odd sizes."""
+    rng = np.random.default_rng(3)
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    sq = lambda a, b: np.asarray(couplings.squared_distances(a, b))
+    dup = _points(rng, 13, 2)
+    far = _points(rng, 40, 3) * 1e3
+    far[0] += 1e6  # one outlier: every other cost is a tiny fraction of the range
+    only = np.full((9, 9), np.inf, np.float32)  # a single allowed column per row
+    only[np.arange(9), rng.permutation(9)] = rng.uniform(size=9)
+    return [
+        ("duplicated points", sq(np.repeat(dup, 3, 0), np.tile(dup, (3, 1)))),
+        ("tiny range", (1.0 + 1e-4 * rng.uniform(size=(50, 50))).astype(np.float32)),
+        ("large range and an outlier", sq(far, _points(rng, 40, 3) * 1e3)),
+        ("integer costs, many ties", rng.integers(0, 4, size=(61, 61)).astype(np.float32)),
+        ("two rows", np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)),
+        ("five rows", _points(rng, 5, 5)),
+        ("a single allowed column per row", only),
+        ("clustered: moons vs 8gaussians", sq(toy2d.moons(jax.random.PRNGKey(4), 100),
+                                              toy2d.eight_gaussians(jax.random.PRNGKey(5), 100))),
+    ]
+
+
+@pytest.mark.parametrize("bidders", [1, 3, 4, 32])
+def test_exact_assignment_is_optimal_to_the_tolerance_on_adversarial_costs(bidders):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    tol = couplings.DEFAULT_TOLERANCE
+    for name, cost in _adversarial_costs():
+        n = cost.shape[0]
+        result = jax.jit(lambda c: couplings.exact_assignment(c, bidders=bidders))(cost)
+        index = np.asarray(result.index)
+        assert sorted(index) == list(range(n)) and bool(result.converged), name
+        c = np.asarray(cost, np.float64)
+        finite = np.isfinite(c)
+        best, _ = _optimum(np.where(finite, c, 1e30))
+        spread = c[finite].max() - c[finite].min()
+        gap = (c[np.arange(n), index].sum() - best) / n
+        # Within tolerance x range, plus float32 round-off of the scaled costs and prices.
+        assert gap <= (tol + 2e-7) * spread + 1e-7 * abs(best / n), (name, gap, spread)
+        if name.startswith("integer") or name.startswith("a single"):
+            assert gap == 0, name  # n * tolerance < 1: only the optimum qualifies
+
+
+def test_the_tolerance_bounds_the_mean_pair_cost_and_sets_the_work():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    n = 128
+    cost = np.asarray(couplings.squared_distances(
+        toy2d.moons(jax.random.PRNGKey(6), n), toy2d.eight_gaussians(jax.random.PRNGKey(7), n)),
+        np.float64)
+    best, _ = _optimum(cost)
+    spread = cost.max() - cost.min()
+    gaps, rounds = [], []
+    for tol in (3e-2, 1e-3, 1e-6):
+        result = jax.jit(lambda c, t=tol: couplings.exact_assignment(c, tolerance=t))(
+            cost.astype(np.float32))
+        gap = (cost[np.arange(n), np.asarray(result.index)].sum() - best) / n
+        assert gap <= (tol + 2e-7) * spread, (tol, gap / spread)
+        gaps.append(gap)
+        rounds.append(int(result.rounds))
+    assert gaps[0] > 0  # the coarse tolerance is used, not a no-op
+    assert rounds[0] < rounds[1] < rounds[2]  # each factor of tolerance costs phases
+
+
+def test_top2_reductions_agree_with_sorting_ties_included():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(6, 37)).astype(np.float32)
+    x[1, [3, 20]] = x[1].max() + 1.0  # a tie for the best: lowest index, second == best
+    x[2, :] = -np.inf
+    x[2, 5] = 0.0  # one finite entry: second best -inf
+    expected = (x.max(1), np.argmax(x, 1), np.sort(x, 1)[:, -2])
+    for got in (jax.jit(couplings._top2)(x),  # pylint: disable=protected-access
+                jax.jit(jax.vmap(couplings._top2))(x)):  # pylint: disable=protected-access
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(np.asarray(g), e)
+
+
 def test_per_class_pairs_stay_in_their_class_and_are_optimal_within_it():
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -139,6 +222,23 @@ def test_sample_rows_draws_from_each_rows_conditional():
         freq = np.bincount(draws[row * m // 2:(row + 1) * m // 2], minlength=3) / (m // 2)
         np.testing.assert_allclose(freq, probs[row], atol=0.015)
     assert not np.any(draws[m // 2:] == 1)  # zero mass is never drawn
+
+
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 100])
+def test_sample_rows_is_the_inverse_cdf(m):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(m)
+    n = 300
+    plan = (rng.uniform(size=(n, m)) ** 4 * (rng.uniform(size=(n, m)) < 0.6)).astype(np.float32)
+    plan[:, m // 2] += 1e-3  # every row has mass
+    u = rng.uniform(size=n).astype(np.float32)
+    u[:3] = [0.0, 0.5, np.nextafter(np.float32(1), np.float32(0))]
+    got = np.asarray(jax.jit(couplings.sample_rows)(plan, u))
+    cdf = np.cumsum(plan.astype(np.float64), 1)
+    expected = np.minimum(np.sum(cdf <= u[:, None] * cdf[:, -1:], 1), m - 1)
+    assert np.all(plan[np.arange(n), got] > 0)  # zero mass is never drawn
+    assert np.mean(got == expected) > 0.98  # float32 block sums may move a boundary draw
 
 
 def test_couplings_lower_the_mean_pair_cost():
@@ -212,17 +312,37 @@ def small_config(**overrides):
     return config
 
 
+def built(config):
+    """(components, plan) of a training config as the trainer builds them (no data read)."""
+    from flowmatch import training  # pylint: disable=g-import-not-at-top
+    from flowmatch.training import runs  # pylint: disable=g-import-not-at-top
+    settings = training.read_settings(config)
+    comps = training.build(settings, runs._legacy_spec(config))  # pylint: disable=protected-access
+    return comps, training.loop.make_plan(settings)
+
+
+def pairing(comps, plan):
+    """The trainer's pair(batch, indices, step_key) for the run's coupling and source."""
+    from flowmatch.training import step  # pylint: disable=g-import-not-at-top
+    return step.make_pairing(comps.objective, comps.source, comps.settings.coupling,
+                             comps.settings.train.batch_size, plan)
+
+
 def test_default_pairing_gives_the_loss_of_the_noise_the_loss_draws_itself():
+    import functools  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
-    exp = train.Experiment.from_config(small_config())
-    params = exp.init_state(jax.random.PRNGKey(0)).params
+    from flowmatch.training import state, step  # pylint: disable=g-import-not-at-top
+    comps, plan = built(small_config())
+    params = state.init_state(comps.model, comps.tx, comps.spec.example_shape, comps.conditional,
+                              jax.random.PRNGKey(0)).params
     batch = {"x": jax.random.normal(jax.random.PRNGKey(1), (32, 2)),
              "label": jnp.zeros((32,), jnp.int32)}
     idx, key = jnp.arange(32, dtype=jnp.int32), jax.random.PRNGKey(2)
-    paired = jax.jit(exp.pair_batch)(batch, idx, key)
-    loss = jax.jit(exp.batch_loss)
+    pair = pairing(comps, plan)
+    paired = jax.jit(pair)(batch, idx, key)
+    loss = jax.jit(functools.partial(step.batch_loss, comps.apply, comps.objective,
+                                     comps.conditional))
     plain, _ = loss(params, batch, idx, key)
     with_x0, aux = loss(params, paired, idx, key)
     assert float(plain) == float(with_x0)  # bit for bit: runs without coupling are unchanged
@@ -230,63 +350,47 @@ def test_default_pairing_gives_the_loss_of_the_noise_the_loss_draws_itself():
                                np.mean(np.sum((paired["x0"] - batch["x"]) ** 2, 1)), rtol=1e-5)
     # x0 that comes with the batch (pairs from a file) is used as it is.
     given = dict(batch, x0=jnp.ones((32, 2)))
-    assert exp.pair_batch(given, idx, key) is given
+    assert pair(given, idx, key) is given
     assert float(loss(params, given, idx, key)[0]) != float(plain)
 
 
 def test_per_class_pairing_of_labelled_images_in_the_trainer():
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
+    from flowmatch.training import step  # pylint: disable=g-import-not-at-top
     config = load_config("digits")
     config.coupling.name, config.coupling.per_class = "exact", True
-    exp = train.Experiment.from_config(config)
     b = 24
+    config.batch_size = b
+    comps, plan = built(config)
     labels = jnp.arange(b, dtype=jnp.int32) % 3
-    batch = {"x": jax.random.normal(jax.random.PRNGKey(0), (b, *exp.source.example_shape)),
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(0), (b, *comps.source.example_shape)),
              "label": labels}
     idx, key = jnp.arange(b, dtype=jnp.int32), jax.random.PRNGKey(1)
-    drawn = np.asarray(jax.jit(exp.draw_source)(batch, idx, key)).reshape(b, -1)
-    paired = np.asarray(jax.jit(exp.pair_batch)(batch, idx, key)["x0"]).reshape(b, -1)
+    drawn = np.asarray(jax.jit(lambda x: step.draw_source(comps.source, b, x, idx, key))(
+        batch["x"])).reshape(b, -1)
+    paired = np.asarray(jax.jit(pairing(comps, plan))(batch, idx, key)["x0"]).reshape(b, -1)
     for k in range(3):  # each class's rows get a permutation of that class's draws
         rows = np.flatnonzero(np.asarray(labels) == k)
         assert sorted(map(tuple, paired[rows])) == sorted(map(tuple, drawn[rows]))
     assert not np.array_equal(paired, drawn)
 
 
-@pytest.mark.parametrize("coupling", ["sinkhorn"])  # exact: test_reproduce_ot_smoke_...
+# exact: tests/experiments/test_reproduce_ot.py trains with it (and checks the lower pair cost).
+@pytest.mark.parametrize("coupling", ["sinkhorn"])
 def test_training_from_8gaussians_with_a_coupling(coupling, tmp_path):
-    from flowmatch import metrics, train  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import metrics, training  # pylint: disable=g-import-not-at-top
     config = small_config(**{"coupling.name": coupling, "source.name": "8gaussians"})
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = training.train_and_evaluate(config, str(tmp_path))
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert int(state.step) == config.num_train_steps
     assert all(np.isfinite(r["loss"]) and r["pair_cost"] > 0 for r in rows)
     assert np.isfinite(rows[-1]["w2"])
-    exp = train.Experiment.from_config(config)
-    import jax  # pylint: disable=g-import-not-at-top
-    x, _, ok = exp.make_sampler("euler", 1)(state.ema_params, jax.random.PRNGKey(0), 16)
-    assert bool(ok) and x.shape == (16, 2)
-
-
-@pytest.mark.slow
-def test_reproduce_ot_smoke_writes_the_table(tmp_path):
-    from flowmatch import reproduce_ot  # pylint: disable=g-import-not-at-top
-    config = load_config("ot_8gaussians_moons")
-    config.reproduce.seeds = (0,)
-    report = reproduce_ot.reproduce(config, str(tmp_path))
-    assert [(r["coupling"], r["seed"]) for r in report["runs"]] == [("independent", 0),
-                                                                     ("exact", 0)]
-    for row in report["runs"]:
-        assert row["success_euler"] and row["nfe_euler"] == 1 and np.isfinite(row["w2_euler"])
-        np.testing.assert_allclose(row["w2sq_adaptive"], row["w2_adaptive"] ** 2)
-    # The OT run pairs its batches at a lower cost than independent draws.
-    assert report["runs"][1]["pair_cost"] < report["runs"][0]["pair_cost"]
-    table = (tmp_path / "ot_reproduction.md").read_text()
-    assert "| exact | 1 |" in table and "6.232" in table
-    # Running again keeps the finished runs.
-    again = reproduce_ot.reproduce(config, str(tmp_path))
-    assert again["runs"] == report["runs"]
+    comps, _ = built(config)
+    x0 = comps.source.sample(jax.random.PRNGKey(0), 16)
+    out = comps.make_sampler("euler", 1)(state.ema_params, x0, jax.random.PRNGKey(1))
+    assert bool(out.success) and out.x.shape == (16, 2)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -299,9 +403,9 @@ def test_reproduce_ot_smoke_writes_the_table(tmp_path):
     ({"source.name": "gaussian"}, "unknown source distribution 'gaussian'"),
 ])
 def test_bad_coupling_or_source_configs_fail_before_compiling(overrides, match):
-    from flowmatch import train  # pylint: disable=g-import-not-at-top
-    with pytest.raises(train.ConfigError, match=match):
-        train.Experiment.from_config(small_config(**overrides))
+    from flowmatch.checks import ConfigError  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ConfigError, match=match):
+        built(small_config(**overrides))
 
 
 # -- 1 vs 8 devices (subprocess) -------------------------------------------------------------------
@@ -349,7 +453,7 @@ def worker(out):
     parallel mode, with the 1-device result alongside; writes <out>/pairs.npz."""
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from flowmatch import couplings, parallel, train  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings, parallel  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_numpy_rank_promotion", "raise")
     b = 32
     x1 = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (b, 2)) + 1.0)
@@ -364,18 +468,18 @@ def worker(out):
                                  "source.name": "8gaussians", "batch_size": b,
                                  "parallel.data_axis_size": 1 if mode == "one" else -1,
                                  "parallel.mode": "pmap" if mode == "pmap" else "sharding"})
-        exp = train.Experiment.from_config(config)
-        plan = exp.plan
+        comps, plan = built(config)
+        pair = pairing(comps, plan)
         if mode == "pmap":
             rows = b // plan.num_shards
-            fn = jax.pmap(lambda bt, first, exp=exp, rows=rows: exp.pair_batch(
+            fn = jax.pmap(lambda bt, first, pair=pair, rows=rows: pair(
                 bt, first + jnp.arange(rows, dtype=jnp.int32), key)["x0"],
                 axis_name=parallel.DATA_AXIS, devices=plan.devices)
             stacked = plan.put_batches(jax.tree.map(lambda v: v[None], batch))
             x0 = fn(jax.tree.map(lambda v: v[:, 0], stacked),
                     plan.shard_offsets(rows)).reshape(b, 2)
         else:
-            fn = jax.jit(lambda bt, exp=exp: exp.pair_batch(
+            fn = jax.jit(lambda bt, pair=pair: pair(
                 bt, jnp.arange(b, dtype=jnp.int32), key)["x0"],
                 in_shardings=(plan.batch_sharding(),))
             placed = jax.tree.map(lambda v: jax.device_put(v, plan.batch_sharding()), batch)
@@ -385,9 +489,9 @@ def worker(out):
         results[f"{coupling}-{scope}-{mode}"] = np.asarray(x0)
         results[f"devices-{coupling}-{scope}-{mode}"] = np.int32(plan.num_shards)
     # The unpaired draws, for the local-scope check.
-    exp = train.Experiment.from_config(small_config(**{
-        "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1}))
-    results["independent"] = np.asarray(exp.pair_batch(
+    pair = pairing(*built(small_config(**{
+        "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1})))
+    results["independent"] = np.asarray(pair(
         batch, jnp.arange(b, dtype=jnp.int32), key)["x0"])
     results["exact_cost_pieces"] = np.asarray([float(couplings.couple(
         "exact", x1[s * 4:(s + 1) * 4], results["independent"][s * 4:(s + 1) * 4]).cost)
