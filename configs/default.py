@@ -81,7 +81,7 @@ def get_config():
     c.source = ml_collections.ConfigDict(dict(name="normal", scale=1.0))
     c.coupling = ml_collections.ConfigDict(dict(
         name="independent", scope="global", per_class=False, sinkhorn_reg=0.01, num_iters=50,
-        tolerance=1e-6, bidders=32))
+        tolerance=1e-6, bidders=8))
 
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",

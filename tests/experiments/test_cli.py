@@ -11,7 +11,7 @@ import pytest
 from configs_util import ROOT
 
 SCRIPTS = ["train", "sample", "compare_integrators", "benchmark_ddpm", "benchmark", "reflow",
-           "reproduce_ot", "diagnose", "floors_2d", "prepare_data"]
+           "reproduce_ot", "diagnose", "floors_2d", "prepare_data", "coupling_speed"]
 
 
 def run(args, **kw):
