@@ -24,8 +24,7 @@ Exact float32 reproduction of configs/cifar10.py's trajectory on 8 GPUs instead:
 configs/cifar10.py itself (the same command; batch 128 = 16 per GPU).
 Speed: one train step is 35.2 GFLOP per example (XLA's count), 18.0 TFLOP at batch 512.  Step time
 and MFU not yet measured; measure them with
-  python -c "from configs import cifar10_gpu8; from flowmatch import benchmark_parallel as b; \
-      b.run_unet_benchmark(cifar10_gpu8.get_config())"
+  python scripts/benchmark.py --unet_config=configs/cifar10_gpu8.py
 Expected: not yet measured (see configs/cifar10.py for the single-accelerator reference).
 Smoke variant (tests; the built-in digits data, no download): --config=configs/cifar10_gpu8.py:smoke
 """

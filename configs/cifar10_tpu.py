@@ -21,7 +21,7 @@ single-host slice such as v4-8 or v5e-8 needs no flag.)  Other slices: keep 64 p
 --config.batch_size=2048 on a v5e-32.
 Speed: one train step is 35.2 GFLOP per example (XLA's count), 36.0 TFLOP at batch 1024; peak of a
 v4-32 is 16 x 275 TFLOP/s (bf16).  Step time and MFU not yet measured: run
-flowmatch.benchmark_parallel.run_unet_benchmark(get_config()) on the slice.
+python scripts/benchmark.py --unet_config=configs/cifar10_tpu.py on the slice.
 Expected: not yet measured (see configs/cifar10.py for the single-accelerator reference).
 Smoke variant (tests; the built-in digits data, no download): --config=configs/cifar10_tpu.py:smoke
 """

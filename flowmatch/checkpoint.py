@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import zlib
 from typing import Any
@@ -64,17 +65,18 @@ class CheckpointError(RuntimeError):
 
 
 class Preempted(Exception):
-    """Training stopped on a preemption notice after saving (and waiting for) a checkpoint."""
+    """Training stopped on a preemption notice (or Ctrl-C) after saving (and waiting for) a
+    checkpoint; `reason` says which."""
 
-    def __init__(self, step: int, directory: str):
-        super().__init__(f"preempted: saved a checkpoint at step {step} in {directory}; run the "
-                         "same command again to continue from it")
-        self.step = step
+    def __init__(self, step: int, directory: str, reason: str = "preemption notice"):
+        super().__init__(f"flowmatch: {reason}: saved a checkpoint at step {step} in {directory}; "
+                         "rerun the same command to continue")
+        self.step, self.reason = step, reason
 
 
 def _report(message: str):
     """A message about checkpoints for the person running the job (process 0 prints it)."""
-    logging.warning("%s", message)
+    logging.info("%s", message)
     if jax.process_index() == 0:
         print(f"flowmatch: {message}", flush=True)
 
@@ -350,7 +352,8 @@ class PreemptionWatcher:
     Use as a context manager around the loop and call `reached(first_step, last_step)` after
     every jitted call (steps first_step..last_step just ran), on every process.
 
-    - One process: a SIGTERM handler sets a flag; `reached` returns it.
+    - One process: a SIGTERM handler sets a flag; `reached` returns it.  Ctrl-C (SIGINT) does the
+      same, with one line on stderr; a second Ctrl-C raises KeyboardInterrupt at once.
     - Several processes with JAX's preemption service (`jax.distributed` on, the default): JAX
       catches SIGTERM itself, and `multihost_utils.reached_preemption_sync_point` is asked for
       every step id in order, so all processes stop at the same boundary (the sync point is the
@@ -359,8 +362,9 @@ class PreemptionWatcher:
       their flags at every boundary (an all-gather of one integer).
     """
 
-    def __init__(self, signals=(signal.SIGTERM,)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.signals = tuple(signals)
+        self.reason = "preemption notice"  # what asked for the stop (for the final message)
         self._flag = threading.Event()
         self._previous = {}
         multi = jax.process_count() > 1
@@ -368,17 +372,29 @@ class PreemptionWatcher:
                             and bool(jax.config.jax_enable_preemption_service))
         self._gather = multi and not self._sync_point
 
-    def request(self, *_):
-        """Asks for a stop at the next boundary (the signal handler; also callable directly)."""
+    def request(self, signum=None, _frame=None):
+        """Asks for a stop at the next boundary (the signal handler; also callable directly).
+
+        A second SIGINT (Ctrl-C pressed again) aborts at once with KeyboardInterrupt."""
+        if signum == signal.SIGINT:
+            if self._flag.is_set():
+                raise KeyboardInterrupt("a second Ctrl-C: aborted without waiting")
+            self.reason = "interrupted"
+            sys.stderr.write("\nflowmatch: Ctrl-C: saving a checkpoint at the next step boundary, "
+                             "then stopping (press Ctrl-C again to abort at once)\n")
+            sys.stderr.flush()
         self._flag.set()
 
     def __enter__(self):
-        if not self._sync_point:
-            if threading.current_thread() is threading.main_thread():
-                for s in self.signals:
-                    self._previous[s] = signal.signal(s, self.request)
-            else:
-                logging.warning("not on the main thread: SIGTERM will not save a checkpoint")
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("not on the main thread: SIGTERM will not save a checkpoint")
+            return self
+        for s in self.signals:
+            # JAX's preemption service handles SIGTERM itself across processes; Ctrl-C there
+            # stays a local interrupt.
+            if self._sync_point and s == signal.SIGTERM:
+                continue
+            self._previous[s] = signal.signal(s, self.request)
         return self
 
     def __exit__(self, *exc):

@@ -14,7 +14,7 @@ Global shard s (the s-th device of the mesh, row-major) holds rows [s b, (s + 1)
 batch, b = batch_size / num_shards.  Devices are ordered by process, so process p's devices hold
 one contiguous block of rows: exactly the rows `data.BatchIterator(process_index=p)` loads.
 
-Nothing here knows about losses or samplers; the trainer (`flowmatch.train`) uses these pieces.
+Nothing here knows about losses or samplers; the trainer (`flowmatch.training`) uses these pieces.
 Multi-process runs call `maybe_initialize_distributed` before any other JAX call.
 """
 

@@ -13,11 +13,11 @@ purpose: the work is done by `flowmatch.data.prepare.prepare`, which is tested. 
 import os
 import sys
 
-from absl import app
 from absl import flags
-from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flowmatch.experiments import cli  # noqa: E402
 
 SOURCES = ("image_folder", "cifar10", "latents")  # flowmatch.data.prepare.SOURCES
 
@@ -40,24 +40,9 @@ flags.DEFINE_integer("num_workers", 0, "image_folder: processes decoding images 
 flags.mark_flags_as_required(["source", "input", "output"])
 
 
-def _fail(message):
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
-    sys.stderr.flush()
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(f"{e}; see --helpshort")
-
-
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; flags look like --output=DIR")
+    cli.no_arguments(argv, "--output=DIR")
     from flowmatch.data import prepare  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.INFO)
     f = flags.FLAGS
     try:
         manifest = prepare.prepare(
@@ -65,11 +50,11 @@ def main(argv):
             channels=f.channels, num_shards=f.num_shards, latent_dtype=f.latent_dtype,
             skip_bad=f.skip_bad, overwrite=f.overwrite, num_workers=f.num_workers)
     except (ValueError, OSError, ImportError) as e:  # bad input: one line, nothing written
-        _fail(e)
+        raise cli.ConfigError(str(e)) from e
     print(f"wrote {manifest.num_examples} {manifest.kind}s {list(manifest.example_shape)} "
           f"{manifest.dtype} in {len(manifest.shards)} shard(s) to "
           f"{os.path.join(manifest.directory, f'manifest-{f.split}.json')}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)

@@ -16,7 +16,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from flowmatch.experiments import cli  # noqa: E402
@@ -54,10 +53,15 @@ def main(argv):
     if FLAGS.resume and FLAGS.overwrite:
         raise cli.ConfigError("--resume and --overwrite exclude each other: --resume continues the "
                               "run in --workdir, --overwrite moves it aside and starts afresh")
+    import jax  # pylint: disable=g-import-not-at-top
     from flowmatch import training  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.INFO)
+    name = "train.log" if jax.process_index() == 0 else f"train.{jax.process_index()}.log"
     mode = "resume" if FLAGS.resume else "overwrite" if FLAGS.overwrite else "auto"
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir, workdir_mode=mode)
+    # Library logs (INFO) go to WORKDIR/train.log once the workdir is checked; the terminal shows
+    # warnings, the progress bar and flowmatch's own lines.
+    training.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, workdir_mode=mode,
+        on_workdir_ready=lambda workdir: cli.log_to_file(os.path.join(workdir, name)))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from flowmatch.training import state as state_lib
 from flowmatch.training import step as step_lib
 
 # Peak dense float32-model matmul throughput (TFLOP/s: TF32 tensor cores on NVIDIA, which XLA uses
-# for float32 matmuls there; bf16 on TPUs, as in flowmatch.benchmark_parallel.PEAK_TFLOPS), peak
+# for float32 matmuls there; bf16 on TPUs, as in flowmatch.experiments.speed_unet.PEAK_TFLOPS), peak
 # bf16 TFLOP/s, and memory bandwidth (GB/s = 1e9 byte/s), per chip, from the vendors' pages:
 # NVIDIA H100 Tensor Core GPU data sheet (SXM5: 3.35 TB/s HBM3; PCIe: 2 TB/s), NVIDIA H200 data
 # sheet (4.8 TB/s), NVIDIA A100 data sheet (80 GB SXM: 2,039 GB/s); Google Cloud TPU system

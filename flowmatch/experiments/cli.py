@@ -4,7 +4,9 @@ scripts/*.py define their own absl flags and call `run(main)`, which turns a con
 error (`checks.ConfigError`, FileNotFoundError, a bad flag, a config file that fails to load)
 into one line on stderr and exit status 2, a run stopped by non-finite values or unusable
 checkpoints into one line and exit status 1 (no traceback), and a preemption (SIGTERM: checkpoint
-saved) into exit status 0.  Any other exception is a bug and keeps its traceback.
+saved, on SIGTERM or a first Ctrl-C) into exit status 0, and a Ctrl-C outside training (or a second
+one during it) into one line and exit status 130.  Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -40,12 +42,62 @@ def fail(message: str, status: int = 2):
     sys.exit(status)
 
 
+_DID_YOU_MEAN = re.compile(r"'(?P<key>[\w.]+)'.*?Did you mean \"(?P<guess>[\w.]+)\"", re.S)
+
+
+def _config_override_error(argv, error: Exception) -> str | None:
+    """A bad --config.a.b=... override (ml_collections raises AttributeError or KeyError while
+    absl parses flags) as one line naming the flag, with ml_collections' suggestion."""
+    text = str(error).replace("\\n", "\n").replace("\\'", "'")
+    match = _DID_YOU_MEAN.search(text)
+    key = match.group("key") if match else re.sub(r"[\"'\\]", "", text).strip()
+    flag = next((a.split("=", 1)[0] for a in argv[1:]
+                 if a.startswith("--config.") and key.split(".")[-1] in a.split("=", 1)[0]),
+                None)
+    if flag is None:
+        return None
+    hint = f"; did you mean --config.{'.'.join(flag[9:].split('.')[:-1] + [match.group('guess')])}"\
+        if match else ""
+    return (f"unknown config key {flag}{hint}? (every key is listed in configs/default.py; "
+            "--helpshort lists the script's flags)") if match else (
+            f"unknown config key {flag} (every key is listed in configs/default.py)")
+
+
 def _parse_flags(argv):
-    """absl's flag parsing, with a bad flag (or a config file that fails to load) as one line."""
+    """absl's flag parsing, with a bad flag, a misspelt config key or a config file that fails to
+    load as one line."""
+    if any(a in ("-h", "--help", "--helpshort", "-?") for a in argv[1:]):
+        print_help(argv[0])
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         fail(f"{e}; see --helpshort")
+    except (AttributeError, KeyError) as e:  # raised by a --config.a.b override
+        message = _config_override_error(argv, e)
+        if message is None:
+            raise
+        fail(message)
+
+
+def print_help(program: str) -> None:
+    """The script's docstring, then each of its own flags on one line (name, default, the first
+    sentence of its help); `--helpfull` still lists every flag of every module."""
+    main = sys.modules["__main__"]
+    print((main.__doc__ or "").strip() + "\n")
+    print(f"flags of {os.path.basename(program)} (--helpfull: every flag of every module):")
+    own = flags.FLAGS.get_key_flags_for_module(sys.argv[0]) or []
+    for flag in own:
+        text = " ".join(flag.help.split())
+        first = re.split(r"(?<!e\.g)(?<!i\.e)(?<=[.;])\s+(?=[A-Z(])", text, maxsplit=1)[0]
+        default = "" if flag.default is None else f"={flag.default_as_str.strip(chr(39))}"
+        print(f"  --{flag.name}{default}: {first}")
+    if any(flag.name == "config" for flag in own):
+        print("Config keys: --config.KEY=VALUE overrides any key; every key is documented in "
+              "configs/default.py (top level: seed, batch_size, num_train_steps, steps_per_call,"
+              " log/eval/checkpoint_every_steps, ema_decay, ...; sections: data, model, path, "
+              "source, coupling, objective, optimizer, sampling, eval, checkpoint, nonfinite, "
+              "parallel).")
 
 
 def no_arguments(argv, example: str = "--workdir=DIR"):
@@ -58,6 +110,9 @@ def run(main):
     """absl.app.run(main) with actionable errors reported without a traceback."""
 
     def wrapped(argv):
+        import logging as pylogging  # pylint: disable=g-import-not-at-top
+        from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+        absl_logging.get_absl_handler().setLevel(pylogging.WARNING)  # the terminal: warnings up
         try:
             return main(argv)
         except (ConfigError, FileNotFoundError) as e:
@@ -65,11 +120,30 @@ def run(main):
         except (NonFiniteError, CheckpointError) as e:
             fail(str(e), status=1)
         except Preempted as e:  # the checkpoint is saved: a clean exit the scheduler can restart
-            sys.stderr.write(f"{e}\n")
-            sys.stderr.flush()
+            import jax  # pylint: disable=g-import-not-at-top
+            if jax.process_index() == 0:
+                sys.stderr.write(f"{e}\n")
+                sys.stderr.flush()
             sys.exit(0)
+        except KeyboardInterrupt:  # Ctrl-C outside training, or a second one during it
+            fail("interrupted (Ctrl-C); rerun the same command to continue from the newest "
+                 "checkpoint", status=130)
 
     app.run(wrapped, flags_parser=_parse_flags)
+
+
+def log_to_file(path: str) -> None:
+    """Library logs (flowmatch's and orbax's INFO lines) go to `path`; the terminal keeps
+    warnings and errors only, beside the progress bar and flowmatch's own one-line messages."""
+    import logging as pylogging  # pylint: disable=g-import-not-at-top
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.get_absl_handler().setLevel(pylogging.WARNING)
+    handler = pylogging.FileHandler(path)
+    handler.setLevel(pylogging.INFO)
+    handler.setFormatter(absl_logging.PythonFormatter())
+    pylogging.getLogger().addHandler(handler)
 
 
 def parse_list(name: str, values, kind, what: str) -> list:

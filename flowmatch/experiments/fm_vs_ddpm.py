@@ -96,13 +96,13 @@ def sampler_grid(b, models: dict) -> list[tuple[str, str, dict]]:
     return grid
 
 
-def draw_samples(run, b, settings: dict) -> sampling.Samples:
-    """benchmark.num_samples samples of `run` with sampler `settings` (method, num_steps, rtol,
-    atol), from seed benchmark.seed: `experiments.sample.draw`, as scripts/sample.py draws them
-    (the run's eval.chunk_size; labels round-robin for a class-conditional run)."""
+def draw_samples(run, num_samples: int, seed: int, settings: dict) -> sampling.Samples:
+    """num_samples samples of `run` with sampler `settings` (method, num_steps, rtol, atol) from
+    `seed`: `experiments.sample.draw`, exactly as scripts/sample.py draws them (the run's
+    eval.chunk_size; labels round-robin for a class-conditional run)."""
     comps = run.components
-    labels = np.arange(b.num_samples) % comps.model.num_classes if comps.conditional else None
-    return sample_lib.draw(run, b.num_samples, seed=b.seed, labels=labels, **settings)
+    labels = np.arange(num_samples) % comps.model.num_classes if comps.conditional else None
+    return sample_lib.draw(run, num_samples, seed=seed, labels=labels, **settings)
 
 
 # -- quality ------------------------------------------------------------------------------------
@@ -267,7 +267,8 @@ def score_sampler(run, config, quality, model: str, label: str, settings: dict) 
     """The rows of one sampler: its samples scored by `quality`.  seconds: wall time of the
     draw, its one compilation included."""
     start = time.perf_counter()
-    out = draw_samples(run, config.benchmark, settings)
+    b = config.benchmark
+    out = draw_samples(run, b.num_samples, b.seed, settings)
     seconds = time.perf_counter() - start
     rows = [dict(model=model, sampler=label, nfe=int(out.nfe), metric=metric, value=float(value),
                  seconds=seconds, success=bool(out.success))

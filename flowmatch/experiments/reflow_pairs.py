@@ -112,10 +112,12 @@ def generate_pairs(workdir: str, out_dir: str, *, num_pairs: int, chunk_size: in
     "seconds"}.  Raises ConfigError if `out_dir` holds pairs made differently (another run,
     step, sampler, seed or size), RuntimeError if an adaptive solve fails.
     """
-    num_pairs, chunk_size, seed = (checks.as_config_error("pairs", f, name, v) for f, name, v in (
-        (checks.positive_int, "num_pairs", num_pairs),
-        (checks.positive_int, "chunk_size", chunk_size),
-        (checks.non_negative_int, "seed", seed)))
+    try:
+        num_pairs = checks.positive_int("num_pairs", num_pairs)
+        chunk_size = checks.positive_int("chunk_size", chunk_size)
+        seed = checks.non_negative_int("seed", seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     run = training.restore(workdir, step)
     settings = _sampler_settings(run.components, method, num_steps, rtol, atol)
     spec = _pairs_spec(run, settings, num_pairs=num_pairs, chunk_size=chunk_size, seed=seed)

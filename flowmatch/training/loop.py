@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -73,13 +73,15 @@ def _barrier(name: str):
         multihost_utils.sync_global_devices(f"flowmatch_train_{name}")
 
 
-def train_and_evaluate(config, workdir: str, *, workdir_mode: str = "auto"):
+def train_and_evaluate(config, workdir: str, *, workdir_mode: str = "auto",
+                       on_workdir_ready: Callable[[str], None] | None = None):
     """Trains (or resumes) the run described by `config` in `workdir`; returns the final state.
 
     workdir_mode: what to do when `workdir` already holds a run (`workdir.check_workdir`): 'auto'
     resumes it if its config.json matches `config` (up to logging, evaluation and checkpoint
     settings) and raises ConfigError otherwise; 'resume' continues it anyway; 'overwrite' moves
-    it into workdir/previous_runs/ and starts afresh.
+    it into workdir/previous_runs/ and starts afresh.  on_workdir_ready(workdir) is called once
+    the workdir is checked and prepared (the command line points its log file there).
 
     Exits: returns the state after num_train_steps; on SIGTERM saves a checkpoint at the next step
     boundary, waits for it and raises checkpoint.Preempted; monitor.NonFiniteError by
@@ -102,6 +104,8 @@ def train_and_evaluate(config, workdir: str, *, workdir_mode: str = "auto"):
         runs.save_config(config, workdir)
         runs.write_spec(comps.spec, workdir)
     _barrier("workdir_ready")
+    if on_workdir_ready is not None:
+        on_workdir_ready(workdir)
     # From here on SIGTERM is caught: the run stops at the next step boundary with a checkpoint.
     with checkpoint_lib.PreemptionWatcher() as preemption:
         return _Trainer(comps, plan, source, workdir, preemption).run()
@@ -130,6 +134,7 @@ class _Trainer:
                                                        for i in range(3))
         self.unread = collections.deque()  # (first step, device metrics) of calls not yet read
         self.last_saved = None
+        self.last_row = None
 
     # -- setting up -----------------------------------------------------------------------------
 
@@ -204,7 +209,8 @@ class _Trainer:
                     self.comps, self.plan, self.source, self.workdir if self.main else scratch.name,
                     self.eval_key, self.comps.settings.data.name)
             progress = self._progress(int(state.step))
-            return self._loop(state, meta, iterator, ckpt, writer, evaluator, progress)
+            start = int(state.step)
+            final = self._loop(state, meta, iterator, ckpt, writer, evaluator, progress)
         finally:
             if progress is not None:
                 progress.close()
@@ -213,6 +219,24 @@ class _Trainer:
             ckpt.close()
             if scratch is not None:
                 scratch.cleanup()
+        if self.main:
+            print(self._summary(start), flush=True)
+        return final
+
+    def _summary(self, start: int) -> str:
+        """One line for the end of a run: where it stands, its last metrics and its files."""
+        total, wd = self.s.num_train_steps, self.workdir
+        if self.last_row is None:
+            return (f"flowmatch: the run in {wd} is already at step {start} of num_train_steps="
+                    f"{total}: nothing to do (raise --config.num_train_steps to train longer)")
+        row = self.last_row
+        shown = [f"{k} {row[k]:.4g}" for k in ("loss", "tv", "w2", "fd") if k in row]
+        if "eval_nfe" in row:
+            shown.append(f"eval NFE {row['eval_nfe']}")
+        files = [f for f in ("metrics.jsonl", f"samples_{row['step']}.png", "checkpoints",
+                             "train.log") if os.path.exists(os.path.join(wd, f))]
+        return (f"flowmatch: done at step {row['step']}: {', '.join(shown)}; in {wd}: "
+                f"{', '.join(files)}")
 
     def _progress(self, initial: int):
         if not (self.s.progress_bar and self.main):
@@ -258,6 +282,7 @@ class _Trainer:
         # Written before the checkpoint of this step exists: a resumed run never lacks a row up
         # to its restored step.
         writer.write(step, row)
+        self.last_row = dict(row, step=step)
         if progress is not None:
             progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         return _Window(values={}, start=step)
@@ -297,8 +322,5 @@ class _Trainer:
                            data_index, window)
             if preempted:
                 ckpt.wait()
-                if self.main:
-                    print(f"flowmatch: preemption notice: saved a checkpoint at step {step}; "
-                          "rerun the same command to continue", flush=True)
-                raise checkpoint_lib.Preempted(step, ckpt.directory)
+                raise checkpoint_lib.Preempted(step, ckpt.directory, self.preemption.reason)
         return canonical(run_state)

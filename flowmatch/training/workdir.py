@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 
+import jax
 from absl import logging
 
 from flowmatch import checks
@@ -93,7 +94,11 @@ def check_workdir(config, workdir: str, mode: str = "auto") -> str:
             "--overwrite to move it aside and start afresh, or choose another --workdir") from e
     new = config_as_json(config)
     for note in config_differences(old, new, noted=True):
-        logging.warning("continuing the run in %s with %s", workdir, note)
+        logging.info("continuing the run in %s with %s", workdir, note)
+        if jax.process_index() == 0:
+            print(f"flowmatch: note: continuing the run in {workdir} with {note} (the run was "
+                  "trained with the old value; the learning-rate schedule follows the new one "
+                  "from the restored step on)", flush=True)
     diffs = config_differences(old, new)
     if not diffs:
         return "none"

@@ -116,23 +116,26 @@ def test_benchmark_samples_are_sample_py_samples(bench, tmp_path, prediction):
         out = str(tmp_path / f"{settings['method']}.npz")
         sample_lib.sample_to_file(workdir, out, num_samples=b.num_samples, seed=b.seed,
                                   **settings)
-        mine = fm_vs_ddpm.draw_samples(run, b, settings).x
+        mine = fm_vs_ddpm.draw_samples(run, b.num_samples, b.seed, settings).x
         assert np.array_equal(np.load(out)["samples"], mine), settings
 
 
 def test_benchmark_rows_score_sample_py_samples_of_the_eps_model(bench, tmp_path):
     config, workdir, rows = bench
     b = config.benchmark
+    run = training.restore(str(workdir / "ddpm"))
     quality, _ = fm_vs_ddpm.quality_fn(config, str(workdir), "toy2d")
     value = {(r["sampler"], r["metric"]): r["value"] for r in rows if r["model"] == "ddpm"}
     for label, settings in (("pf_ode/euler", dict(method="euler", num_steps=3)),
-                            ("ancestral", dict(method="ancestral")),
+                            ("ancestral", dict(method="ancestral", num_steps=None)),
                             ("ddim", dict(method="ddim", num_steps=4))):
         out = str(tmp_path / "s.npz")
         sample_lib.sample_to_file(str(workdir / "ddpm"), out, num_samples=b.num_samples,
                                   seed=b.seed, **settings)
-        scores = quality(np.load(out)["samples"])
-        assert scores == {m: value[(label, m)] for m in ("tv", "w2")}, label
+        samples = np.load(out)["samples"]
+        assert np.array_equal(samples, fm_vs_ddpm.draw_samples(run, b.num_samples, b.seed,
+                                                               settings).x), label
+        assert quality(samples) == {m: value[(label, m)] for m in ("tv", "w2")}, label
 
 
 @pytest.mark.slow

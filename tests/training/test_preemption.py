@@ -1,6 +1,6 @@
 """Preemption and kills: SIGTERM saves a sealed checkpoint at the next boundary (in process), and
-a training script killed with SIGKILL, left with a half-written save, and stopped by SIGTERM ends,
-after the same command is rerun, bit for bit like an uninterrupted run.
+a training script killed with SIGKILL, left with a half-written save, stopped by Ctrl-C and by
+SIGTERM ends, after the same command is rerun, bit for bit like an uninterrupted run.
 
 The kills happen at chosen points (after a given checkpoint and a given logged step), not after
 random sleeps; a save cut short by a kill is reproduced exactly as it leaves the disk (orbax's
@@ -116,7 +116,8 @@ def _last_logged_step(workdir):
 
 
 @pytest.mark.slow
-def test_kill_9_a_cut_save_and_sigterm_then_resume_give_the_same_run_bit_for_bit(tmp_path):
+def test_kill_9_a_cut_save_ctrl_c_and_sigterm_then_resume_give_the_same_run_bit_for_bit(
+        tmp_path):
     cache = tmp_path / "jax_cache"
     ref = str(tmp_path / "ref")
     proc, out = _start(ref, tmp_path / "ref.log", cache)  # uninterrupted
@@ -140,26 +141,36 @@ def test_kill_9_a_cut_save_and_sigterm_then_resume_give_the_same_run_bit_for_bit
     cut = os.path.join(ckpts, f"{newest + 200}{ckpt_lib.TMP_MARKER}")
     shutil.copytree(os.path.join(ckpts, str(newest)), cut)
 
-    # 3. SIGTERM once the rerun has resumed and logged two more rows: a checkpoint at that step,
-    # exit status 0.
+    # 3. Ctrl-C (SIGINT) once the rerun has resumed and logged two more rows: one line, a
+    # checkpoint at that step, exit status 0.
     proc, out = _start(wd, tmp_path / "3.log", cache)
     _wait_for(lambda: "resuming from step" in log(3), proc, "the resume")
     restored = int(log(3).split("resuming from step ")[1].split()[0])
     assert restored == newest and "half-written checkpoint" in log(3) and not os.path.exists(cut)
     _wait_for(lambda: _last_logged_step(wd) >= restored + 200, proc, "training after the resume")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) == 0, log(3)[-3000:]
     out.close()
-    assert "Traceback" not in log(3) and "saved a checkpoint at step" in log(3)
-    step = int(log(3).split("saved a checkpoint at step ")[1].split(";")[0])
+    assert "Traceback" not in log(3) and "KeyboardInterrupt" not in log(3)
+    assert "Ctrl-C: saving a checkpoint at the next step boundary" in log(3)
+    step = int(log(3).split("interrupted: saved a checkpoint at step ")[1].split()[0])
     assert step in _steps_in(ckpts) and step < CHAIN_STEPS
     assert ckpt_lib.check_manifest(os.path.join(ckpts, str(step))) is None
 
-    # 4. The same command again runs to the end.
+    # 4. SIGTERM (a scheduler's preemption notice) on the next rerun, the same way.
     proc, out = _start(wd, tmp_path / "4.log", cache)
-    assert proc.wait(timeout=900) == 0, log(4)[-3000:]
+    _wait_for(lambda: _last_logged_step(wd) >= step + 200, proc, "training after the resume")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0, log(4)[-3000:]
     out.close()
-    assert f"resuming from step {step}" in log(4)
+    assert f"resuming from step {step}" in log(4) and "Traceback" not in log(4)
+    step = int(log(4).split("preemption notice: saved a checkpoint at step ")[1].split()[0])
+
+    # 5. The same command again runs to the end.
+    proc, out = _start(wd, tmp_path / "5.log", cache)
+    assert proc.wait(timeout=900) == 0, log(5)[-3000:]
+    out.close()
+    assert f"resuming from step {step}" in log(5)
 
     a, b = training.restore(ref), training.restore(wd)
     assert a.step == b.step == CHAIN_STEPS
