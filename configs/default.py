@@ -32,9 +32,10 @@ Keys (what the training loop reads):
   objective.*  name ('flow_matching' | 'ddpm'), prediction (flow matching: 'velocity' | 'x1' |
                'x0'; ddpm: 'eps' | 'x0' | 'v'), label_dropout (both; in [0, 1): the probability
                a row of a class-conditional model, model.num_classes > 0, trains with the null
-               label, which classifier-free guidance needs: scripts/sample.py --guidance_scale;
-               0 = off); flow matching: time_sampling ('uniform' |
-               'logit_normal' | 'zero': t = t_min always, one-step distillation on pairs),
+               label, which classifier-free guidance needs: scripts/sample.py --label,
+               --guidance_scale, --guidance_interval; 0 = off); flow matching: time_sampling
+               ('uniform' | 'logit_normal' | 'zero': t = t_min always, one-step distillation
+               on pairs),
                logit_normal_loc, logit_normal_scale, t_min, t_max; ddpm:
                beta_schedule ('linear' | 'cosine'), num_timesteps
   optimizer.*  AdamW: learning_rate, b1, b2, eps, weight_decay, warmup_steps, schedule
