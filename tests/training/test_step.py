@@ -65,7 +65,7 @@ def test_batch_loss_drops_each_rows_label_from_its_own_key():
     assert shuffled == pytest.approx(whole, rel=1e-6)
     # It is the p = 0 loss of the labels drop_labels gives: the rows' time and noise unchanged.
     plain = objectives.FlowMatching(paths.make_path())
-    dropped = dict(batch, label=step_lib.drop_labels(batch["label"], idx, KEY, 0.4, 4))
+    dropped = dict(batch, label=drop(batch["label"], idx, KEY, 0.4, 4))
     assert float(loss(plain, dropped, idx)) == pytest.approx(whole, rel=1e-6)
     assert float(loss(plain, batch, idx)) != pytest.approx(whole, rel=1e-6)
     with pytest.raises(ValueError, match="null label"):
