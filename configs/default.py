@@ -17,7 +17,10 @@ Keys (what the training loop reads):
                'arrayrecord' with path = a directory from scripts/prepare_data.py streams its
                shards through grain: split, worker_count, prefetch, verify_checksums)
   model.*      name ('mlp' | 'unet' | 'dit'), dtype ('float32' | 'bfloat16'), and the network's
-               own fields (unet_model / dit_model below give the image networks' sections)
+               own fields (unet_model / dit_model below give the image networks' sections);
+               num_classes > 0 trains class-conditionally on the data's labels (image classes;
+               the 2-D sets' natural labels, flowmatch/data/toy2d.py: 8gaussians 8, moons 2,
+               checkerboard 8, circles 2, spirals 2, swissroll 4)
   path.*       schedule ('cond_ot' | 'cosine' | 'polynomial'), sigma_min, exponent
   source.*     p0, what flows start from at t = 0: name ('normal' | a 2-D data set such as
                '8gaussians', for 2-D data), scale (multiplies its samples)
@@ -29,8 +32,12 @@ Keys (what the training loop reads):
                tolerance (auction: mean pair cost within tolerance x cost range of the optimum),
                bidders (auction rows bidding per round); see flowmatch/couplings.py
   objective.*  name ('flow_matching' | 'ddpm'), prediction (flow matching: 'velocity' | 'x1' |
-               'x0'; ddpm: 'eps' | 'x0' | 'v'); flow matching: time_sampling ('uniform' |
-               'logit_normal' | 'zero': t = t_min always, one-step distillation on pairs),
+               'x0'; ddpm: 'eps' | 'x0' | 'v'), label_dropout (both; in [0, 1): the probability
+               a row of a class-conditional model, model.num_classes > 0, trains with the null
+               label, which classifier-free guidance needs: scripts/sample.py --label,
+               --guidance_scale, --guidance_interval; 0 = off); flow matching: time_sampling
+               ('uniform' | 'logit_normal' | 'zero': t = t_min always, one-step distillation
+               on pairs),
                logit_normal_loc, logit_normal_scale, t_min, t_max; ddpm:
                beta_schedule ('linear' | 'cosine'), num_timesteps
   optimizer.*  AdamW: learning_rate, b1, b2, eps, weight_decay, warmup_steps, schedule
@@ -86,7 +93,7 @@ def get_config():
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",
         logit_normal_loc=1.0, logit_normal_scale=1.0, t_min=0.0, t_max=1.0,
-        beta_schedule="linear", num_timesteps=1000))
+        beta_schedule="linear", num_timesteps=1000, label_dropout=0.0))
 
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

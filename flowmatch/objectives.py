@@ -3,6 +3,11 @@
 An objective sees the network only as `predict(x_t, t) -> prediction` (the trainer closes over
 parameters, labels and dropout keys), so the same loss serves every model and every form of
 parallelism.  `loss` returns (scalar, aux) with aux a dict of scalars for logging.
+
+`label_dropout` (both objectives) is the probability that a row of a class-conditional model
+trains with the null label instead of its own (classifier-free guidance, Ho & Salimans 2021):
+the trainer draws it per row (`flowmatch.training.step.batch_loss`), the objective only
+carries and checks the setting.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from flowmatch import checks
 from flowmatch import paths as paths_lib
 from flowmatch import schedules as schedules_lib
 
@@ -43,6 +49,15 @@ def sample_time(key, n: int, kind: str = "uniform", *, loc: float = 0.0, scale: 
     return t_min + (t_max - t_min) * u
 
 
+def check_label_dropout(p) -> float:
+    """p as a float in [0, 1), else ValueError naming the config key."""
+    try:
+        return checks.real("label_dropout", p, 0.0, 1.0, hi_open=True)
+    except ValueError as e:
+        raise ValueError(f"{e} (config key: objective.label_dropout, the probability a row "
+                         "trains with the null label; 0 = off)") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class FlowMatching:
     """Conditional flow matching (Lipman et al. 2023; Liu et al. 2023; Albergo & Vanden-Eijnden
@@ -61,9 +76,11 @@ class FlowMatching:
     logit_normal_scale: float = 1.0
     t_min: float = 0.0
     t_max: float = 1.0
+    label_dropout: float = 0.0
 
     def __post_init__(self):
         paths_lib.check_prediction(self.prediction)
+        check_label_dropout(self.label_dropout)
         if self.time_sampling not in TIME_SAMPLERS:
             raise ValueError(
                 f"unknown time sampling {self.time_sampling!r}; choose one of: "
@@ -144,12 +161,14 @@ class DDPM:
     beta_schedule: str = "linear"
     num_timesteps: int = 1000
     prediction: str = "eps"
+    label_dropout: float = 0.0
     schedule: schedules_lib.DiscreteVPSchedule = dataclasses.field(init=False, repr=False,
                                                                    compare=False)
     path: paths_lib.AffinePath = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         paths_lib.check_prediction(self.prediction, tuple(DDPM_PREDICTIONS))
+        check_label_dropout(self.label_dropout)
         s = schedules_lib.discrete_vp(self.beta_schedule, self.num_timesteps)
         object.__setattr__(self, "schedule", s)
         object.__setattr__(self, "path", paths_lib.AffinePath(s))

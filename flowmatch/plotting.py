@@ -103,7 +103,8 @@ def plot_2d(samples, path, *, reference=None, box=None, title: str | None = None
 
 
 def image_grid(images, path, *, nrow: int | None = None, title: str | None = None,
-               min_size: int = 64, pad: int = 2) -> None:
+               min_size: int = 64, pad: int = 2, labels=None,
+               class_names: Sequence[str] | None = None) -> None:
     """Tile images into one grid PNG.
 
     images: [n, h, w, c] in [-1, 1] with c = 1 (shown in grayscale) or 3 (RGB); values are
@@ -112,6 +113,11 @@ def image_grid(images, path, *, nrow: int | None = None, title: str | None = Non
     repetition until it is at least min_size pixels tall, so 8x8 digits stay crisp; pad is the
     white gap between tiles in output pixels.  The PNG has exactly one pixel per grid pixel
     (plus a title band when title is given).
+
+    labels: optional int [n], the class of each image (a class-conditional run's samples): then
+    the grid has one row per class present, in sorted order, holding that class's images in
+    their order (at most nrow of them when nrow is given, else all), and a band on the left
+    names each row's class (class_names[k], or the index k).
     """
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
@@ -119,21 +125,21 @@ def image_grid(images, path, *, nrow: int | None = None, title: str | None = Non
     n, h, w, c = x.shape
     if n == 0:
         raise ValueError("images is empty; nothing to plot.")
-    if nrow is None:
-        nrow = math.ceil(math.sqrt(n))
-    if isinstance(nrow, bool) or not isinstance(nrow, (int, np.integer)) or nrow < 1:
+    if nrow is not None and (isinstance(nrow, bool) or not isinstance(nrow, (int, np.integer))
+                             or nrow < 1):
         raise ValueError(f"nrow (images per row) must be a positive int; got {nrow!r}.")
-    ncol_imgs = min(int(nrow), n)
-    nrows_imgs = math.ceil(n / ncol_imgs)
+    cells, row_names = _grid_cells(n, nrow, labels, class_names)
+    nrows_imgs = max(r for r, _ in cells.values()) + 1
+    ncol_imgs = max(q for _, q in cells.values()) + 1
 
     x = (np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0) + 1.0) / 2.0
     scale = max(1, math.ceil(min_size / h))
     x = np.repeat(np.repeat(x, scale, axis=1), scale, axis=2)  # [n, h*s, w*s, c]
     th, tw = h * scale, w * scale
-    grid = np.ones((nrows_imgs * (th + pad) + pad, ncol_imgs * (tw + pad) + pad, c))
-    for k in range(n):
-        r, q = divmod(k, ncol_imgs)
-        y0, x0 = pad + r * (th + pad), pad + q * (tw + pad)
+    label_px = 0 if labels is None else 8 + 7 * max(len(name) for name in row_names)
+    grid = np.ones((nrows_imgs * (th + pad) + pad, label_px + ncol_imgs * (tw + pad) + pad, c))
+    for k, (r, q) in cells.items():
+        y0, x0 = pad + r * (th + pad), label_px + pad + q * (tw + pad)
         grid[y0:y0 + th, x0:x0 + tw] = x[k]
 
     dpi = 100
@@ -146,9 +152,35 @@ def image_grid(images, path, *, nrow: int | None = None, title: str | None = Non
         ax.imshow(grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(grid, interpolation="nearest")
+    for r, name in enumerate(row_names):  # data coordinates: pixel columns and rows of the grid
+        ax.text(label_px / 2, pad + r * (th + pad) + th / 2, name, ha="center", va="center",
+                fontsize=8)
     if title:
         fig.text(0.5, 1.0 - 0.5 * title_px / (gh + title_px), title, ha="center", va="center", fontsize=9)
     _save(fig, path, dpi=dpi)
+
+
+def _grid_cells(n: int, nrow, labels, class_names):
+    """({image index: (row, column)} of the images shown, row names) of an image grid: row-major
+    tiles of nrow columns, or one row per sorted class of `labels` (at most nrow a row)."""
+    if labels is None:
+        cols = min(int(nrow) if nrow is not None else math.ceil(math.sqrt(n)), n)
+        return {k: divmod(k, cols) for k in range(n)}, []
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer classes of shape [n]=({n},); got shape "
+                         f"{labels.shape} and dtype {labels.dtype}.")
+    classes = np.unique(labels)
+    if class_names is not None and (classes.min() < 0 or classes.max() >= len(class_names)):
+        raise ValueError(f"class_names has {len(class_names)} names but labels run from "
+                         f"{classes.min()} to {classes.max()}.")
+    cells = {}
+    for r, k in enumerate(classes):
+        members = np.flatnonzero(labels == k)
+        for q, index in enumerate(members[:nrow] if nrow is not None else members):
+            cells[int(index)] = (r, q)
+    names = [str(class_names[k]) if class_names is not None else str(int(k)) for k in classes]
+    return cells, names
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str, *,

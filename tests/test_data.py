@@ -239,6 +239,95 @@ def test_toy_in_box_and_deterministic(name):
     assert not np.allclose(np.asarray(f(jax.random.PRNGKey(6), 20_000)), x)
 
 
+# ------------------------------------------------------------------------------ natural labels
+
+
+@pytest.mark.parametrize("name", TOY)
+def test_labeled_samples_are_the_samples_with_labels_in_range(name):
+    n = 1001  # odd: the two-class sets split it unevenly
+    spec = data.toy_spec(name)
+    key = jax.random.PRNGKey(12)
+    x, y = spec.sample_labeled(key, n)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(data.sample_toy(name, key, n)))
+    assert y.shape == (n,) and y.dtype == jnp.int32
+    assert 0 <= int(y.min()) and int(y.max()) < spec.num_classes
+    assert data.make_source(name).num_classes == spec.num_classes
+    xl, yl = toy2d.sample_toy_labeled(name, key, n)
+    np.testing.assert_array_equal(np.asarray(yl), np.asarray(y))
+
+
+def _labeled(name, n, seed=21):
+    spec = data.toy_spec(name)
+    key = jax.random.PRNGKey(seed)
+    x, y = spec.sample_labeled(key, n)
+    d = {k: np.asarray(v, np.float64 if jnp.issubdtype(v.dtype, jnp.floating) else None)
+         for k, v in spec.draws(key, n).items()}
+    return np.asarray(x, np.float64), np.asarray(y), d
+
+
+def test_eight_gaussians_label_is_the_gaussian_of_the_point():
+    n = 40_000
+    x, y, d = _labeled("8gaussians", n)
+    centres = toy2d._EIGHT_CENTRES
+    # The point minus its noise is the centre of its label ...
+    np.testing.assert_allclose(x - 0.1**0.25 * d["noise"], centres[y], atol=1e-5)
+    # ... and, the Gaussians being 6.8 std apart, the nearest centre almost always.
+    nearest = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    assert np.mean(nearest == y) > 0.999
+    counts = np.bincount(y, minlength=8)
+    assert np.all(np.abs(counts - n / 8) < 5 * math.sqrt(n / 8 * 7 / 8))
+
+
+def test_checkerboard_label_is_the_square_of_the_point():
+    n = 40_000
+    x, y, _ = _labeled("checkerboard", n)
+    column, row = np.floor(x[:, 0] / 2).astype(int) + 2, np.floor(x[:, 1] / 2).astype(int) + 2
+    np.testing.assert_array_equal(y, 2 * column + row // 2)  # exact: every point, every square
+    counts = np.bincount(y, minlength=8)
+    assert np.all(np.abs(counts - n / 8) < 5 * math.sqrt(n / 8 * 7 / 8))
+
+
+def test_circles_label_is_the_circle_of_the_point():
+    x, y, d = _labeled("circles", 4001)
+    radius = np.linalg.norm(x / 3 - 0.08 * d["noise"], axis=1)  # the noiseless point's radius
+    np.testing.assert_allclose(radius, np.where(y == 0, 1.0, 0.5), atol=1e-5)
+    assert np.sum(y == 0) == 4001 // 2
+    assert 0.4 < np.mean(y[:1000]) < 0.6  # shuffled, not sorted by circle
+
+
+def test_moons_label_is_the_moon_of_the_point():
+    x, y, d = _labeled("moons", 4001)
+    q = (x + 1) / 3 - 0.2 * d["offset"][d["perm"]]  # the noiseless arc point of each row
+    outer = np.abs(np.linalg.norm(q, axis=1) - 1) < 1e-5
+    inner = np.abs(np.linalg.norm(q - [1.0, 0.5], axis=1) - 1) < 1e-5
+    assert np.all(outer[y == 0] & (q[y == 0, 1] >= -1e-6))  # upper unit arc
+    assert np.all(inner[y == 1] & (q[y == 1, 1] <= 0.5 + 1e-6))  # lower arc about (1, 0.5)
+    assert np.sum(y == 0) == 4001 // 2 and 0.4 < np.mean(y[:1000]) < 0.6
+
+
+def test_spirals_label_is_the_arm_of_the_point():
+    n = 2001
+    x, y, d = _labeled("spirals", n)
+    r = np.sqrt(d["u_r"][:, 0]) * 540 * (2 * np.pi) / 360
+    arm = np.stack([-np.cos(r) * r + 0.5 * d["u_x"][:, 0], np.sin(r) * r + 0.5 * d["u_y"][:, 0]], 1)
+    q = 3 * (x - 0.1 * d["noise"][d["perm"]])  # the noiseless point of each row
+    signed = np.where(y[:, None] == 0, q, -q)  # arm 1 is the mirror image -d
+    dist = np.min(np.linalg.norm(signed[:, None, :] - arm[None], axis=-1), axis=1)
+    assert np.all(dist < 1e-4)
+    assert np.sum(y == 0) == (n + 1) // 2
+
+
+def test_swissroll_label_is_the_quarter_of_the_roll():
+    n = 40_000
+    x, y, d = _labeled("swissroll", n)
+    t = np.linalg.norm(5 * x - d["noise"], axis=1)  # (t cos t, t sin t) has norm t
+    u = (t / (1.5 * np.pi) - 1) / 2  # the roll parameter, in [0, 1)
+    near_edge = np.abs(4 * u - np.round(4 * u)) < 1e-4
+    np.testing.assert_array_equal(y[~near_edge], np.floor(4 * u[~near_edge]).astype(int))
+    counts = np.bincount(y, minlength=4)
+    assert np.all(np.abs(counts - n / 4) < 5 * math.sqrt(n / 4 * 3 / 4))
+
+
 # -------------------------------------------------------------------------------------- images
 
 
@@ -451,7 +540,7 @@ def test_make_source_toy_and_errors(tmp_path):
     assert set(data.DATASETS) == set(TOY) | {"digits", "mnist", "cifar10", "image_folder"}
     src = data.make_source("checkerboard")
     assert (src.name, src.kind, src.example_shape, src.num_classes, src.num_examples) == (
-        "checkerboard", "toy2d", (2,), 0, None)
+        "checkerboard", "toy2d", (2,), 8, None)
     np.testing.assert_array_equal(src.box[1], [5, 5])
     key = jax.random.PRNGKey(11)
     np.testing.assert_array_equal(np.asarray(src.sample_reference(key, 64)),
@@ -476,8 +565,10 @@ def test_toy_batches_are_pure_functions_of_seed_and_index():
     b3 = it.batch(3)
     assert b3["x"].shape == (32, 2) and b3["x"].dtype == jnp.float32
     assert b3["label"].shape == (32,) and b3["label"].dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(b3["label"]), 0)
-    want = data.moons(jax.random.fold_in(jax.random.PRNGKey(5), 3), 32)
+    key3 = jax.random.fold_in(jax.random.PRNGKey(5), 3)
+    np.testing.assert_array_equal(np.asarray(b3["label"]),
+                                  np.asarray(data.toy_spec("moons").sample_labeled(key3, 32)[1]))
+    want = data.moons(key3, 32)
     np.testing.assert_allclose(np.asarray(b3["x"]), np.asarray(want), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(data.BatchIterator(src, 32, seed=5).batch(3)["x"]),
                                   np.asarray(b3["x"]))
@@ -490,6 +581,8 @@ def test_toy_batches_are_pure_functions_of_seed_and_index():
     for j in range(4):
         np.testing.assert_allclose(np.asarray(many["x"][j]), np.asarray(it.batch(2 + j)["x"]),
                                    atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(many["label"][j]),
+                                      np.asarray(it.batch(2 + j)["label"]))
 
 
 def _tiny_image_source(n=10, random_flip=False):

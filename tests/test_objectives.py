@@ -139,3 +139,18 @@ def test_ddpm_errors():
         objectives.DDPM(prediction="velocity")
     with pytest.raises(ValueError, match="objective.beta_schedule"):
         objectives.DDPM(beta_schedule="sigmoid")
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, float("nan"), "0.1", True])
+def test_label_dropout_must_be_a_probability_below_one(value):
+    for make in (lambda **k: objectives.FlowMatching(paths.make_path(), **k), objectives.DDPM):
+        with pytest.raises(ValueError, match=r"label_dropout must be in \[0, 1\).*"
+                                             "objective.label_dropout"):
+            make(label_dropout=value)
+
+
+def test_label_dropout_is_a_setting_of_both_objectives():
+    assert "label_dropout" in objectives.objective_fields("flow_matching")
+    assert "label_dropout" in objectives.objective_fields("ddpm")
+    assert objectives.DDPM(label_dropout=0.5).label_dropout == 0.5
+    assert objectives.FlowMatching(paths.make_path()).label_dropout == 0.0

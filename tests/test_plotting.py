@@ -84,3 +84,28 @@ def test_does_not_touch_pyplot(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": ""})
+
+
+def test_image_grid_with_labels_has_one_row_per_class(tmp_path):
+    values = np.array([0.6, -0.2, 0.2, 0.5, -0.6, 0.4])  # image k is filled with values[k]
+    labels = np.array([2, 0, 1, 2, 0, 2])
+    images = np.broadcast_to(values[:, None, None, None], (6, 8, 8, 1)).copy()
+    plotting.image_grid(images, tmp_path / "g.png", labels=labels, pad=1, min_size=16)
+    img = _assert_png(tmp_path / "g.png", min_bytes=200)[..., 0]
+    band = 8 + 7 * 1  # the class-name band: one-character names
+    # Rows: class 0 (images 1, 4), class 1 (image 2), class 2 (images 0, 3, 5); 16-px tiles.
+    assert img.shape == (3 * 17 + 1, band + 3 * 17 + 1)
+    rows = {0: [1, 4], 1: [2], 2: [0, 3, 5]}
+    for r, members in rows.items():
+        for q in range(3):
+            tile = img[1 + r * 17:1 + r * 17 + 16, band + 1 + q * 17:band + 1 + q * 17 + 16]
+            want = (values[members[q]] + 1) / 2 if q < len(members) else 1.0  # empty: white
+            np.testing.assert_allclose(tile, want, atol=1 / 255)
+    assert img[:, :band].min() < 0.5  # the class names are written in the band
+    plotting.image_grid(images, tmp_path / "named.png", labels=labels, nrow=2,
+                        class_names=["zero", "one", "two"], title="by class")
+    _assert_png(tmp_path / "named.png")
+    with pytest.raises(ValueError, match="labels must be integer classes"):
+        plotting.image_grid(images, tmp_path / "x.png", labels=labels[:3])
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        plotting.image_grid(images, tmp_path / "x.png", labels=labels, class_names=["a", "b"])

@@ -4,7 +4,8 @@ Global batch ``i`` (``batch_size`` rows) is a pure function of ``(seed, i)``, so
 resumed from one integer (the number of global batches consumed) and every process of a
 multi-host run computes the same global batch and keeps its own rows:
 
-- toy2d: ``sample(fold_in(PRNGKey(seed), i), batch_size)``, computed on device under jit;
+- toy2d: ``sample(fold_in(PRNGKey(seed), i), batch_size)``, computed on device under jit, with
+  the natural labels of the same draws (`toy2d.ToySpec.sample_labeled`);
 - images: an endless stream over epochs.  Global example position p = i * batch_size + j lies in
   epoch e = p // N and is example ``perm_e[p % N]`` with ``perm_e =
   np.random.default_rng([seed, e]).permutation(N)``; with ``random_flip`` it is mirrored left-right
@@ -44,17 +45,19 @@ def _check_seed(seed: Any) -> int:
 
 
 class ToySource:
-    """A 2-D toy distribution: infinite, freshly sampled, examples float32 [2]."""
+    """A 2-D toy distribution: infinite, freshly sampled, examples float32 [2] with their natural
+    labels in 0 .. num_classes - 1 (see `flowmatch.data.toy2d`)."""
 
     kind = "toy2d"
     example_shape = (2,)
-    num_classes = 0
     num_examples = None
 
     def __init__(self, name: str):
         spec = toy2d.toy_spec(name)
         self.name = name
         self.sample = spec.sample
+        self.sample_labeled = spec.sample_labeled
+        self.num_classes = spec.num_classes
         self.box = toy2d.toy_box(name)
 
     def sample_reference(self, key_or_seed: jax.Array | int, n: int) -> jax.Array:
@@ -198,22 +201,23 @@ def make_source(
 
 
 @functools.lru_cache(maxsize=None)
-def _toy_batch_fns(sample: Callable, batch_size: int, lo: int, hi: int):
-    """Jitted (one batch, k batches) functions of (seed, start index) for one sampler and shard."""
+def _toy_batch_fns(sample: Callable, labeled: Callable | None, batch_size: int, lo: int, hi: int):
+    """Jitted (one batch, k batches) functions of (seed, start index) for one sampler and shard.
+
+    labeled(key, n) -> (points, labels), the points those of sample(key, n); None: labels 0."""
 
     def one(seed, index):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
-        return sample(key, batch_size)[lo:hi]
+        if labeled is None:
+            return {"x": sample(key, batch_size)[lo:hi], "label": jnp.zeros((hi - lo,), jnp.int32)}
+        x, label = labeled(key, batch_size)
+        return {"x": x[lo:hi], "label": label[lo:hi]}
 
     def many(seed, start, k):
         indices = start + jnp.arange(k, dtype=jnp.int32)
-        x = jax.vmap(one, in_axes=(None, 0))(seed, indices)
-        return {"x": x, "label": jnp.zeros((k, hi - lo), jnp.int32)}
+        return jax.vmap(one, in_axes=(None, 0))(seed, indices)
 
-    def single(seed, index):
-        return {"x": one(seed, index), "label": jnp.zeros((hi - lo,), jnp.int32)}
-
-    return jax.jit(single), jax.jit(many, static_argnums=2)
+    return jax.jit(one), jax.jit(many, static_argnums=2)
 
 
 class BatchIterator:
@@ -221,8 +225,8 @@ class BatchIterator:
 
     ``next(it)`` returns ``it.batch(it.index)`` and advances; ``state()`` / ``restore(state)``
     save and set ``{"index": int}``, the number of global batches consumed.  Batches are dicts:
-    ``"x"`` float32 [local_batch, *example_shape], ``"label"`` int32 [local_batch] (zeros for toy
-    data), with local_batch = batch_size / process_count, and for pairs ``"x0"`` like ``"x"``.
+    ``"x"`` float32 [local_batch, *example_shape], ``"label"`` int32 [local_batch] (a toy set's
+    natural labels; zeros for a fresh source without labels), with local_batch = batch_size / process_count, and for pairs ``"x0"`` like ``"x"``.
     Toy batches are jax arrays computed under jit; image and pair batches are NumPy arrays.
     """
 
@@ -251,7 +255,8 @@ class BatchIterator:
         self._fresh = not hasattr(source, "examples")
         if self._fresh:
             self._single, self._many = _toy_batch_fns(
-                source.sample, self.batch_size, self._lo, self._hi)
+                source.sample, getattr(source, "sample_labeled", None), self.batch_size,
+                self._lo, self._hi)
 
     @staticmethod
     def _check_index(index: Any) -> int:

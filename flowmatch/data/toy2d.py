@@ -15,6 +15,19 @@ the draws (float32 from ``draws``; float64 if a caller passes float64 draws unde
 Where the reference returns points ordered along a curve (moons, spirals), the rows are permuted
 with the key, so any prefix of a sample is itself an i.i.d.-looking sample.
 
+Natural class labels (for class-conditional training): ``labels(draws)`` says which part of the
+distribution generated each point, from the same draws, so ``sample_labeled(key, n)`` returns
+exactly ``sample(key, n)`` and int32 labels [n] beside it:
+
+- ``8gaussians``: which Gaussian, 0-7 (the order of the centres in ``eight_gaussians``);
+- ``moons``: 0 the outer (upper) moon, 1 the inner (lower) one;
+- ``checkerboard``: which of the 8 filled 2x2 squares, ``2 * column + row``, column 0-3 from
+  x = -4 to 4, row 0 the lower and 1 the upper filled square of that column;
+- ``circles``: 0 the outer circle (radius 3), 1 the inner one (radius 1.5);
+- ``spirals``: 0 the arm d, 1 the mirrored arm -d;
+- ``swissroll``: a documented choice, four equal bins of the roll parameter u (label
+  floor(4 u): the roll from its inner end outwards, each bin a quarter of the mass).
+
 The public samplers are jitted with ``n`` static (a Python int); they compose with an outer
 ``jax.jit`` / ``jax.vmap`` over keys.
 """
@@ -68,6 +81,17 @@ def _moons_transform(d: Draws) -> jax.Array:
     return (points * 3.0 - 1.0)[perm]
 
 
+def _moons_labels(d: Draws) -> jax.Array:
+    return _halves(d["perm"])
+
+
+def _halves(perm: jax.Array) -> jax.Array:
+    """Labels of rows permuted by perm when the unpermuted rows are n // 2 of class 0, then the
+    rest of class 1 (moons' and circles' outer / inner order)."""
+    n = perm.shape[0]
+    return (jnp.arange(n) >= n // 2).astype(jnp.int32)[perm]
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def moons(key: jax.Array, n: int) -> jax.Array:
     """Two moons, torchcfm's ``sample_moons(n)``: torchdyn ``generate_moons(n, noise=0.2) * 3 - 1``.
@@ -95,6 +119,10 @@ def _eight_gaussians_transform(d: Draws) -> jax.Array:
     noise = d["noise"]
     centres = jnp.asarray(_EIGHT_CENTRES, dtype=noise.dtype)
     return centres[d["centre"]] + _EIGHT_GAUSSIANS_STD * noise
+
+
+def _eight_gaussians_labels(d: Draws) -> jax.Array:
+    return d["centre"].astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -125,6 +153,13 @@ def _checkerboard_transform(d: Draws) -> jax.Array:
     x1 = u1 * 4.0 - 2.0
     x2 = u2 - d["bit"].astype(u2.dtype) * 2.0 + jnp.mod(jnp.floor(x1), 2.0)
     return jnp.stack([x1, x2], axis=1) * 2.0
+
+
+def _checkerboard_labels(d: Draws) -> jax.Array:
+    """2 * column + row: column = floor(x1) + 2 (the transform's x1), row 1 - bit (bit = 1 puts
+    the point in the lower filled square of its column)."""
+    column = jnp.floor(d["u1"] * 4.0 - 2.0).astype(jnp.int32) + 2
+    return 2 * column + (1 - d["bit"].astype(jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -163,6 +198,11 @@ def _spirals_transform(d: Draws) -> jax.Array:
     return x[d["perm"]]
 
 
+def _spirals_labels(d: Draws) -> jax.Array:
+    n, m = d["perm"].shape[0], d["u_r"].shape[0]
+    return (jnp.arange(n) >= m).astype(jnp.int32)[d["perm"]]
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def spirals(key: jax.Array, n: int) -> jax.Array:
     """FFJORD's "2spirals": two interleaved spirals, point-symmetric about the origin.
@@ -195,6 +235,10 @@ def _circles_transform(d: Draws) -> jax.Array:
     return points * 3.0
 
 
+def _circles_labels(d: Draws) -> jax.Array:
+    return _halves(d["perm"])
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def circles(key: jax.Array, n: int) -> jax.Array:
     """FFJORD's circles: sklearn ``make_circles(n, factor=0.5, noise=0.08)[0] * 3``.
@@ -220,6 +264,15 @@ def _swissroll_transform(d: Draws) -> jax.Array:
     return (roll + 1.0 * d["noise"]) / 5.0
 
 
+_SWISSROLL_BINS = 4
+
+
+def _swissroll_labels(d: Draws) -> jax.Array:
+    """floor(4 u) of the roll parameter u in [0, 1): four bins of equal mass along the roll."""
+    bins = jnp.floor(d["u_t"] * _SWISSROLL_BINS).astype(jnp.int32)
+    return jnp.clip(bins, 0, _SWISSROLL_BINS - 1)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def swissroll(key: jax.Array, n: int) -> jax.Array:
     """FFJORD's swissroll: sklearn ``make_swiss_roll(n, noise=1.0)[0][:, [0, 2]] / 5``.
@@ -236,12 +289,26 @@ def swissroll(key: jax.Array, n: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class ToySpec:
-    """A toy dataset: ``sample(key, n) == transform(draws(key, n))``; ``box = (lo, hi)``."""
+    """A toy dataset: ``sample(key, n) == transform(draws(key, n))``; ``box = (lo, hi)``;
+    ``labels(draws)`` int32 [n], the natural class of each point, in 0 .. num_classes - 1."""
 
     sample: Callable[[jax.Array, int], jax.Array]
     draws: Callable[[jax.Array, int], Draws]
     transform: Callable[[Draws], jax.Array]
     box: tuple[tuple[float, float], tuple[float, float]]
+    labels: Callable[[Draws], jax.Array]
+    num_classes: int
+
+    def sample_labeled(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        """(points float32 [n, 2], labels int32 [n]) from one set of draws: the points are
+        exactly ``sample(key, n)``.  ``n`` a Python int; jittable."""
+        return _sample_labeled(self.draws, self.transform, self.labels, key, n)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4))
+def _sample_labeled(draws, transform, labels, key, n):
+    d = draws(key, n)
+    return transform(d), labels(d)
 
 
 # Boxes (lo, hi) for 64x64-bin histograms.  Bounded supports get a margin; Gaussian noise gets
@@ -251,23 +318,28 @@ class ToySpec:
 # 0.034 -- see README "2-D quality".
 _SPECS: dict[str, ToySpec] = {
     # support [-4, 5.6) x [-2.5, 2.6)
-    "moons": ToySpec(moons, _moons_draws, _moons_transform, ((-5.0, -5.0), (6.5, 5.0))),
+    "moons": ToySpec(moons, _moons_draws, _moons_transform, ((-5.0, -5.0), (6.5, 5.0)),
+                     _moons_labels, 2),
     # centres at radius 5, std 0.5623: |coordinate| <= 5 + 5.3 std
     "8gaussians": ToySpec(
         eight_gaussians, _eight_gaussians_draws, _eight_gaussians_transform,
-        ((-8.0, -8.0), (8.0, 8.0)),
+        ((-8.0, -8.0), (8.0, 8.0)), _eight_gaussians_labels, 8,
     ),
     # support exactly [-4, 4)^2, margin 1
     "checkerboard": ToySpec(
-        checkerboard, _checkerboard_draws, _checkerboard_transform, ((-5.0, -5.0), (5.0, 5.0))
+        checkerboard, _checkerboard_draws, _checkerboard_transform, ((-5.0, -5.0), (5.0, 5.0)),
+        _checkerboard_labels, 8,
     ),
     # noiseless |coordinate| <= (3 pi + 0.5) / 3 ~= 3.31, noise std 0.1
-    "spirals": ToySpec(spirals, _spirals_draws, _spirals_transform, ((-4.0, -4.0), (4.0, 4.0))),
+    "spirals": ToySpec(spirals, _spirals_draws, _spirals_transform, ((-4.0, -4.0), (4.0, 4.0)),
+                       _spirals_labels, 2),
     # outer radius 3, noise std 0.24
-    "circles": ToySpec(circles, _circles_draws, _circles_transform, ((-4.5, -4.5), (4.5, 4.5))),
+    "circles": ToySpec(circles, _circles_draws, _circles_transform, ((-4.5, -4.5), (4.5, 4.5)),
+                       _circles_labels, 2),
     # noiseless x in [-1.89, 2.52], z in [-2.20, 2.83], noise std 0.2
     "swissroll": ToySpec(
-        swissroll, _swissroll_draws, _swissroll_transform, ((-4.5, -4.5), (4.5, 4.5))
+        swissroll, _swissroll_draws, _swissroll_transform, ((-4.5, -4.5), (4.5, 4.5)),
+        _swissroll_labels, _SWISSROLL_BINS,
     ),
 }
 
@@ -289,6 +361,12 @@ def toy_spec(name: str) -> ToySpec:
 def sample_toy(name: str, key: jax.Array, n: int) -> jax.Array:
     """``n`` points (float32 [n, 2]) of the toy dataset ``name``; ``n`` a Python int."""
     return toy_spec(name).sample(key, n)
+
+
+def sample_toy_labeled(name: str, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """(points float32 [n, 2], natural labels int32 [n]) of ``name``: the points of
+    ``sample_toy(name, key, n)`` and which part of the distribution drew each."""
+    return toy_spec(name).sample_labeled(key, n)
 
 
 def toy_box(name: str) -> tuple[np.ndarray, np.ndarray]:

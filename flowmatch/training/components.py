@@ -28,6 +28,7 @@ from flowmatch import objectives as objectives_lib
 from flowmatch import parallel as parallel_lib
 from flowmatch import paths as paths_lib
 from flowmatch import sampling
+from flowmatch.sampling import records
 from flowmatch import schedules as schedules_lib
 from flowmatch import sources as sources_lib
 from flowmatch.checks import ConfigError
@@ -106,15 +107,24 @@ class Components(NamedTuple):
         rngs = {"dropout": dropout_key} if dropout_key is not None else None
         return self.model.apply({"params": params}, x, t, cond=cond, train=train, rngs=rngs)
 
-    def model_fn(self) -> sampling.ModelFn:
-        """The network as the samplers see it (`flowmatch.sampling`)."""
+    def model_fn(self, guidance_scale=None, guidance_interval=None) -> sampling.ModelFn:
+        """The network as the samplers see it (`flowmatch.sampling`), guided with
+        guidance_scale / guidance_interval (`sampling.ModelFn`; a conditional model only)."""
+        if guidance_scale is not None and not self.conditional:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional run, but "
+                             "this model is unconditional (model.num_classes=0)")
+        null = self.model.num_classes if self.conditional else None
         return sampling.ModelFn.from_objective(
-            lambda params, x, t, cond: self.apply(params, x, t, cond), self.objective)
+            lambda params, x, t, cond: self.apply(params, x, t, cond), self.objective,
+            guidance_scale=guidance_scale, guidance_interval=guidance_interval, null_label=null)
 
-    def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None, **options):
-        """A sampler of the registry with the run's defaults (config.sampling) filled in."""
+    def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None, *,
+                     guidance_scale=None, guidance_interval=None, **options):
+        """A sampler of the registry with the run's defaults (config.sampling) filled in, guided
+        when guidance_scale is set; its Samples carry `passes` (network passes)."""
         s = sampling.resolve(_Defaults(self.settings.sampling), method, num_steps, rtol, atol)
-        return sampling.make_sampler(self.model_fn(), **s, **options)
+        model = self.model_fn(guidance_scale, guidance_interval)
+        return records.with_passes(sampling.make_sampler(model, **s, **options), model)
 
 
 class _Defaults(dict):
@@ -236,6 +246,11 @@ def _check_combinations(s: Settings):
             f"'independent' and source.name='normal', got {s.coupling.name!r} and "
             f"{s.source.get('name', 'normal')!r}; use objective.name='flow_matching' for couplings "
             "and other sources")
+    if s.objective.label_dropout and not s.model.get("num_classes", 0):
+        raise ConfigError(
+            f"objective.label_dropout={s.objective.label_dropout} trains the null label of a "
+            "class-conditional model, but model.num_classes=0 (unconditional); set "
+            "model.num_classes to the data's classes, or objective.label_dropout=0")
     if s.coupling.name != "independent" and s.data.name == "pairs":
         raise ConfigError(
             f"data.name='pairs' trains on (x0, x1) pairs as they were written; coupling.name="
@@ -263,8 +278,9 @@ def _check_model_fits_data(s: Settings, model, spec: RunSpec):
             "network predicts a tensor like its input: leave model.out_channels unset (None)")
     want, have = getattr(model, "num_classes", 0) or 0, spec.num_classes
     if want and not have:
+        dropout = (" and objective.label_dropout=0" if s.objective.label_dropout else "")
         raise ConfigError(f"model.num_classes={want} makes the model class-conditional, but data "
-                          f"{d!r} has no labels; set --config.model.num_classes=0")
+                          f"{d!r} has no labels; set --config.model.num_classes=0{dropout}")
     if want and want < have:
         raise ConfigError(f"model.num_classes={want} but data {d!r} has {have} classes (labels "
                           f"0..{have - 1}); set --config.model.num_classes={have} (or 0 for an "

@@ -67,8 +67,9 @@ class Evaluator:
             plotting.plot_2d(out.x[:cfg.num_plot_samples], png, reference=self.reference,
                              box=self.box, title=f"{self.name}, step {step}: tv={m['tv']:.3f}")
         else:
-            plotting.image_grid(out.x[:cfg.num_plot_samples], png,
-                                title=f"{self.name}, step {step}")
+            k = cfg.num_plot_samples
+            plotting.image_grid(out.x[:k], png, title=f"{self.name}, step {step}",
+                                labels=None if self.labels is None else self.labels[:k])
         if not out.success:
             logging.warning("the sampler reported a failed solve (max_steps reached) at step %d",
                             step)

@@ -4,7 +4,8 @@
     state, metrics = step(state, batch, train_key, first_index)
 
 Randomness: step k uses step_key = fold_in(train_key, k), and row j of the global batch draws its
-time, noise and dropout from fold_in(step_key, j) alone (`batch_loss`); a coupling then pairs the
+time, noise and dropout from fold_in(step_key, j) alone, and its label dropout from that row key's
+named stream "label_dropout" (`batch_loss`); a coupling then pairs the
 rows' source samples over the global batch, also independently of the device layout
 (`make_pairing`).  So 1, 2 or 512 devices, jit or pmap, with or without gradient accumulation
 compute the same losses and gradients up to the order of float reductions, and a resumed run
@@ -24,13 +25,33 @@ from flowmatch import couplings as couplings_lib
 from flowmatch import ema as ema_lib
 from flowmatch import objectives as objectives_lib
 from flowmatch import parallel as parallel_lib
+from flowmatch import rng
 
 # Streams of a step's randomness besides the rows' fold_in(step_key, j), j < batch_size.
 SOURCE_STREAM = 2**32 - 1    # a toy source's draw of the whole global batch
 COUPLING_STREAM = 2**32 - 2  # Sinkhorn: one uniform per row, fold_in(stream, j)
+# A row's label dropout: one uniform from rng.stream(fold_in(step_key, j), LABEL_DROPOUT_STREAM),
+# a stream of its own so that the split of the row key (loss, network dropout) stays as it was.
+LABEL_DROPOUT_STREAM = "label_dropout"
 
 
-def batch_loss(apply: Callable, objective, conditional: bool, params, batch, indices, step_key):
+def drop_labels(labels, indices, step_key, p: float, null_label: int):
+    """labels [b] with each row's label replaced by null_label with probability p, row j deciding
+    from its own key (uniform(stream(fold_in(step_key, j), "label_dropout")) < p): the same rows
+    are dropped whatever the device layout.  p = 0 returns labels unchanged."""
+    if not p:
+        return labels
+
+    def one(label, index):
+        key = rng.stream(jax.random.fold_in(step_key, index), LABEL_DROPOUT_STREAM)
+        drop = jax.random.uniform(key) < p
+        return jnp.where(drop, jnp.asarray(null_label, label.dtype), label)
+
+    return jax.vmap(one)(labels, indices)
+
+
+def batch_loss(apply: Callable, objective, conditional: bool, params, batch, indices, step_key,
+               null_label: int | None = None):
     """Mean loss over rows of the global batch, each with its own randomness; (loss, aux).
 
     batch: {"x": [b, ...], "label": [b]}, optionally "x0": [b, ...] (the source samples paired
@@ -38,9 +59,18 @@ def batch_loss(apply: Callable, objective, conditional: bool, params, batch, ind
     per row); indices: [b] int32, the rows' positions in the global batch.  Row j calls the
     objective on itself alone with key fold_in(step_key, j) (split into the loss's key and the
     dropout key), so its loss does not depend on which device, shard or micro-batch holds it.
+    A conditional model with objective.label_dropout = p > 0 sees the null label null_label (its
+    num_classes) instead of the row's with probability p (`drop_labels`).
     Always float32.  With "x0", aux also has "pair_cost", the mean |x1 - x0|^2 of the pairs.
     apply(params, x, t, cond, train=True, dropout_key=key) -> prediction.
     """
+    p = getattr(objective, "label_dropout", 0.0)
+    labels = batch["label"]
+    if p and conditional:
+        if null_label is None:
+            raise ValueError("objective.label_dropout > 0 needs the model's null label "
+                             "(null_label = model.num_classes)")
+        labels = drop_labels(labels, indices, step_key, p, null_label)
 
     def one(x, label, index, x0):
         key_loss, key_dropout = jax.random.split(jax.random.fold_in(step_key, index))
@@ -54,7 +84,7 @@ def batch_loss(apply: Callable, objective, conditional: bool, params, batch, ind
             aux = dict(aux, pair_cost=couplings_lib.pair_cost(x[None], x0[None]))
         return jax.tree.map(lambda v: v.astype(jnp.float32), (loss, aux))
 
-    losses, aux = jax.vmap(one)(batch["x"], batch["label"], indices, batch.get("x0"))
+    losses, aux = jax.vmap(one)(batch["x"], labels, indices, batch.get("x0"))
     return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
 
 
@@ -115,14 +145,16 @@ def make_pairing(objective, source, coupling: couplings_lib.CouplingSettings, ba
 def make_train_step(*, apply: Callable, objective, conditional: bool,
                     tx: optax.GradientTransformation, lr_schedule: Callable, ema_decay: float,
                     ema_warmup: bool, pair: Callable, grad_accum_steps: int = 1,
-                    split_micro: Callable | None = None, reduce: Callable | None = None):
+                    split_micro: Callable | None = None, reduce: Callable | None = None,
+                    null_label: int | None = None):
     """train_step(state, batch, train_key, first_index=0) -> (new state, metrics).
 
     batch: rows first_index .. first_index + b - 1 of the global batch (all of it under jit, one
     device's shard under pmap).  pair: `make_pairing`'s function.  grad_accum_steps = A > 1
     processes the rows as A micro-batches (split_micro(tree) -> [A, b / A, ...], laid out so no
     row crosses devices) and averages their gradients.  reduce (pmap: a pmean over the devices)
-    averages loss, aux and gradients across devices.
+    averages loss, aux and gradients across devices.  null_label: a conditional model's null
+    class (its num_classes), which objective.label_dropout trains (`batch_loss`).
 
     Non-finite guard: when the loss or the gradients' global norm is not finite (any NaN or Inf in
     a gradient makes the norm non-finite), params, opt_state and ema_params stay as they were (the
@@ -131,7 +163,7 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
     digits U-Net step 19x slower (14 s -> 272 s).
     """
     loss_fn = lambda params, batch, indices, key: batch_loss(  # noqa: E731
-        apply, objective, conditional, params, batch, indices, key)
+        apply, objective, conditional, params, batch, indices, key, null_label)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def gradients(params, batch, indices, step_key):
@@ -209,7 +241,8 @@ def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
         pair=make_pairing(comps.objective, comps.source, comps.settings.coupling, s.batch_size,
                           plan),
         grad_accum_steps=accum, split_micro=split_micro,
-        reduce=(lambda t: jax.lax.pmean(t, parallel_lib.DATA_AXIS)) if in_pmap else None)
+        reduce=(lambda t: jax.lax.pmean(t, parallel_lib.DATA_AXIS)) if in_pmap else None,
+        null_label=comps.model.num_classes if comps.conditional else None)
 
     if in_pmap:
         def shard_steps(state, batches, first_index, train_key):

@@ -150,6 +150,9 @@ def test_an_image_model_that_does_not_fit_the_data_is_refused_before_compiling(c
     ({"objective.name": "ddpm", "objective.prediction": "eps", "coupling.name": "exact"},
      "draws its own Gaussian noise"),
     ({"coupling.per_class": True}, "no labels"),
+    ({"objective.label_dropout": 0.1}, "label_dropout=0.1 trains the null label.*"
+                                       "model.num_classes=0"),
+    ({"objective.label_dropout": 1.0}, r"label_dropout must be in \[0, 1\)"),
     ({"source.name": "moons2"}, "choose one of: normal"),
     ({"path.schedule": "polynomial", "path.exponent": -1.0}, "exponent must be > 0"),
     ({"eval_every_steps": 6, "log_every_steps": 4}, "multiple of log_every_steps"),
