@@ -4,7 +4,8 @@ per-dataset files (configs/<dataset>.py) start from `get_config()` here and chan
 Keys (what the training loop reads):
   seed, batch_size (global), num_train_steps, steps_per_call (train steps per jitted call),
   log_every_steps, eval_every_steps, checkpoint_every_steps, ema_decay, ema_warmup,
-  progress_bar, tensorboard,
+  progress_bar, tensorboard (also TensorBoard event files; pip install tensorboardX),
+  wandb_project, wandb_entity ('' = off; else also log to Weights & Biases; pip install wandb),
   grad_accum_steps (1 = off; the global batch is split into that many micro-batches whose
                gradients are averaged: the same update as one batch, less memory),
   parallel.*   mode ('sharding': jit over a device mesh | 'pmap'), data_axis_size (-1 = all
@@ -70,6 +71,8 @@ def get_config():
     c.ema_warmup = True
     c.progress_bar = True
     c.tensorboard = False
+    c.wandb_project = ""
+    c.wandb_entity = ""
     c.grad_accum_steps = 1
 
     c.parallel = ml_collections.ConfigDict(dict(

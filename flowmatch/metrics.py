@@ -1,19 +1,20 @@
 """Sample-quality metrics and metric logging.
 
 Distances between point sets (2-D histogram total variation, exact empirical W2), the Fréchet
-distance between Gaussians (the basis of FID-style image metrics), and a JSONL / TensorBoard
-writer.  Everything here runs on the host in NumPy / SciPy: the work is either a histogram (a
+distance between Gaussians (the basis of FID-style image metrics), and the metric writer
+(metrics.jsonl, plus TensorBoard or Weights & Biases when asked).  Everything here runs on the host in NumPy / SciPy: the work is either a histogram (a
 bincount, milliseconds for 1e5 points) or an assignment problem, neither of which gains from an
 accelerator.  JAX arrays are accepted anywhere an array is and are copied to the host.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import numbers
 import os
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import scipy.linalg
@@ -30,6 +31,7 @@ __all__ = [
     "frechet_distance",
     "metrics_2d",
     "MetricWriter",
+    "require_writer",
     "read_metrics",
     "truncate_metrics",
 ]
@@ -292,40 +294,104 @@ def _drop_partial_last_line(path: str) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
+# Optional writers: (module to import, how to install it).  Checked by `require_writer` before a
+# run writes anything, so a missing package is one line and not an ImportError half-way.
+OPTIONAL_WRITERS = {
+    "tensorboard": ("tensorboardX",
+                    "pip install tensorboardX (or pip install -e '.[tensorboard]')"),
+    "wandb": ("wandb", "pip install wandb (or pip install -e '.[wandb]')"),
+}
+
+
+def require_writer(name: str) -> None:
+    """Raises ImportError naming the install command if writer `name` (a key of
+    OPTIONAL_WRITERS) cannot be imported here."""
+    module, install = OPTIONAL_WRITERS[name]
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"the {name} writer needs {module}, which is not installed: {install}")
+
+
+class ScalarSink(Protocol):
+    """One destination of logged scalars (the shape of CLU's metric_writers): every method is
+    called on the main process only."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, int | float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoardSink:
+    """Scalars as TensorBoard event files in `logdir` (tensorboardX)."""
+
+    def __init__(self, logdir: str):
+        require_writer("tensorboard")
+        import tensorboardX  # pylint: disable=g-import-not-at-top
+        self._writer = tensorboardX.SummaryWriter(logdir=logdir)
+
+    def write_scalars(self, step, scalars):
+        for k, v in scalars.items():
+            self._writer.add_scalar(k, v, global_step=step)
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+class WandbSink:
+    """Scalars to a Weights & Biases run: project / entity as given, the run named after the
+    workdir and resumed by an id derived from its absolute path (a restarted run appends to the
+    same W&B run).  `config`: the run's config as a dict.  WANDB_MODE=offline works as usual."""
+
+    def __init__(self, workdir: str, project: str, entity: str = "", config: dict | None = None):
+        require_writer("wandb")
+        import hashlib  # pylint: disable=g-import-not-at-top
+        import wandb  # pylint: disable=g-import-not-at-top
+        path = os.path.abspath(workdir)
+        run_id = hashlib.sha1(path.encode()).hexdigest()[:16]
+        self._run = wandb.init(project=project, entity=entity or None, dir=path, id=run_id,
+                               name=os.path.basename(path), config=config, resume="allow")
+
+    def write_scalars(self, step, scalars):
+        self._run.log(dict(scalars), step=step)
+
+    def close(self):
+        self._run.finish()
+
+
 class MetricWriter:
-    """Appends scalar metrics to `workdir/metrics.jsonl`, optionally also to TensorBoard.
+    """Appends scalar metrics to `workdir/metrics.jsonl`, and to the optional sinks.
 
     Each `write(step, scalars)` adds one JSON line {"step": step, **scalars} and flushes it, so
     a killed run keeps every line written.  NaN / inf are written as NaN / Infinity (Python's
     json reads them back).  On a process other than the main one (is_main_process=False) every
-    method is a no-op, so callers need no `if`.  With tensorboard=True the same scalars also go
-    to TensorBoard event files in workdir (needs `pip install tensorboardX`).  A run resumed
-    from a checkpoint should first call truncate_metrics(path, restored_step).
+    method is a no-op, so callers need no `if`.  tensorboard=True also writes TensorBoard event
+    files in workdir (`TensorBoardSink`); wandb_project logs to Weights & Biases (`WandbSink`);
+    both are optional packages, checked by `require_writer` before any file is opened.  A run
+    resumed from a checkpoint should first call truncate_metrics(path, restored_step).
     """
 
-    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = False, is_main_process: bool = True):
+    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = False,
+                 is_main_process: bool = True, wandb_project: str = "", wandb_entity: str = "",
+                 run_config: dict | None = None):
         self.path = os.path.join(os.fspath(workdir), METRICS_FILENAME)
         self._file = None
-        self._tb = None
+        self._sinks: list[ScalarSink] = []
         self._active = bool(is_main_process)
         self._closed = False
         if not self._active:
             return
-        if tensorboard:
-            try:
-                import tensorboardX
-            except ImportError as e:
-                raise ImportError(
-                    "MetricWriter(tensorboard=True) needs tensorboardX: `pip install tensorboardX` "
-                    "(or `pip install flowmatch[tensorboard]`), or pass tensorboard=False to log "
-                    "to metrics.jsonl only."
-                ) from e
+        for name, wanted in (("tensorboard", tensorboard), ("wandb", bool(wandb_project))):
+            if wanted:
+                require_writer(name)
         os.makedirs(os.fspath(workdir), exist_ok=True)
         if os.path.exists(self.path):
             _drop_partial_last_line(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
-            self._tb = tensorboardX.SummaryWriter(logdir=os.fspath(workdir))
+            self._sinks.append(TensorBoardSink(os.fspath(workdir)))
+        if wandb_project:
+            self._sinks.append(WandbSink(os.fspath(workdir), wandb_project, wandb_entity,
+                                         run_config))
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         """Log scalars at an integer step.  scalars: {name: scalar}; "step" is reserved."""
@@ -338,24 +404,21 @@ class MetricWriter:
             raise ValueError(f"step must be an integer; got {step!r}.")
         if "step" in scalars:
             raise ValueError("'step' is reserved for the step argument; rename that metric.")
-        record = {"step": step}
-        record.update({str(k): _to_scalar(str(k), v) for k, v in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
+        values = {str(k): _to_scalar(str(k), v) for k, v in scalars.items()}
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for k, v in record.items():
-                if k != "step":
-                    self._tb.add_scalar(k, v, global_step=step)
-            self._tb.flush()
+        for sink in self._sinks:
+            sink.write_scalars(step, values)
 
     def close(self) -> None:
-        """Flush and close the files; later writes raise ValueError.  Safe to call twice."""
+        """Flush and close the files and sinks; later writes raise ValueError.  Safe to call
+        twice."""
         if self._file is not None:
             self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for sink in self._sinks:
+            sink.close()
         self._file = None
-        self._tb = None
+        self._sinks = []
         self._closed = True
 
     def __enter__(self) -> "MetricWriter":

@@ -2,10 +2,26 @@
 
 Strict rank promotion catches silent broadcasting bugs ([B] + [B, 1] -> [B, B]).  Library
 modules never touch jax.config; tests that need float64 use ``with jax.enable_x64(True):``.
+
+One persistent XLA compilation cache for the whole session: the pytest process creates it
+before the xdist workers start, and the workers and every subprocess a test starts (the
+scripts, the simulated-device runs) inherit it through the environment, so a program that many
+tests build (a smoke config's train step, its sampler) is compiled once.  The cache is keyed by
+the program and the compile options, so it changes no result; it is removed at the end.  A
+cache already named in the environment (JAX_COMPILATION_CACHE_DIR) is used as is.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="flowmatch-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 

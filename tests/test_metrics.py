@@ -314,3 +314,52 @@ def test_truncate_keeps_steps_up_to_max_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert metrics.truncate_metrics(tmp_path / "missing.jsonl", 5) == 0
     assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_every_sink_gets_the_scalars_written_to_metrics_jsonl(tmp_path, monkeypatch):
+    got = []
+
+    class Recorder:
+        def __init__(self, logdir):
+            got.append(("open", logdir))
+
+        def write_scalars(self, step, scalars):
+            got.append((step, dict(scalars)))
+
+        def close(self):
+            got.append("close")
+
+    monkeypatch.setattr(metrics, "require_writer", lambda name: None)
+    monkeypatch.setattr(metrics, "TensorBoardSink", Recorder)
+    with metrics.MetricWriter(tmp_path, tensorboard=True) as w:
+        w.write(3, {"loss": np.float32(0.5), "n": 2})
+    assert got == [("open", str(tmp_path)), (3, {"loss": 0.5, "n": 2}), "close"]
+    assert metrics.read_metrics(tmp_path / "metrics.jsonl") == [{"step": 3, "loss": 0.5, "n": 2}]
+
+
+@pytest.mark.parametrize("name,module", [("tensorboard", "tensorboardX"), ("wandb", "wandb")])
+def test_a_missing_optional_writer_names_its_install_command(name, module, monkeypatch):
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda m, *a: None if m == module else real(m, *a))
+    with pytest.raises(ImportError, match=f"needs {module}, which is not installed: pip install"):
+        metrics.require_writer(name)
+
+
+def test_a_run_asking_for_a_missing_writer_stops_before_writing(tmp_path, monkeypatch):
+    """--config.tensorboard=True / --config.wandb_project=P without the package: a ConfigError
+    naming the key and the install command, and the workdir is never created."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    from configs_util import load_config  # pylint: disable=g-import-not-at-top
+    from flowmatch import training  # pylint: disable=g-import-not-at-top
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m in (
+        "tensorboardX", "wandb") else real(m, *a))
+    for key, value, install in (("tensorboard", True, "pip install tensorboardX"),
+                                ("wandb_project", "flows", "pip install wandb")):
+        config = load_config("checkerboard")
+        config[key] = value
+        with pytest.raises(training.ConfigError, match=f"{key}=.*{install}"):
+            training.train_and_evaluate(config, str(tmp_path / key))
+        assert not (tmp_path / key).exists()

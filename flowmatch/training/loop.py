@@ -220,8 +220,11 @@ class _Trainer:
             if skipped and self.main:
                 print(f"flowmatch: left out {skipped} damaged record(s) of {iterator!r} "
                       "(data.skip_bad=True; see train.log for which)", flush=True)
-            writer = metrics_lib.MetricWriter(self.workdir, tensorboard=self.s.tensorboard,
-                                              is_main_process=self.main)
+            writer = metrics_lib.MetricWriter(
+                self.workdir, tensorboard=self.s.tensorboard, is_main_process=self.main,
+                wandb_project=self.s.wandb_project, wandb_entity=self.s.wandb_entity,
+                run_config=(runs.load_config(self.workdir).to_dict()
+                            if self.s.wandb_project and self.main else None))
             evaluator = None
             if self.s.evaluates:
                 evaluator = evaluation.Evaluator(

@@ -37,6 +37,8 @@ class TrainSettings:
     ema_warmup: bool = True
     progress_bar: bool = True
     tensorboard: bool = False
+    wandb_project: str = ""
+    wandb_entity: str = ""
     grad_accum_steps: int = 1
 
     def __post_init__(self):
@@ -44,6 +46,15 @@ class TrainSettings:
                     "checkpoint_every_steps", "grad_accum_steps"):
             checks.positive_int(key, getattr(self, key))
         checks.non_negative_int("eval_every_steps", self.eval_every_steps)
+        from flowmatch import metrics  # pylint: disable=g-import-not-at-top
+        for name, key, wanted in (("tensorboard", "tensorboard", self.tensorboard),
+                                  ("wandb", "wandb_project", bool(self.wandb_project))):
+            if wanted:
+                try:
+                    metrics.require_writer(name)
+                except ImportError as e:
+                    raise ValueError(f"{key}={getattr(self, key)!r}: {e}; or leave {key} "
+                                     "unset") from None
         if not checks.is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**31 - 1], got {self.seed!r}")
         checks.real("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
