@@ -56,4 +56,4 @@ def test_ddpm_run_samples_with_every_family(tmp_path):
                                     method=method, num_steps=steps)
         assert out["nfe"] == nfe and out["success"]
         assert np.load(tmp_path / f"{method}.npz")["samples"].shape == (64, 2)
-    assert sampling.METHODS[-2:] == ("ancestral", "ddim")
+    assert {"ancestral", "ddim"} <= set(sampling.METHODS)
