@@ -16,6 +16,15 @@ the same Runge-Kutta method and grid as x (no extra evaluations of v).  For a di
 identity holds exactly too: with stages k_i and weights b_i, S = sum_steps h sum_i b_i ||d - k_i||^2
 is the method's own quadrature of Liu's integral over its own stages.
 
+A quadrature of the non-negative ||v||^2 is a sum of squares only when its weights are
+non-negative.  Euler, midpoint, Heun, Ralston, RK3, RK4 and Bosh3 have such weights; Dopri5
+(b_5 = -2187/6784) and Tsit5 do not, nor do the Adams-Bashforth methods (AB2: 3/2, -1/2), and on
+a coarse fixed grid their value of PE can fall below E||d||^2, which would report a negative S.
+So `positive_quadrature` says which solves give a trustworthy value: fixed grids of the
+non-negative methods, and adaptive solves (whose error control covers e, so e is accurate to the
+tolerance); for the others `path_metrics(..., positive=False)` reports NaN (unavailable) rather
+than a number that misleads.
+
 Reported (`path_metrics`), all in squared data units summed over dimensions:
   straightness   S (Liu et al.), 0 for straight constant-speed paths;
   energy_ratio   PE / E||d||^2 >= 1 (Cauchy-Schwarz per path), = 1 iff S = 0; = 1 + S / E||d||^2;
@@ -66,11 +75,24 @@ def solve_with_energy(v: Callable, x0, **solve_kwargs) -> integrators.Solution:
     return integrators.solve(energy_field(v), (x0, e0), **solve_kwargs)
 
 
-def path_metrics(x0, x1, energy, w2_squared: float | None = None) -> dict:
+def positive_quadrature(method: str, adaptive: bool = False) -> bool:
+    """Whether `solve_with_energy` by `method` integrates ||v||^2 with non-negative weights (or
+    adaptively, its error controlled), so that its path energy can be trusted; see the module
+    docstring."""
+    if adaptive:
+        return True
+    tableau = integrators.TABLEAUS.get(method)
+    return tableau is not None and bool(np.all(np.asarray(tableau.b, np.float64) >= 0))
+
+
+def path_metrics(x0, x1, energy, w2_squared: float | None = None, *,
+                 positive: bool = True) -> dict:
     """Straightness, energy ratio and (given W2^2(q0, q1)) NPE of solved trajectories.
 
     x0, x1: [B, ...] start and end of each trajectory (t = 0 and t = 1); energy: [B], the path
     energy ∫_0^1 ||v||^2 dt of each (from `solve_with_energy`).  Host side, float64.
+    positive: `positive_quadrature` of the solve; False makes straightness, energy_ratio,
+    path_energy and npe NaN (unavailable: the quadrature has a negative weight).
     Returns {"straightness", "energy_ratio", "path_energy", "displacement" (E||x1 - x0||^2),
     "npe" (None without w2_squared)}; see the module docstring.
     """
@@ -81,11 +103,15 @@ def path_metrics(x0, x1, energy, w2_squared: float | None = None) -> dict:
         raise ValueError(f"need x0, x1 of one shape [B, ...] and energy [B]; got {x0.shape}, "
                          f"{x1.shape} and {e.shape}")
     disp = float(np.mean(np.sum(np.square(x1 - x0).reshape(len(x0), -1), axis=1)))
-    pe = float(np.mean(e))
+    pe = float(np.mean(e)) if positive else float("nan")
     npe = None
     if w2_squared is not None:
         if not w2_squared > 0:
             raise ValueError(f"w2_squared must be > 0, got {w2_squared!r}")
         npe = abs(pe - w2_squared) / w2_squared
-    return {"straightness": pe - disp, "energy_ratio": pe / disp if disp > 0 else float("nan"),
-            "path_energy": pe, "displacement": disp, "npe": npe}
+    # With non-negative weights S is a sum of squares; a negative PE - E||d||^2 is round-off of
+    # the difference (e.g. -1e-8 for midpoint's one step, where S is exactly 0).
+    s = max(pe - disp, 0.0) if positive else pe
+    ratio = max(pe / disp, 1.0) if positive and disp > 0 else float("nan")
+    return {"straightness": s, "energy_ratio": ratio, "path_energy": pe, "displacement": disp,
+            "npe": npe}

@@ -379,7 +379,9 @@ def _measure_rows(m: _Measure, method, kind, solve, budget=None,
             "traj_error": _traj_error(result["x"], m.ref["x"]), "seconds": result["seconds"],
             "success": result["success"], **dict.fromkeys(PATH_METRICS)}
     if result["energy"] is not None:
-        pm = straightness.path_metrics(m.x0, result["x_end"], result["energy"], m.w2_squared)
+        pm = straightness.path_metrics(
+            m.x0, result["x_end"], result["energy"], m.w2_squared,
+            positive=straightness.positive_quadrature(method, adaptive=tol is not None))
         base.update({k: pm[k] for k in PATH_METRICS})
     quality = dict(m.quality_fn(result["x"])) if m.quality_fn is not None else {}
     if m.nll_of is not None:

@@ -68,3 +68,30 @@ def test_npe_and_bad_shapes():
     assert m["npe"] == pytest.approx(0.5) and m["energy_ratio"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="energy"):
         straightness.path_metrics(x0, x1, np.ones(3))
+
+
+def test_straightness_is_never_negative_and_unavailable_where_the_rule_has_negative_weights():
+    """A spinning, accelerating field on 1-2 coarse steps: every method with non-negative
+    weights gives S >= 0 (a sum of squares); Dopri5 and Tsit5's own quadratures go negative
+    there (by thousands), so they are reported as unavailable (NaN), never as a number."""
+    x0 = jnp.asarray(np.random.default_rng(0).normal(size=(256, 2)), jnp.float32)
+    negative_seen = set()
+    for w in (2.0,):
+        a = jnp.array([[0.0, -w], [w, 0.0]])
+        v = lambda t, x, a=a: x @ a.T * (1 + 3 * t)  # noqa: E731
+        for method in ("euler", "midpoint", "heun", "ralston", "rk3", "rk4", "bosh3", "dopri5",
+                       "tsit5", "ab2", "ab3"):
+            positive = straightness.positive_quadrature(method)
+            assert positive == (method not in ("dopri5", "tsit5", "ab2", "ab3")), method
+            for n in (1, 2):
+                x1, e = straightness.solve_with_energy(v, x0, method=method, num_steps=n).x
+                raw = float(np.mean(np.asarray(e, np.float64))
+                            - np.mean(np.sum(np.square(np.asarray(x1 - x0, np.float64)), 1)))
+                pm = straightness.path_metrics(x0, x1, e, positive=positive)
+                if positive:
+                    assert pm["straightness"] >= 0 and pm["energy_ratio"] >= 1, (method, w, n)
+                else:
+                    assert math.isnan(pm["straightness"]) and math.isnan(pm["energy_ratio"])
+                    negative_seen |= {method} if raw < 0 else set()
+    assert {"dopri5", "tsit5"} <= negative_seen
+    assert straightness.positive_quadrature("dopri5", adaptive=True)
