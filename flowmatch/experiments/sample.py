@@ -80,7 +80,8 @@ def sample_to_file(workdir: str, output: str, *, num_samples=None, method=None, 
     guidance_interval: classifier-free guidance of a conditional run.  Defaults come from the
     run's config.sampling (its default sampler) and config.eval.  Returns a dict of what was
     written and measured (for 2-D data also tv and w2 against fresh data of the sampled classes,
-    and for a conditional run `class_agreement`: the fraction of samples whose nearest labelled
+    with tv_floor and w2_floor, what fresh data scores at the same sample count, and for a
+    conditional run `class_agreement`: the fraction of samples whose nearest labelled
     data point has the sample's label).
     """
     if not output.endswith(".npz"):
@@ -168,6 +169,12 @@ def _score_2d(samples, labels, label, spec, cfg, seed: int, png: str, n: int,
     ref, _ = _reference_2d(spec.data, key, max(n, cfg.num_tv_samples), label)
     m = metrics_lib.metrics_2d(samples, ref[:cfg.num_w2_samples], ref, spec.box,
                                bins=cfg.tv_bins, n_w2=cfg.num_w2_samples)
+    # The floors at this sample count: fresh data scored exactly as the samples are (what a
+    # perfect model would get; tv's floor grows as n shrinks).
+    fresh, _ = _reference_2d(spec.data, rng.seed_stream(seed, "floor"), n, label)
+    floor = metrics_lib.metrics_2d(fresh, ref[:cfg.num_w2_samples], ref, spec.box,
+                                   bins=cfg.tv_bins, n_w2=cfg.num_w2_samples)
+    m["tv_floor"], m["w2_floor"] = floor["tv"], floor["w2"]
     if labels is not None:
         nn_x, nn_y = _reference_2d(spec.data, rng.seed_stream(seed, "label_reference"),
                                    cfg.num_w2_samples, None)

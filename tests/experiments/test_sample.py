@@ -99,3 +99,15 @@ class _Comps:
     def __init__(self, c):
         self.conditional = c > 0
         self.model = type("M", (), {"num_classes": c})()
+
+
+def test_2d_scores_come_with_their_floor_at_the_same_sample_count(run_dirs, tmp_path):
+    """tv_floor / w2_floor: fresh data scored as the samples are, at the scored count; the tv
+    floor of 200 points is far above that of 5,000 (histogram noise), so a tv is only read
+    against the floor printed beside it."""
+    small, large = (sample.sample_to_file(run_dirs["checkerboard"], str(tmp_path / f"{n}.npz"),
+                                          num_samples=n, method="euler", num_steps=1)
+                    for n in (200, 5_000))
+    for r in (small, large):
+        assert 0 < r["tv_floor"] < 1 and r["w2_floor"] > 0
+    assert small["tv_floor"] > 2 * large["tv_floor"]
