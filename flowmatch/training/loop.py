@@ -167,7 +167,7 @@ class _Trainer:
             return
         print(f"flowmatch: {self.comps.settings.model.get('name')} with {num_params:,} parameters;"
               f" data {self.comps.settings.data.name} {tuple(spec.example_shape)}; "
-              f"{plan.num_shards} device(s), {jax.process_count()} process(es), mode {plan.mode}; "
+              f"{len(plan.devices)} device(s), {jax.process_count()} process(es), mode {plan.mode}; "
               f"workdir {self.workdir}", flush=True)
         skipped_files = getattr(getattr(self.source, "data", None), "num_skipped", 0)
         if skipped_files:
