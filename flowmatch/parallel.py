@@ -23,8 +23,9 @@ Two ways to run a train step on the mesh:
   a leading device axis and the step averages gradients with `lax.pmean`.
 
 Global shard s (the s-th (data, fsdp) position of the mesh, row-major) holds rows
-[s b, (s + 1) b) of the global batch, b = batch_size / num_shards, num_shards = data x fsdp.  Devices are ordered by process, so process p's devices hold
-one contiguous block of rows: exactly the rows `data.BatchIterator(process_index=p)` loads.
+[s b, (s + 1) b) of the global batch, b = batch_size / num_shards, num_shards = data x fsdp.
+Devices are ordered by process, so process p's devices hold one contiguous block of rows:
+exactly the rows `data.BatchIterator(process_index=p)` loads.
 
 Nothing here knows about losses or samplers; the trainer (`flowmatch.training`) uses these pieces.
 Multi-process runs call `maybe_initialize_distributed` before any other JAX call.
