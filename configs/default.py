@@ -11,8 +11,11 @@ Keys (what the training loop reads):
   parallel.*   mode ('sharding': jit over a device mesh | 'pmap'), data_axis_size (-1 = all
                devices), fsdp_axis_size (1 = parameters replicated; > 1 splits parameters and
                optimizer state over that many devices, mode 'sharding' only), fsdp_min_size
-               (parameters with fewer elements stay replicated); batch_size must divide by
-               data_axis_size x fsdp_axis_size x grad_accum_steps
+               (parameters with fewer elements stay replicated), tensor_axis_size (> 1 splits
+               parameters by their logical axes, heads / mlp over it, embed over fsdp; the
+               batch is replicated over it), num_slices (TPU slices over DCN; the data axis
+               spans them); batch_size must divide by data_axis_size x fsdp_axis_size x
+               grad_accum_steps; see docs/parallel.md
   data.*       name, path, image_size, channels, random_flip, skip_bad ('pairs' with path = a
                directory of (x0, x1) pairs from scripts/reflow.py trains on paired data;
                'arrayrecord' with path = a directory from scripts/prepare_data.py streams its
@@ -76,7 +79,8 @@ def get_config():
     c.grad_accum_steps = 1
 
     c.parallel = ml_collections.ConfigDict(dict(
-        mode="sharding", data_axis_size=-1, fsdp_axis_size=1, fsdp_min_size=2**14))
+        mode="sharding", data_axis_size=-1, fsdp_axis_size=1, fsdp_min_size=2**14,
+        tensor_axis_size=1, num_slices=1))
 
     c.data = ml_collections.ConfigDict(dict(
         name="checkerboard", path="", image_size=0, channels=3, random_flip=False,

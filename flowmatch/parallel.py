@@ -1,18 +1,31 @@
-"""Data parallelism for the trainer: the device mesh, shardings, pmap layout, multi-host set-up.
+"""Parallelism for the trainer: the device mesh, shardings, pmap layout, multi-host set-up.
 
-The mesh has two axes, ``("data", "fsdp")``.  The global batch is split over both (every device
-is data-parallel); parameters, optimizer state and EMA are replicated over "data" and, when
-``fsdp`` > 1, split over "fsdp" (FSDP / ZeRO-3 style: each weight's largest divisible dimension
-is sharded and XLA gathers it where it is used).  Two ways to run a train step on that mesh:
+The mesh has three axes, ``("data", "fsdp", "tensor")``.  The global batch is split over "data"
+and "fsdp" (those devices are data-parallel) and replicated over "tensor"; parameters, optimizer
+state and EMA are replicated over "data".  How they are split over the other two:
+
+- tensor = 1: when ``fsdp`` > 1, over "fsdp" (FSDP / ZeRO-3 style: each weight's largest
+  divisible dimension is sharded and XLA gathers it where it is used; `fsdp_spec`).
+- tensor > 1: by logical axes (tensor / model parallelism, as Megatron-LM, MaxText and
+  MaxDiffusion): every parameter dimension has a logical name (a DiT's table in
+  flowmatch/models/dit.py, the MLP's and U-Net's in flowmatch/models/axes.py) and `LOGICAL_RULES`
+  maps names to mesh axes: embed -> fsdp, heads and mlp -> tensor (`logical_spec`).
+  A dimension that its mesh axes do not divide stays replicated.
+
+With ``num_slices`` > 1 (a multi-slice TPU run) the mesh comes from
+`jax.experimental.mesh_utils.create_hybrid_device_mesh`: "fsdp" and "tensor" within a slice
+(fast ICI links), "data" across slices (DCN; only the gradient all-reduce crosses it).
+Two ways to run a train step on the mesh:
 
 - "sharding" (default): one `jax.jit` program over global arrays with `NamedSharding`s; XLA
   partitions it (GSPMD) and inserts the gradient all-reduce.
-- "pmap": `jax.pmap` over the same devices (fsdp must be 1); the state is stacked with a leading
-  device axis and the step averages gradients with `lax.pmean`.
+- "pmap": `jax.pmap` over the same devices (fsdp and tensor must be 1); the state is stacked with
+  a leading device axis and the step averages gradients with `lax.pmean`.
 
-Global shard s (the s-th device of the mesh, row-major) holds rows [s b, (s + 1) b) of the global
-batch, b = batch_size / num_shards.  Devices are ordered by process, so process p's devices hold
-one contiguous block of rows: exactly the rows `data.BatchIterator(process_index=p)` loads.
+Global shard s (the s-th (data, fsdp) position of the mesh, row-major) holds rows
+[s b, (s + 1) b) of the global batch, b = batch_size / num_shards, num_shards = data x fsdp.
+Devices are ordered by process, so process p's devices hold one contiguous block of rows:
+exactly the rows `data.BatchIterator(process_index=p)` loads.
 
 Nothing here knows about losses or samplers; the trainer (`flowmatch.training`) uses these pieces.
 Multi-process runs call `maybe_initialize_distributed` before any other JAX call.
@@ -29,12 +42,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MODES = ("sharding", "pmap")
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
-BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch dimension is split over every device
+TENSOR_AXIS = "tensor"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch dimension: split over data x fsdp
+
+# (logical axis, mesh axis or axes) of parameter and activation dimensions, the one place where
+# logical names meet the mesh.  A name not listed (e.g. "layers", the DiT's scanned block axis)
+# and None are replicated.  Used when tensor > 1 (see the module docstring).
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", FSDP_AXIS),
+    ("heads", TENSOR_AXIS),
+    ("mlp", TENSOR_AXIS),
+    ("layers", None),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +72,8 @@ class ParallelSettings:
     data_axis_size: int = -1
     fsdp_axis_size: int = 1
     fsdp_min_size: int = 2**14
+    tensor_axis_size: int = 1
+    num_slices: int = 1
 
     @classmethod
     def from_config(cls, section) -> "ParallelSettings":
@@ -63,7 +92,8 @@ class ParallelSettings:
         if self.mode not in MODES:
             raise ValueError(
                 f"unknown parallel.mode {self.mode!r}; choose one of: {', '.join(MODES)}")
-        for name in ("data_axis_size", "fsdp_axis_size", "fsdp_min_size"):
+        for name in ("data_axis_size", "fsdp_axis_size", "fsdp_min_size", "tensor_axis_size",
+                     "num_slices"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
                 raise ValueError(f"parallel.{name} must be an integer, got {value!r}")
@@ -77,37 +107,58 @@ class ParallelSettings:
                 f"{self.fsdp_axis_size}")
         if self.fsdp_min_size < 0:
             raise ValueError(f"parallel.fsdp_min_size must be >= 0, got {self.fsdp_min_size}")
-        if self.mode == "pmap" and self.fsdp_axis_size != 1:
+        if self.tensor_axis_size < 1:
             raise ValueError(
-                f"parallel.fsdp_axis_size={self.fsdp_axis_size} needs parallel.mode='sharding'; "
-                "pmap replicates the parameters on every device (set fsdp_axis_size=1)")
+                f"parallel.tensor_axis_size must be >= 1 (1 = no tensor parallelism), got "
+                f"{self.tensor_axis_size}")
+        if self.num_slices < 1:
+            raise ValueError(
+                f"parallel.num_slices must be >= 1 (TPU slices joined over DCN; 1 = one slice "
+                f"or not a TPU), got {self.num_slices}")
+        for name in ("fsdp_axis_size", "tensor_axis_size"):
+            if self.mode == "pmap" and getattr(self, name) != 1:
+                raise ValueError(
+                    f"parallel.{name}={getattr(self, name)} needs parallel.mode='sharding'; "
+                    f"pmap replicates the parameters on every device (set {name}=1)")
 
 
 def mesh_shape(settings: ParallelSettings, num_devices: int, process_count: int = 1):
-    """(data, fsdp) axis sizes for `num_devices` devices; raises ValueError if they do not fit.
+    """(data, fsdp, tensor) axis sizes for `num_devices` devices; raises ValueError if they do
+    not fit.
 
-    A single process may use the first data * fsdp devices only; a multi-process run must use
-    every device (each process feeds its own).
+    A single process may use the first data * fsdp * tensor devices only; a multi-process or
+    multi-slice run must use every device (each process feeds its own).  With num_slices > 1
+    the data axis spans the slices, so it must divide by num_slices.
     """
-    fsdp = settings.fsdp_axis_size
+    fsdp, tensor, slices = settings.fsdp_axis_size, settings.tensor_axis_size, settings.num_slices
     data = settings.data_axis_size
+    inner = fsdp * tensor
+    inner_text = (f"parallel.fsdp_axis_size={fsdp}" if tensor == 1 else
+                  f"parallel.fsdp_axis_size x tensor_axis_size = {fsdp} x {tensor} = {inner}")
     if data == -1:
-        if num_devices % fsdp:
-            raise ValueError(
-                f"parallel.fsdp_axis_size={fsdp} does not divide the {num_devices} devices; "
-                "choose a divisor of the device count")
-        data = num_devices // fsdp
-    used = data * fsdp
+        if num_devices % inner:
+            raise ValueError(f"{inner_text} does not divide the {num_devices} devices; "
+                             "choose a divisor of the device count")
+        data = num_devices // inner
+    used = data * inner
+    sizes = f"{data} x {fsdp}" + (f" x {tensor}" if tensor > 1 else "")
+    names = "data_axis_size x fsdp_axis_size" + (" x tensor_axis_size" if tensor > 1 else "")
     if used > num_devices:
         raise ValueError(
-            f"the mesh data_axis_size x fsdp_axis_size = {data} x {fsdp} = {used} devices does not "
-            f"fit the {num_devices} available; set parallel.data_axis_size=-1 (all devices) or "
-            f"sizes whose product is at most {num_devices}")
-    if process_count > 1 and used != num_devices:
+            f"the mesh {names} = {sizes} = {used} devices does not fit the {num_devices} "
+            f"available; set parallel.data_axis_size=-1 (all devices) or sizes whose product "
+            f"is at most {num_devices}")
+    if (process_count > 1 or slices > 1) and used != num_devices:
+        what = f"{process_count} processes" if process_count > 1 else f"{slices} slices"
         raise ValueError(
-            f"the mesh {data} x {fsdp} uses {used} of {num_devices} devices, but a run over "
-            f"{process_count} processes must use them all; set parallel.data_axis_size=-1")
-    return data, fsdp
+            f"the mesh {sizes} uses {used} of {num_devices} devices, but a run over {what} "
+            f"must use them all; set parallel.data_axis_size=-1")
+    if data % slices:
+        raise ValueError(
+            f"parallel.num_slices={slices} does not divide the data axis ({data} = devices / "
+            f"(fsdp x tensor)); the data axis spans the slices: choose fsdp x tensor within one "
+            f"slice's {num_devices // slices} devices")
+    return data, fsdp, tensor
 
 
 def check_batch(batch_size: int, num_shards: int, grad_accum_steps: int = 1):
@@ -122,15 +173,36 @@ def check_batch(batch_size: int, num_shards: int, grad_accum_steps: int = 1):
             f"choose a multiple of it, e.g. {max(1, round(batch_size / unit)) * unit}")
 
 
-def make_mesh(data: int, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A ("data", "fsdp") mesh over the first data * fsdp devices, ordered by process.
+def hybrid_shapes(data: int, fsdp: int, tensor: int, num_slices: int):
+    """(ici_shape, dcn_shape) of a (data, fsdp, tensor) mesh over `num_slices` slices: within a
+    slice (data / num_slices, fsdp, tensor); across slices (num_slices, 1, 1), so only the data
+    axis, whose one collective per step is the gradient all-reduce, crosses the slow links."""
+    if num_slices < 1 or data % num_slices:
+        raise ValueError(f"num_slices={num_slices} must divide the data axis size {data}")
+    return (data // num_slices, fsdp, tensor), (num_slices, 1, 1)
 
-    Process-major order keeps each process's devices on one contiguous block of the batch and
-    puts the fsdp axis (the one that gathers weights every step) on neighbouring devices.
+
+def device_array(data: int, fsdp: int = 1, tensor: int = 1,
+                 devices: Sequence[Any] | None = None, num_slices: int = 1) -> np.ndarray:
+    """The devices of a (data, fsdp, tensor) mesh as a [data, fsdp, tensor] array.
+
+    One slice: the first data * fsdp * tensor devices in process-major order, which keeps each
+    process's devices on one contiguous block of the batch and puts "tensor", then "fsdp" (the
+    axes that communicate every layer) on neighbouring devices.  Several slices: JAX's
+    `create_hybrid_device_mesh` over the devices' slice_index (`hybrid_shapes`).
     """
     devices = list(jax.devices() if devices is None else devices)
+    if num_slices > 1:
+        ici, dcn = hybrid_shapes(data, fsdp, tensor, num_slices)
+        return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
     devices.sort(key=lambda d: (d.process_index, d.id))
-    return Mesh(np.array(devices[:data * fsdp]).reshape(data, fsdp), BATCH_AXES)
+    return np.array(devices[:data * fsdp * tensor]).reshape(data, fsdp, tensor)
+
+
+def make_mesh(data: int, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None,
+              num_slices: int = 1) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh (`device_array`)."""
+    return Mesh(device_array(data, fsdp, tensor, devices, num_slices), MESH_AXES)
 
 
 def fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
@@ -145,6 +217,43 @@ def fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
     return P(*[FSDP_AXIS if i == axis else None for i in range(len(shape))])
 
 
+def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh_sizes: dict[str, int],
+                 rules=LOGICAL_RULES, min_size: int = 0) -> P:
+    """The PartitionSpec of an array with logical `axes` (one name or None per dimension).
+
+    Each name goes to its mesh axes by `rules`; a dimension stays replicated (None) when its
+    name has no rule, its mesh axes have size 1, their product does not divide the dimension,
+    or an earlier dimension already took one of them; the whole array stays replicated when it
+    has fewer than `min_size` elements.  E.g. a DiT MLP kernel [768, 3072] with axes
+    (embed, mlp) on fsdp = 2, tensor = 4: P("fsdp", "tensor").
+    """
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(axes)} do not match the shape {tuple(shape)}")
+    table = dict(rules)
+    if math.prod(shape) < min_size:
+        return P()
+    spec, taken = [], set()
+    for name, size in zip(axes, shape):
+        mesh_axes = table.get(name) if name is not None else None
+        mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+        mesh_axes = tuple(a for a in mesh_axes if mesh_sizes.get(a, 1) > 1)
+        split = math.prod(mesh_sizes[a] for a in mesh_axes)
+        if not mesh_axes or size % split or taken & set(mesh_axes):
+            spec.append(None)
+            continue
+        taken |= set(mesh_axes)
+        spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    while spec and spec[-1] is None:
+        spec.pop()
+    return P(*spec)
+
+
+def leaf_name(path) -> str:
+    """"a/b/c" from the dict keys of a pytree path: the same name for a parameter and for its
+    copies in the optimizer state and EMA (whose paths add attribute and index keys)."""
+    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
 class Plan:
     """A mesh and a mode: where every array of the trainer lives.
 
@@ -153,21 +262,28 @@ class Plan:
     (`unstack`) at checkpoints and evaluations.
     """
 
-    def __init__(self, mesh: Mesh, mode: str = "sharding", fsdp_min_size: int = 2**14):
+    def __init__(self, mesh: Mesh, mode: str = "sharding", fsdp_min_size: int = 2**14,
+                 param_axes=None, rules=LOGICAL_RULES):
+        """param_axes: params -> a pytree of logical axes like params (e.g.
+        flowmatch.models.axes.logical_axes); used, with `rules`, when the mesh's tensor axis
+        is > 1 (without it the tensor axis only replicates)."""
         if mode not in MODES:
             raise ValueError(f"unknown parallel mode {mode!r}; choose one of: {', '.join(MODES)}")
         self.mesh, self.mode, self.fsdp_min_size = mesh, mode, fsdp_min_size
+        self.param_axes, self.rules = param_axes, tuple(rules)
         self.devices = tuple(mesh.devices.flat)
-        self.num_shards = mesh.size
         self.fsdp = mesh.shape[FSDP_AXIS]
+        self.tensor = dict(mesh.shape).get(TENSOR_AXIS, 1)
+        self.num_shards = mesh.size // self.tensor  # batch shards: data x fsdp
         self.replicated = NamedSharding(mesh, P())
         # pmap maps over the same devices in the same order, as one axis.
         self.pmap_mesh = Mesh(np.array(self.devices), (DATA_AXIS,))
 
     @classmethod
-    def from_settings(cls, settings: ParallelSettings) -> "Plan":
-        data, fsdp = mesh_shape(settings, jax.device_count(), jax.process_count())
-        return cls(make_mesh(data, fsdp), settings.mode, settings.fsdp_min_size)
+    def from_settings(cls, settings: ParallelSettings, param_axes=None) -> "Plan":
+        data, fsdp, tensor = mesh_shape(settings, jax.device_count(), jax.process_count())
+        mesh = make_mesh(data, fsdp, tensor, num_slices=settings.num_slices)
+        return cls(mesh, settings.mode, settings.fsdp_min_size, param_axes)
 
     @classmethod
     def all_devices(cls) -> "Plan":
@@ -185,10 +301,29 @@ class Plan:
         return NamedSharding(self.mesh, P(*([None] * leading), BATCH_AXES))
 
     def state_shardings(self, abstract_state):
-        """A sharding per leaf: replicated, or split over "fsdp" (see `fsdp_spec`)."""
-        return jax.tree.map(
-            lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp, self.fsdp_min_size)),
-            abstract_state)
+        """A sharding per leaf.  tensor = 1: replicated or split over "fsdp" (`fsdp_spec`).
+        tensor > 1: by the logical axes of `param_axes(abstract_state.params)` and the rules
+        (`logical_spec`), for the parameters and their copies in the optimizer state and EMA
+        (matched by `leaf_name` and shape); other leaves (step, counts) replicated."""
+        if self.tensor == 1 or self.param_axes is None:
+            return jax.tree.map(
+                lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp,
+                                                             self.fsdp_min_size)),
+                abstract_state)
+        sizes = dict(self.mesh.shape)
+        params = abstract_state.params
+        axes = jax.tree_util.tree_leaves_with_path(
+            self.param_axes(params), is_leaf=lambda a: isinstance(a, tuple))
+        by_name = {leaf_name(path): (leaf.shape, a) for (path, a), leaf in
+                   zip(axes, jax.tree.leaves(params))}
+
+        def one(path, x):
+            shape, a = by_name.get(leaf_name(path), (None, None))
+            spec = (logical_spec(a, x.shape, sizes, self.rules, self.fsdp_min_size)
+                    if a is not None and tuple(shape) == tuple(x.shape) else P())
+            return NamedSharding(self.mesh, spec)
+
+        return jax.tree_util.tree_map_with_path(one, abstract_state)
 
     def process_rows(self, batch_size: int) -> tuple[int, int]:
         """[lo, hi): the rows of a global batch that this process's devices hold."""

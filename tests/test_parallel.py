@@ -1,5 +1,6 @@
-"""Data parallelism on simulated CPU devices: 1 vs 2 vs 4 vs 8 devices, jit-with-shardings vs
-pmap, FSDP, two processes through jax.distributed, gradient accumulation, bfloat16 and errors.
+"""Parallelism on simulated CPU devices: 1 vs 2 vs 4 vs 8 devices, jit-with-shardings vs pmap,
+FSDP, tensor parallelism (data x fsdp x tensor meshes), two processes through jax.distributed,
+gradient accumulation, bfloat16, multi-slice mesh shapes and errors.
 
 The device count of a process is fixed when JAX starts
 (XLA_FLAGS=--xla_force_host_platform_device_count=N), so multi-device runs happen in
@@ -63,6 +64,8 @@ def worker(spec):
         with open(os.path.join(out, f"{tag}.json"), "w") as f:
             json.dump({"eval": {k: rows[-1][k] for k in ("tv", "w2") if k in rows[-1]},
                        "specs": [str(x.sharding.spec) for x in leaves],
+                       "names": [parallel.leaf_name(p) for p, _ in
+                                 jax.tree_util.tree_leaves_with_path(state.params)],
                        "devices": jax.device_count(), "processes": jax.process_count()}, f)
     for name, overrides in spec.get("errors", []):
         try:
@@ -116,11 +119,26 @@ RUNS = {
     "pmap8_accum2": {"parallel.mode": "pmap", "grad_accum_steps": 2},
     "fsdp4x2": {"parallel.data_axis_size": 4, "parallel.fsdp_axis_size": 2,
                 "parallel.fsdp_min_size": 0},
+    "tensor2x2x2": {"parallel.data_axis_size": 2, "parallel.fsdp_axis_size": 2,
+                    "parallel.tensor_axis_size": 2, "parallel.fsdp_min_size": 0},
+    "tensor1x1x8": {"parallel.data_axis_size": 1, "parallel.tensor_axis_size": 8,
+                    "parallel.fsdp_min_size": 0},
+}
+# Where the tensor runs put the MLP's kernels (hidden_0 [2, 64], hidden_1 [64, 64], out [64, 2]):
+# hidden_i alternate (embed, mlp) / (mlp, embed), embed -> fsdp, mlp -> tensor; a dimension its
+# mesh axis does not divide stays replicated.
+TENSOR_SPECS = {
+    "tensor2x2x2": {"hidden_0/kernel": ("fsdp", "tensor"), "hidden_1/kernel": ("tensor", "fsdp"),
+                    "hidden_1/bias": ("fsdp",), "out/kernel": ("fsdp", "tensor")},
+    "tensor1x1x8": {"hidden_0/kernel": (None, "tensor"), "hidden_1/kernel": ("tensor",),
+                    "out/kernel": ()},
 }
 ERRORS = {
     "batch": {"batch_size": 12},
     "fsdp": {"parallel.fsdp_axis_size": 3},
     "mesh": {"parallel.data_axis_size": 4, "parallel.fsdp_axis_size": 4},
+    "tensor": {"parallel.fsdp_axis_size": 2, "parallel.tensor_axis_size": 3},
+    "tensor_batch": {"batch_size": 18, "parallel.tensor_axis_size": 2},
 }
 
 
@@ -153,6 +171,12 @@ def test_every_layout_trains_like_one_device(eight_devices, name):
     assert run[3]["devices"] == 8
     if name.startswith("fsdp"):
         assert any("fsdp" in s for s in run[3]["specs"]), run[3]["specs"]
+    specs = dict(zip(run[3]["names"], run[3]["specs"]))
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    for leaf, spec in TENSOR_SPECS.get(name, {}).items():
+        assert specs[leaf] == str(parallel.P(*spec)), (leaf, specs)
+    if not name.startswith("tensor"):
+        assert not any("tensor" in s for s in run[3]["specs"]), run[3]["specs"]
 
 
 def test_loss_curve_is_not_trivially_equal(eight_devices):
@@ -164,6 +188,9 @@ def test_loss_curve_is_not_trivially_equal(eight_devices):
     ("batch", "batch_size=12 .*not divisible by 8 data-parallel devices"),
     ("fsdp", "fsdp_axis_size=3 does not divide the 8 devices"),
     ("mesh", "4 x 4 = 16 devices does not fit the 8 available"),
+    ("tensor", "fsdp_axis_size x tensor_axis_size = 2 x 3 = 6 does not divide the 8 devices"),
+    # 8 devices over tensor 2: 4 data-parallel shards.
+    ("tensor_batch", "batch_size=18 .*not divisible by 4 data-parallel devices"),
 ])
 def test_bad_layouts_are_refused_with_the_numbers(eight_devices, name, match):
     import re  # pylint: disable=g-import-not-at-top
@@ -185,14 +212,15 @@ def test_two_processes_match_one_process_with_four_devices(eight_devices, tmp_pa
     out = str(tmp_path)
     coordinator = f"127.0.0.1:{free_port()}"
     # Sharding mode in two launches (the second resumes from the first's step-10 checkpoint),
-    # then pmap mode from scratch.
+    # then pmap mode and a 2 (data, one per process) x 2 (tensor) mesh from scratch.
     runs = [["sharding", {}, STEPS // 2], ["sharding", {}, STEPS],
-            ["pmap", {"parallel.mode": "pmap"}, STEPS]]
+            ["pmap", {"parallel.mode": "pmap"}, STEPS],
+            ["tensor", {"parallel.tensor_axis_size": 2, "parallel.fsdp_min_size": 0}, STEPS]]
     procs = [spawn({"out": out, "runs": runs, "coordinator": coordinator, "num_processes": 2,
                     "process_id": i}, 2) for i in range(2)]
     finish(*procs)
     reference = result(eight_devices, "4dev")
-    for name in ("sharding", "pmap"):
+    for name in ("sharding", "pmap", "tensor"):
         first, second = result(out, name, 0), result(out, name, 1)
         assert first[3]["processes"] == 2 and first[3]["devices"] == 4
         for x, y in zip(first[2], second[2]):
@@ -256,6 +284,10 @@ def test_bfloat16_compute_keeps_float32_state_and_loss():
     ({"parallel.data_axis_size": 2}, "does not fit the 1 available"),
     ({"parallel.mode": "spmd"}, "unknown parallel.mode 'spmd'; choose one of: sharding, pmap"),
     ({"parallel.mode": "pmap", "parallel.fsdp_axis_size": 2}, "needs parallel.mode='sharding'"),
+    ({"parallel.mode": "pmap", "parallel.tensor_axis_size": 2},
+     "tensor_axis_size=2 needs parallel.mode='sharding'"),
+    ({"parallel.tensor_axis_size": 0}, "tensor_axis_size must be >= 1"),
+    ({"parallel.num_slices": 2}, "num_slices=2 does not divide the data axis"),
     ({"grad_accum_steps": 3}, "batch_size=32 .*grad_accum_steps=3"),
     ({"grad_accum_steps": 0}, "grad_accum_steps must be a positive integer"),
     ({"parallel.data_axis_size": 0}, "data_axis_size must be a positive integer or -1"),
@@ -293,6 +325,43 @@ def test_fsdp_splits_the_largest_divisible_dimension_of_large_leaves():
     assert parallel.fsdp_spec((7, 999), 4, 0) == P()  # nothing divides
     assert parallel.fsdp_spec((), 4, 0) == P()
     assert parallel.fsdp_spec((64, 64), 1, 0) == P()
+
+
+def test_logical_axes_map_to_the_mesh_and_fall_back_to_replicated():
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    P, spec = parallel.P, parallel.logical_spec
+    sizes = {"data": 2, "fsdp": 2, "tensor": 4}
+    assert spec(("embed", "mlp"), (768, 3072), sizes) == P("fsdp", "tensor")
+    assert spec(("embed", None, "heads", None), (768, 3, 12, 64), sizes) == P("fsdp", None,
+                                                                               "tensor")
+    assert spec(("layers", "mlp", "embed"), (12, 3072, 768), sizes) == P(None, "tensor", "fsdp")
+    assert spec((None, "embed"), (1001, 6), sizes) == P(None, "fsdp")
+    assert spec(("heads", None, "embed"), (6, 64, 7), sizes) == P()  # 4 / 6, 2 / 7: replicated
+    assert spec(("mlp", "mlp"), (8, 8), sizes) == P("tensor")  # a mesh axis is used once
+    assert spec(("batch",), (16,), sizes) == P(("data", "fsdp"))
+    assert spec(("embed", "mlp"), (64, 64), sizes, min_size=10_000) == P()
+    assert spec(("embed", "mlp"), (64, 64), {"data": 8, "fsdp": 1, "tensor": 1}) == P()
+
+
+def test_multislice_meshes_put_the_data_axis_across_slices():
+    """create_hybrid_device_mesh on fake devices of 2 slices x 4 (CPU devices have no
+    slice_index): every (fsdp, tensor) group lies within one slice, "data" spans both."""
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    import types  # pylint: disable=g-import-not-at-top
+    from flowmatch import parallel  # pylint: disable=g-import-not-at-top
+    assert parallel.hybrid_shapes(4, 1, 2, 2) == ((2, 1, 2), (2, 1, 1))
+    devices = [types.SimpleNamespace(id=i, process_index=i // 2, slice_index=i // 4,
+                                     platform="cpu", device_kind="fake") for i in range(8)]
+    grid = parallel.device_array(4, 1, 2, devices[::-1], num_slices=2)
+    assert grid.shape == (4, 1, 2)
+    slices = np.vectorize(lambda d: d.slice_index)(grid)
+    np.testing.assert_array_equal(slices[:, 0, :], [[0, 0], [0, 0], [1, 1], [1, 1]])
+    with pytest.raises(ValueError, match="must divide the data axis size 3"):
+        parallel.hybrid_shapes(3, 1, 1, 2)
+    settings = parallel.ParallelSettings(fsdp_axis_size=2, tensor_axis_size=2, num_slices=2)
+    assert parallel.mesh_shape(settings, 64) == (16, 2, 2)
+    with pytest.raises(ValueError, match="num_slices=4 does not divide the data axis"):
+        parallel.mesh_shape(dataclasses.replace(settings, fsdp_axis_size=16, num_slices=4), 64)
 
 
 def test_microbatches_take_an_equal_slice_of_every_shard():

@@ -35,6 +35,7 @@ from flowmatch import data as data_lib
 from flowmatch import metrics as metrics_lib
 from flowmatch import models as models_lib
 from flowmatch import parallel as parallel_lib
+from flowmatch.models import axes as axes_lib
 from flowmatch.checks import ConfigError
 from flowmatch.training import components as components_lib
 from flowmatch.training import evaluation
@@ -47,15 +48,19 @@ from flowmatch.training import workdir as workdir_lib
 
 
 def make_plan(settings: components_lib.Settings) -> parallel_lib.Plan:
-    """The device plan of config.parallel, checked against the devices and the batch."""
+    """The device plan of config.parallel, checked against the devices and the batch; with
+    parallel.tensor_axis_size > 1 the model's parameters split by their logical axes."""
     try:
         p = settings.parallel
-        data, fsdp = parallel_lib.mesh_shape(p, jax.device_count(), jax.process_count())
+        data, fsdp, tensor = parallel_lib.mesh_shape(p, jax.device_count(), jax.process_count())
         parallel_lib.check_batch(settings.train.batch_size, data * fsdp,
                                  settings.train.grad_accum_steps)
+        mesh = parallel_lib.make_mesh(data, fsdp, tensor, num_slices=p.num_slices)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    return parallel_lib.Plan(parallel_lib.make_mesh(data, fsdp), p.mode, p.fsdp_min_size)
+    model_name = settings.model.get("name", "mlp")
+    return parallel_lib.Plan(mesh, p.mode, p.fsdp_min_size,
+                             param_axes=lambda params: axes_lib.logical_axes(model_name, params))
 
 
 def load_data(d) -> Any:
@@ -162,7 +167,7 @@ class _Trainer:
             return
         print(f"flowmatch: {self.comps.settings.model.get('name')} with {num_params:,} parameters;"
               f" data {self.comps.settings.data.name} {tuple(spec.example_shape)}; "
-              f"{plan.num_shards} device(s), {jax.process_count()} process(es), mode {plan.mode}; "
+              f"{len(plan.devices)} device(s), {jax.process_count()} process(es), mode {plan.mode}; "
               f"workdir {self.workdir}", flush=True)
         skipped_files = getattr(getattr(self.source, "data", None), "num_skipped", 0)
         if skipped_files:

@@ -52,7 +52,12 @@ def test_every_shipped_config_is_valid_and_its_train_step_traces(name):
         if config.data.name in ("cifar10", "image_folder") and not config.data.path:
             config.data.path = "/the/data/is/not/read"
         settings = training.read_settings(config)
-        spec = runs._legacy_spec(config)
+        if config.data.name == "arrayrecord":  # no shards here: the shape the config states
+            d = config.data
+            spec = training.RunSpec(d.name, "image", (d.image_size, d.image_size, d.channels),
+                                    config.model.num_classes)
+        else:
+            spec = runs._legacy_spec(config)
         if spec.kind == "toy2d":  # a 2-D set's labels come from its source (no file is read)
             spec = runs.spec_of_source(data_lib.make_source(config.data.name), config.data.name)
         comps = training.build(settings, spec)
