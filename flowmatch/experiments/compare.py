@@ -10,9 +10,9 @@ other registry method: 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'sde_euler', 'sde_heun',
 A tight-tolerance reference solve from the same x0 (dopri5, rtol = atol = 1e-7) gives
   traj_error = sqrt(mean_i |x_i - x_ref_i|^2),
 the integrator's own error with the model's error taken out (for the stochastic methods, SDE
-and ancestral, the distance of its samples from the ODE's, noise included).  Sample quality: for 2-D data the
-tv / w2 of `metrics.metrics_2d` against fresh reference data; for images only when a
-`quality_fn` is passed (image rows otherwise carry traj_error only, and the training data are
+and ancestral, the distance of its samples from the ODE's, noise included).  Sample quality:
+for 2-D data the tv / w2 of `metrics.metrics_2d` against fresh reference data; for images only
+when a `quality_fn` is passed (image rows otherwise carry traj_error only, and the training data are
 never read).  Optionally (2-D, nll=True) the mean NLL of fresh data points with the same
 integrator.
 
@@ -20,9 +20,9 @@ Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s
 the path energy ratio PE / E||x(t_end) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised
 path energy, from a second, untimed solve by the same method and steps (or tolerance) with the
 path energy in the state (ODE integrators only; None for the other methods, which follow no
-single ODE solve; the NLL rows likewise).  Exposure-bias corrections (`flowmatch.diagnostics.exposure`:
-'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE solve, marked in the `correction` column
-('none' otherwise): eps_scale samples the corrected model with the registry's sampler,
+single ODE solve; the NLL rows likewise).  Exposure-bias corrections
+(`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE
+solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected model with the registry's sampler,
 time_shift uses `exposure.time_shifted_sampler`.
 
 Random streams (`rng.seed_stream(seed, name)`), independent of each other and of other seeds:

@@ -71,7 +71,8 @@ def test_smoke_benchmark_writes_every_sampler_family(bench):
     family = {(r["model"], r["sampler"]): (r["family"], r["budget"]) for r in rows}
     assert family[("ddpm", "dpmpp_2m")] == ("dpm_solver", 4)
     assert family[("fm", "sde_euler")] == ("sde", 4)
-    assert family[("ddpm", "ddim")] == ("ddpm", 4) and family[("ddpm", "ancestral")] == ("ddpm", None)
+    assert family[("ddpm", "ddim")] == ("ddpm", 4)
+    assert family[("ddpm", "ancestral")] == ("ddpm", None)
     assert family[("ddpm", "pf_ode/dopri5@0.01")] == ("ode", None)
 
 
@@ -103,7 +104,8 @@ def test_best_per_family_ranks_within_budget_model_and_family():
             _row("fm", "rk4", "ode", 8, 0.1, success=False),     # failed: not ranked
             _row("fm", "dopri5@0.01", "ode", None, 0.01),        # no budget: not ranked
             _row("fm", "dpmpp_2m", "dpm_solver", 8, float("nan")),  # not finite: not ranked
-            _row("ddpm", "ddim", "ddpm", 8, 0.5), _row("ddpm", "ancestral_respaced", "ddpm", 8, 0.4),
+            _row("ddpm", "ddim", "ddpm", 8, 0.5),
+            _row("ddpm", "ancestral_respaced", "ddpm", 8, 0.4),
             _row("ddpm", "ddim", "ddpm", 4, 0.6), _row("fm", "euler", "ode", 4, 0.7)]
     best = fm_vs_ddpm.best_per_family(rows)
     assert [(b["budget"], b["model"], b["family"], b["sampler"]) for b in best] == [
