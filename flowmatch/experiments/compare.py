@@ -22,8 +22,8 @@ path energy, from a second, untimed solve by the same method and steps (or toler
 path energy in the state (ODE integrators only; None for the other methods, which follow no
 single ODE solve; the NLL rows likewise).  Exposure-bias corrections
 (`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE
-solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected model with the registry's sampler,
-time_shift uses `exposure.time_shifted_sampler`.
+solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected
+model with the registry's sampler, time_shift uses `exposure.time_shifted_sampler`.
 
 Random streams (`rng.seed_stream(seed, name)`), independent of each other and of other seeds:
   "samples"       x0, in the layout of `flowmatch.experiments.sample.draw` (chunk c of chunk_size
