@@ -2,7 +2,12 @@
 
 Run (2 CPU cores; measured 6 min 24 s wall, 383 s CPU time, with one other job on the machine):
   python scripts/benchmark_ddpm.py --config=configs/benchmark/moons.py --workdir=runs/bench_moons
-Writes runs/bench_moons/benchmark.{json,csv,png}; see README "Flow matching vs DDPM".
+That time predates the solver/SDE rows and NFE 10: sampling the grid with them, at
+--config.benchmark.num_samples=50000 '--config.benchmark.nfe=(4,8,10,16,32)'
+'--config.benchmark.tolerances=(1e-2,1e-3)', took 24 min wall (11 min CPU) on 2 loaded cores,
+the 1,000-step ancestral run 390 s of it.
+Writes runs/bench_moons/benchmark.{json,csv,png} and benchmark_best.{json,csv}; see README
+"Flow matching vs DDPM".
 Smoke variant (tests): --config=configs/benchmark/moons.py:smoke
 """
 
