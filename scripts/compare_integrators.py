@@ -20,7 +20,9 @@ from flowmatch.experiments import compare  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "The --workdir of a training run.")
 flags.DEFINE_string("output", None, "Output directory for integrators.json, .csv and .png.")
-flags.DEFINE_list("methods", list(compare.DEFAULT_METHODS), "Integrators to compare.")
+flags.DEFINE_list("methods", list(compare.DEFAULT_METHODS),
+                  "Sampling methods to compare: integrators, or any other of the registry "
+                  "(dpmpp_2m, dpmpp_3m, unipc, sde_euler, sde_heun, ancestral, ddim).")
 flags.DEFINE_list("nfe", [str(b) for b in compare.DEFAULT_NFE_BUDGETS],
                   "NFE budgets of the fixed-grid solves (positive integers).")
 flags.DEFINE_list("tolerances", [f"{t:g}" for t in compare.DEFAULT_TOLERANCES],

@@ -15,10 +15,10 @@ Expected runtime: an estimate, not a measurement (no accelerator run of this con
 XLA counts 35.2 GFLOP per example for one train step of this network (forward + backward;
 `python scripts/benchmark.py --unet_config=configs/cifar10.py`), about 11.7 GFLOP per forward
 evaluation.  Training: 2 models x 200,000 steps x 128 examples x 35.2 GFLOP = 1.8e18 FLOP.
-Sampling: the grid below is about 2,900 network evaluations per sample (DDPM's 1,000-step
-ancestral run is a third of it), x 50,000 samples x 11.7 GFLOP = 1.7e18 FLOP.  At a sustained
+Sampling: the grid below is about 3,300 network evaluations per sample (DDPM's 1,000-step
+ancestral run is under a third of it), x 50,000 samples x 11.7 GFLOP = 1.9e18 FLOP.  At a sustained
 150 TFLOP/s (about 30% of an H100's dense bf16 peak; float32 matmuls run as TF32) that is
-about 3.3 h of training and 3.2 h of sampling, 7 h in all with the FID and bpd evaluations; on
+about 3.3 h of training and 3.6 h of sampling, 7.5 h in all with the FID and bpd evaluations; on
 an 8-chip TPU v4 slice about 4 times less.  Halve num_samples to 25,000 (FIDs not comparable
 to the 50k literature values) or drop the ode_methods you don't need to save sampling time.
 The training budget is a quarter of DDPM's 800k steps: expect FIDs above the papers' (DDPM
@@ -54,7 +54,9 @@ def get_config(variant=""):
         seed=0, fm_prediction="velocity", ddpm_prediction="eps",
         nfe=(10, 20, 50, 100), ode_methods=("euler", "heun", "rk4", "dopri5"),
         tolerances=(1e-3, 1e-5), num_samples=50_000, num_bpd_images=1_000, bpd_tol=1e-5,
-        vlb_terms=1000, fid_weights="", fid_stats=""))
+        vlb_terms=1000, fid_weights="", fid_stats="",
+        # One multistep solver on both models (2 x 180 network evaluations per sample).
+        solver_methods=("dpmpp_2m",), sde_methods=()))
     if variant == "smoke":
         c.objective.num_timesteps = 20
         c.eval.chunk_size = 8
@@ -62,6 +64,8 @@ def get_config(variant=""):
         c.benchmark.ode_methods = ("euler",)
         c.benchmark.tolerances = ()
         c.benchmark.num_samples = 8
+        c.benchmark.solver_methods = ()
+        c.benchmark.sde_methods = ()
         c.benchmark.num_bpd_images = 4
         c.benchmark.vlb_terms = 4
         c.benchmark.bpd_tol = 1e-2

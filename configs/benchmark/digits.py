@@ -33,15 +33,19 @@ def get_config(variant=""):
     c.objective.num_timesteps = 1000
     c.benchmark = ml_collections.ConfigDict(dict(
         seed=0, fm_prediction="velocity", ddpm_prediction="eps",
-        nfe=(4, 8, 16, 32, 64), ode_methods=("euler", "heun", "rk4", "dopri5"),
+        nfe=(4, 8, 10, 16, 32, 64), ode_methods=("euler", "heun", "rk4", "dopri5"),
         tolerances=(1e-2, 1e-3), num_samples=1_000, num_bpd_images=200, bpd_tol=1e-4,
-        vlb_terms=100))
+        vlb_terms=100,
+        # Run on both models at every budget (labelled by method name).
+        solver_methods=("dpmpp_2m", "dpmpp_3m", "unipc"), sde_methods=("sde_euler",)))
     if variant == "smoke":
         c.objective.num_timesteps = 50
         c.benchmark.nfe = (4,)
         c.benchmark.ode_methods = ("euler",)
         c.benchmark.tolerances = ()
         c.benchmark.num_samples = 64
+        c.benchmark.solver_methods = ()  # the moons smoke run tests these rows
+        c.benchmark.sde_methods = ()
         c.benchmark.num_bpd_images = 8
         c.benchmark.vlb_terms = 4
         c.benchmark.bpd_tol = 1e-2

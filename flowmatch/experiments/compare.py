@@ -1,31 +1,36 @@
 """Integrator comparison on a trained run: sample quality and integration error against NFE.
 
-Every method samples the restored run with the sampler registry's ODE sampler
-(`sampling.make_sampler`: from t = 0 to the model's t_end, then a DDPM model's denoising
-evaluation), all from the same source samples x0:
+Every method samples the restored run with the sampler registry (`sampling.make_sampler`: an ODE
+integrator from t = 0 to the model's t_end, then a DDPM model's denoising evaluation; or any
+other registry method: 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'sde_euler', 'sde_heun', 'ancestral',
+'ddim'), all from the same source samples x0:
   fixed grid: for each NFE budget, the largest num_steps whose NFE fits
     (`sampling.steps_for_budget`; a pair where one step already costs more is skipped);
   adaptive (bosh3, dopri5, tsit5): also a sweep over tolerances rtol = atol, at their actual NFE.
 A tight-tolerance reference solve from the same x0 (dopri5, rtol = atol = 1e-7) gives
   traj_error = sqrt(mean_i |x_i - x_ref_i|^2),
-the integrator's own error with the model's error taken out.  Sample quality: for 2-D data the
-tv / w2 of `metrics.metrics_2d` against fresh reference data; for images only when a
-`quality_fn` is passed (image rows otherwise carry traj_error only, and the training data are
+the integrator's own error with the model's error taken out (for the stochastic methods, SDE
+and ancestral, the distance of its samples from the ODE's, noise included).  Sample quality:
+for 2-D data the tv / w2 of `metrics.metrics_2d` against fresh reference data; for images only
+when a `quality_fn` is passed (image rows otherwise carry traj_error only, and the training data are
 never read).  Optionally (2-D, nll=True) the mean NLL of fresh data points with the same
 integrator.
 
 Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s straightness,
 the path energy ratio PE / E||x(t_end) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised
 path energy, from a second, untimed solve by the same method and steps (or tolerance) with the
-path energy in the state.  Exposure-bias corrections (`flowmatch.diagnostics.exposure`:
-'time_shift', 'eps_scale=LAM') add rows per fixed-grid solve, marked in the `correction` column
-('none' otherwise): eps_scale samples the corrected model with the registry's sampler,
-time_shift uses `exposure.time_shifted_sampler`.
+path energy in the state (ODE integrators only; None for the other methods, which follow no
+single ODE solve; the NLL rows likewise).  Exposure-bias corrections
+(`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE
+solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected
+model with the registry's sampler, time_shift uses `exposure.time_shifted_sampler`.
 
 Random streams (`rng.seed_stream(seed, name)`), independent of each other and of other seeds:
   "samples"       x0, in the layout of `flowmatch.experiments.sample.draw` (chunk c of chunk_size
                   draws from fold_in(key, c)): a fixed-grid row's samples are the samples
                   scripts/sample.py gives for the same run, seed, chunk size, method and steps;
+                  a stochastic method's noise of chunk c is rng.stream(fold_in(key, c),
+                  "sampler"), as there, so its samples are scripts/sample.py's too;
   "reference", "reference_w2"   fresh data for tv (as scripts/sample.py) and for w2;
   "nll_data", "npe_data"        the data points of the NLL rows and of npe's W2^2 estimate;
   "time_shift_calibration", "time_shift_pilot"   time_shift's calibration pairs and pilot noise.
@@ -95,12 +100,16 @@ def _check_methods(methods) -> tuple[str, ...]:
         methods = [methods]
     methods = tuple(dict.fromkeys(methods))  # drop repeats, keep order
     if not methods:
-        raise ConfigError(f"no methods to compare; choose from: {', '.join(integrators.METHODS)}")
+        raise ConfigError(f"no methods to compare; choose from: {', '.join(sampling.METHODS)}")
     for m in methods:
         if not isinstance(m, str):
-            raise ConfigError(f"methods must be integrator names, got {m!r}")
-        checks.as_config_error("methods", integrators.nfe_for, m, 1)
+            raise ConfigError(f"methods must be sampling method names, got {m!r}")
+        checks.as_config_error("methods", sampling.family, m)
     return methods
+
+
+def _is_ode(method: str) -> bool:
+    return sampling.family(method) == "ode"
 
 
 def _check_budgets(nfe_budgets) -> tuple[int, ...]:
@@ -150,13 +159,19 @@ def _adaptive(methods) -> list[str]:
 
 def _plan(args: _Arguments, model: sampling.ModelFn | None) -> list[tuple[str, int, int]]:
     """[(method, budget, num_steps)]: the fixed-grid solves whose NFE (counting the model's
-    denoising evaluation, when it has one) fit a budget."""
+    denoising evaluation, when it has one) fit a budget; a DDPM model's discrete-time samplers
+    (ancestral, ddim, the DPM-Solver family) at most its T steps."""
     out = []
     for m in args.methods:
         for b in args.budgets:
             steps = sampling.steps_for_budget(m, b, model)
-            if steps is not None:
-                out.append((m, b, steps))
+            if steps is None:
+                continue
+            try:
+                sampling.check(m, num_steps=steps, model=model)
+            except ValueError:  # more steps than the model's T
+                continue
+            out.append((m, b, steps))
     return out
 
 
@@ -200,14 +215,25 @@ def source_chunks(comps, n: int, chunk_size: int, seed: int):
     return out
 
 
-class _Solves:
-    """Samples from the fixed source chunks with one jitted sampler per (method, grid or
-    tolerance, correction), cached so a repeated configuration (e.g. the reference) runs once.
-    With path_metrics, also the path energy of every solve (an untimed second solve)."""
+def sampler_keys(n: int, chunk_size: int, seed: int) -> list:
+    """The sampler keys of the chunks of `source_chunks(comps, n, chunk_size, seed)`: chunk c's
+    rng.stream(fold_in(rng.seed_stream(seed, "samples"), c), "sampler"), as `sampling.Chunked`
+    gives a stochastic sampler (deterministic ones ignore it)."""
+    key = rng.seed_stream(seed, "samples")
+    num = -(-n // min(int(chunk_size), n))
+    return [rng.stream(jax.random.fold_in(key, c), "sampler") for c in range(num)]
 
-    def __init__(self, model: sampling.ModelFn, params, chunks, n: int, *,
+
+class _Solves:
+    """Samples from the fixed source chunks (and the chunks' sampler keys) with one jitted
+    sampler per (method, grid or tolerance, correction), cached so a repeated configuration
+    (e.g. the reference) runs once.  With path_metrics, also the path energy of every ODE solve
+    (an untimed second solve)."""
+
+    def __init__(self, model: sampling.ModelFn, params, chunks, n: int, *, keys,
                  path_metrics: bool = True, time_shift=None):
         self.model, self.params, self.chunks, self.n = model, params, chunks, n
+        self.keys = keys
         self.path_metrics = path_metrics
         self.time_shift = time_shift  # (method, num_steps) -> evaluation times [num_steps]
         self.cache = {}
@@ -216,6 +242,8 @@ class _Solves:
         if correction is not None and correction.kind == "time_shift":
             return exposure.time_shifted_sampler(
                 model, method=method, eval_times=self.time_shift(method, num_steps))
+        if not _is_ode(method):
+            return sampling.make_sampler(model, method, num_steps=num_steps)
         return sampling.make_sampler(model, method, num_steps=num_steps, rtol=tol, atol=tol,
                                      max_steps=max_steps)
 
@@ -224,7 +252,7 @@ class _Solves:
         "x_end": x(t_end), "energy": path energy [B] (with_energy)}, or None if nothing is
         needed."""
         adaptive = tol is not None
-        if not (adaptive or with_energy):
+        if not _is_ode(method) or not (adaptive or with_energy):
             return None
         kwargs = dict(method=method, num_steps=num_steps, rtol=tol, atol=tol,
                       max_steps=max_steps, t0=0.0, t1=model.t_end)
@@ -243,11 +271,11 @@ class _Solves:
 
     def _timed(self, sampler):
         """Every chunk's Samples and the seconds of all chunks, compiled (after one warm-up)."""
-        run = jax.jit(lambda params, x0, cond: sampler(params, x0, None, cond))
+        run = jax.jit(sampler)
         x0, cond = self.chunks[0]
-        jax.block_until_ready(run(self.params, x0, cond))
+        jax.block_until_ready(run(self.params, x0, self.keys[0], cond))
         start = time.perf_counter()
-        outs = [run(self.params, x0, cond) for x0, cond in self.chunks]
+        outs = [run(self.params, x0, key, cond) for (x0, cond), key in zip(self.chunks, self.keys)]
         jax.block_until_ready(outs)
         return outs, time.perf_counter() - start
 
@@ -384,7 +412,7 @@ def _measure_rows(m: _Measure, method, kind, solve, budget=None,
             positive=straightness.positive_quadrature(method, adaptive=tol is not None))
         base.update({k: pm[k] for k in PATH_METRICS})
     quality = dict(m.quality_fn(result["x"])) if m.quality_fn is not None else {}
-    if m.nll_of is not None:
+    if m.nll_of is not None and _is_ode(method):
         quality["nll"] = m.nll_of(method, **solve)
     return [dict(base, metric=metric, value=float(value))
             for metric, value in (quality or {"traj_error": base["traj_error"]}).items()]
@@ -401,7 +429,9 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
                         max_shift: float = exposure.DEFAULT_MAX_SHIFT) -> list[dict]:
     """Compares integrators on the run in `workdir` (its EMA parameters at `step`, default latest).
 
-    methods: integrator names (default DEFAULT_METHODS); nfe_budgets: positive ints; tolerances:
+    methods: sampling method names (`sampling.METHODS`: integrators, the DPM-Solver family, the
+    SDE samplers, DDPM's ancestral / ddim; default DEFAULT_METHODS); nfe_budgets: positive ints;
+    tolerances:
     rtol = atol values swept for the adaptive methods among `methods` (may be empty).
     num_samples: default config.eval.num_tv_samples (2-D; w2 on the first num_w2_samples) or
     config.eval.num_image_samples (images).  The source samples x0 [num_samples, ...] are drawn
@@ -415,8 +445,8 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     path_metrics: the straightness, energy_ratio and (2-D) npe columns (else None; see the
     module docstring; npe uses W2^2 between num_w2_samples noise points and fresh data).
     corrections: exposure-bias corrections ('time_shift', 'eps_scale=LAM'; see
-    `flowmatch.diagnostics.exposure`), each run on every fixed-grid (method, budget) as extra
-    rows.  time_shift takes its evaluation times from a pilot solve on other noise and a
+    `flowmatch.diagnostics.exposure`), each run on every fixed-grid ODE (method, budget) as
+    extra rows.  time_shift takes its evaluation times from a pilot solve on other noise and a
     calibration on training data (CALIBRATION_SAMPLES each), shifts clipped to max_shift of a
     step.
 
@@ -449,7 +479,7 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
                  max_shift=max_shift)
     rows = _measure_rows(m, REFERENCE_METHOD, "reference", _reference(reference_tol))
     for method, budget, steps in plan:
-        for correction in (NO_CORRECTION,) + args.corrections:
+        for correction in (NO_CORRECTION,) + (args.corrections if _is_ode(method) else ()):
             rows += _measure_rows(m, method, "fixed", {"num_steps": steps}, budget=budget,
                                   correction=correction)
     for method in _adaptive(args.methods):
@@ -490,7 +520,7 @@ def _prepare(comps, params, args: _Arguments, n: int, seed: int, chunk_size: int
                                 max_shift)
     chunks = source_chunks(comps, n, chunk_size, seed)
     solves = _Solves(comps.model_fn(), params, chunks, n, path_metrics=path_metrics,
-                     time_shift=time_shift)
+                     time_shift=time_shift, keys=sampler_keys(n, chunk_size, seed))
     x0 = np.concatenate([np.asarray(c[0], np.float32) for c in chunks])[:n]
     w2_squared = None
     if path_metrics and is_2d:

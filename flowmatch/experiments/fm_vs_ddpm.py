@@ -9,6 +9,9 @@ eps / x0 / v), then samples both over an NFE grid, every sampler from the one re
     ddpm  x {ancestral over all T steps, ancestral respaced, DDIM (eta = 0), and the
              probability-flow ODE with the same integrators as fm (integrated to t_end = 1 - 1/T,
              then one denoising evaluation, counted in the NFE)}
+    both  x benchmark.solver_methods (DPM-Solver++ / UniPC multistep solvers in log-SNR time)
+          and benchmark.sde_methods (SDE samplers of the path), labelled by method name
+          ('dpmpp_2m' for the fm and the ddpm row alike), at every NFE budget
 
 and scores every sample set with the data's metrics: `tv` and `w2` for 2-D data; for images the
 Frechet distance `fd` in a classifier's feature space (flowmatch.image_metrics), or FID for data
@@ -22,12 +25,17 @@ seed=benchmark.seed, ...)`, exactly what `scripts/sample.py --seed=SEED --num_sa
 for the same run and sampler; both models start from the same noise.  Reference data and the
 bits/dim draws come from rng.seed_stream(benchmark.seed, "reference" | "reference_w2" |
 "bpd_images" | "bpd").
+
+`best_per_family(rows)` reads the rows at each NFE budget: per model, the best sampler of each
+family (FAMILIES: 'ode' Runge-Kutta / multistep integrators, 'dpm_solver', 'sde', 'ddpm'
+ancestral / DDIM), written as benchmark_best.json / .csv and printed.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +57,15 @@ from flowmatch.training import evaluation
 from flowmatch.training import loop as loop_lib
 
 MODELS = ("fm", "ddpm")
-ROW_KEYS = ("model", "sampler", "nfe", "metric", "value", "seconds")
+ROW_KEYS = ("model", "sampler", "method", "family", "budget", "nfe", "metric", "value",
+            "seconds")
 CSV_KEYS = ROW_KEYS + ("success",)
+# The summary's families: the registry's (sampling.family) with DDPM's two samplers as one.
+FAMILIES = ("ode", "dpm_solver", "sde", "ddpm")
+_FAMILY = {"ode": "ode", "dpm_solver": "dpm_solver", "sde": "sde", "ancestral": "ddpm",
+           "ddim": "ddpm"}
+DEFAULT_SOLVER_METHODS = ("dpmpp_2m", "dpmpp_3m", "unipc")
+DEFAULT_SDE_METHODS = ("sde_euler",)
 FLOOR_KEYS = {"tv": ("tv_floor",), "w2": ("w2_floor",), "fd": ("fd_train_vs_test",)}
 
 
@@ -68,31 +83,63 @@ def model_configs(config: ml_collections.ConfigDict) -> dict:
     return out
 
 
-def sampler_grid(b, models: dict) -> list[tuple[str, str, dict]]:
-    """(model, sampler label, sampler settings) for every benchmarked sampler and budget.
+class GridEntry(NamedTuple):
+    """One benchmarked sampler: model ('fm' | 'ddpm'), label (the rows' `sampler`), settings
+    (method, num_steps, rtol, atol) and budget (the NFE budget it was sized for; None for
+    adaptive solves and DDPM's full ancestral run)."""
+
+    model: str
+    label: str
+    settings: dict
+    budget: int | None = None
+
+
+def _fixed_budget_rows(model: str, label: str, method: str, b, fn: sampling.ModelFn):
+    """One GridEntry per NFE budget that fits a step of `method` on `fn` (a DDPM model's
+    discrete-time samplers also at most its T steps)."""
+    out = []
+    for budget in b.nfe:
+        steps = sampling.steps_for_budget(method, budget, fn)
+        if steps is None:
+            continue
+        try:
+            sampling.check(method, num_steps=steps, model=fn)
+        except ValueError:  # more steps than a DDPM model's T
+            continue
+        out.append(GridEntry(model, label, dict(method=method, num_steps=steps), budget))
+    return out
+
+
+def sampler_grid(b, models: dict) -> list[GridEntry]:
+    """Every benchmarked sampler and budget (module docstring), as GridEntry records.
 
     b: config.benchmark; models: {"fm": ModelFn, "ddpm": ModelFn}.  Fixed grids take the most
     steps whose NFE fits each budget (`sampling.steps_for_budget`, which counts the DDPM
     model's denoising evaluation); adaptive methods one row per tolerance (rtol = atol).
+    benchmark.solver_methods / sde_methods (defaults DEFAULT_SOLVER_METHODS /
+    DEFAULT_SDE_METHODS) run on both models, labelled by their method name.
     """
     grid = []
     for model in MODELS:
         prefix = "" if model == "fm" else "pf_ode/"
         for method in b.ode_methods:
             if method in integrators.ADAPTIVE_METHODS:
-                grid += [(model, f"{prefix}{method}@{tol:g}",
-                          dict(method=method, rtol=tol, atol=tol)) for tol in b.tolerances]
+                grid += [GridEntry(model, f"{prefix}{method}@{tol:g}",
+                                   dict(method=method, rtol=tol, atol=tol)) for tol in b.tolerances]
                 continue
-            for nfe in b.nfe:
-                steps = sampling.steps_for_budget(method, nfe, models[model])
-                if steps:
-                    grid.append((model, f"{prefix}{method}", dict(method=method, num_steps=steps)))
-    grid.append(("ddpm", "ancestral", dict(method="ancestral", num_steps=None)))
+            grid += _fixed_budget_rows(model, f"{prefix}{method}", method, b, models[model])
+    grid.append(GridEntry("ddpm", "ancestral", dict(method="ancestral", num_steps=None)))
     num_timesteps = models["ddpm"].path.schedule.num_timesteps
     for nfe in b.nfe:
         if nfe < num_timesteps:
-            grid.append(("ddpm", "ancestral_respaced", dict(method="ancestral", num_steps=nfe)))
-            grid.append(("ddpm", "ddim", dict(method="ddim", num_steps=nfe)))
+            grid.append(GridEntry("ddpm", "ancestral_respaced",
+                                  dict(method="ancestral", num_steps=nfe), nfe))
+            grid.append(GridEntry("ddpm", "ddim", dict(method="ddim", num_steps=nfe), nfe))
+    extra = (tuple(b.get("solver_methods", DEFAULT_SOLVER_METHODS))
+             + tuple(b.get("sde_methods", DEFAULT_SDE_METHODS)))
+    for method in extra:
+        for model in MODELS:
+            grid += _fixed_budget_rows(model, method, method, b, models[model])
     return grid
 
 
@@ -203,7 +250,8 @@ def fm_bits_per_dim(run, x, key, tol: float) -> dict:
         divergence="hutchinson", return_solution=True))
     start = time.perf_counter()
     bpd, res = fn(run.state.ema_params, x, key)
-    return dict(model="fm", sampler="likelihood/dopri5", nfe=int(res.nfe), metric="bpd",
+    return dict(model="fm", sampler="likelihood/dopri5", method="dopri5", family="likelihood",
+                budget=None, nfe=int(res.nfe), metric="bpd",
                 value=float(jnp.mean(bpd)), seconds=time.perf_counter() - start)
 
 
@@ -215,7 +263,8 @@ def ddpm_bits_per_dim(run, x, key, num_terms: int) -> dict:
                                                               num_terms=num_terms or None))
     start = time.perf_counter()
     out = fn(run.state.ema_params, x, key)
-    return dict(model="ddpm", sampler="vlb", nfe=int(out.nfe), metric="bpd",
+    return dict(model="ddpm", sampler="vlb", method="vlb", family="likelihood", budget=None,
+                nfe=int(out.nfe), metric="bpd",
                 value=float(jnp.mean(out.total)), seconds=time.perf_counter() - start)
 
 
@@ -263,19 +312,21 @@ def train_models(config, workdir: str) -> dict:
     return runs
 
 
-def score_sampler(run, config, quality, model: str, label: str, settings: dict) -> list[dict]:
-    """The rows of one sampler: its samples scored by `quality`.  seconds: wall time of the
-    draw, its one compilation included."""
+def score_sampler(run, config, quality, entry: GridEntry) -> list[dict]:
+    """The rows of one sampler (a GridEntry): its samples scored by `quality`.  seconds: wall
+    time of the draw, its one compilation included."""
     start = time.perf_counter()
     b = config.benchmark
-    out = draw_samples(run, b.num_samples, b.seed, settings)
+    out = draw_samples(run, b.num_samples, b.seed, entry.settings)
     seconds = time.perf_counter() - start
-    rows = [dict(model=model, sampler=label, nfe=int(out.nfe), metric=metric, value=float(value),
-                 seconds=seconds, success=bool(out.success))
+    method = entry.settings["method"]
+    rows = [dict(model=entry.model, sampler=entry.label, method=method,
+                 family=_FAMILY[sampling.family(method)], budget=entry.budget, nfe=int(out.nfe),
+                 metric=metric, value=float(value), seconds=seconds, success=bool(out.success))
             for metric, value in quality(out.x).items()]
     values = " ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
-    print(f"  {model:<5} {label:<22} nfe={int(out.nfe):<5} {values}  ({seconds:.2f} s)",
-          flush=True)
+    print(f"  {entry.model:<5} {entry.label:<22} nfe={int(out.nfe):<5} {values}  "
+          f"({seconds:.2f} s)", flush=True)
     return rows
 
 
@@ -291,9 +342,13 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in reference.items()
         if k != "note"), flush=True)
     models = {m: r.components.model_fn() for m, r in runs.items()}
-    rows = []
-    for model, label, settings in sampler_grid(config.benchmark, models):
-        rows += score_sampler(runs[model], config, quality, model, label, settings)
+    rows, scored = [], {}
+    for entry in sampler_grid(config.benchmark, models):
+        # A sampler sized alike for two budgets (e.g. rk4: 2 steps for 8 and for 10) runs once.
+        key = (entry.model, tuple(sorted(entry.settings.items())))
+        if key not in scored:
+            scored[key] = score_sampler(runs[entry.model], config, quality, entry)
+        rows += [dict(r, budget=entry.budget) for r in scored[key]]
     if kind == "image" and config.benchmark.num_bpd_images > 0:
         rows += bpd_rows(runs, config)
     write_results(rows, workdir, reference)
@@ -305,15 +360,72 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]
 
 def write_results(rows, workdir: str, reference: dict | None = None) -> None:
     """benchmark.json (the rows), benchmark.csv (CSV_KEYS), one figure per metric but bpd
-    (benchmark.png for the first, benchmark_<metric>.png for the others); prints the table."""
+    (benchmark.png for the first, benchmark_<metric>.png for the others), benchmark_best.json /
+    .csv (`best_per_family`); prints both tables."""
     fileio.write_json(os.path.join(workdir, "benchmark.json"), rows)
     fileio.write_csv(os.path.join(workdir, "benchmark.csv"), rows, CSV_KEYS)
+    best = best_per_family(rows)
+    fileio.write_json(os.path.join(workdir, "benchmark_best.json"), best)
+    fileio.write_csv(os.path.join(workdir, "benchmark_best.csv"), best, _best_keys(rows))
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if m != "bpd"]
     for metric in metrics:
         path = os.path.join(workdir, "benchmark.png" if metric == metrics[0]
                             else f"benchmark_{metric}.png")
         plot_metric(rows, metric, path, reference)
     print(format_table(rows))
+    print("best sampler of each family per NFE budget (ranked by "
+          f"{_metrics(rows)[0] if _metrics(rows) else '-'}):")
+    print(format_best(best, _metrics(rows)))
+
+
+def _metrics(rows) -> list[str]:
+    """The quality metrics of the rows, in order (not bpd)."""
+    return [m for m in dict.fromkeys(r["metric"] for r in rows) if m != "bpd"]
+
+
+def _best_keys(rows) -> tuple[str, ...]:
+    return ("budget", "model", "family", "sampler", "nfe") + tuple(_metrics(rows))
+
+
+def best_per_family(rows, metric: str | None = None) -> list[dict]:
+    """At each NFE budget, per model, the best sampler of each family (FAMILIES).
+
+    rows: the benchmark's rows; only those sized for a budget count (adaptive solves and the
+    full ancestral run have none), and only successful, finite ones.  metric: what ranks them
+    (lowest wins; default the rows' first quality metric: tv, fd or fid).  Returns dicts with
+    budget, model, family, sampler, nfe and the winner's value of every quality metric, sorted
+    by budget, model (fm first) and family (FAMILIES' order).
+    """
+    metrics = _metrics(rows)
+    if not metrics:
+        return []
+    metric = metric or metrics[0]
+    values = {}  # (budget, model, sampler) -> {metric: value}
+    for r in rows:
+        if r.get("budget") is not None and r["metric"] in metrics:
+            values.setdefault((r["budget"], r["model"], r["sampler"]), {})[r["metric"]] = r
+    best = {}
+    for (budget, model, sampler), by_metric in values.items():
+        r = by_metric.get(metric)
+        if r is None or not r.get("success", True) or not np.isfinite(r["value"]):
+            continue
+        key = (budget, model, r["family"])
+        if key not in best or r["value"] < best[key][metric]:
+            best[key] = dict(budget=budget, model=model, family=r["family"], sampler=sampler,
+                             nfe=r["nfe"], **{m: v["value"] for m, v in by_metric.items()})
+    order = lambda k: (k[0], MODELS.index(k[1]), FAMILIES.index(k[2]))  # noqa: E731
+    return [best[k] for k in sorted(best, key=order)]
+
+
+def format_best(best, metrics) -> str:
+    """`best_per_family`'s rows as an aligned table."""
+    lines = [f"{'budget':>6}  {'model':<6}{'family':<12}{'sampler':<22}{'nfe':>5}"
+             + "".join(f"{m:>10}" for m in metrics)]
+    for r in best:
+        lines.append(f"{r['budget']:>6}  {r['model']:<6}{r['family']:<12}{r['sampler']:<22}"
+                     f"{r['nfe']:>5}" + "".join(f"{r[m]:>10.4f}" if m in r else f"{'-':>10}"
+                                                for m in metrics))
+    return "\n".join(lines)
 
 
 def plot_metric(rows, metric: str, path: str, reference: dict | None = None) -> None:

@@ -123,6 +123,30 @@ def test_chunks_and_nll(run_dir, tmp_path):
     assert nll["fixed"] == pytest.approx(nll["reference"], abs=0.1)
 
 
+def test_solver_and_sde_methods_on_the_same_footing(run_dir, tmp_path):
+    """The registry's other methods compare like the integrators: the same budgets and source
+    chunks, and (the SDE's noise from each chunk's seed-derived key) scripts/sample.py's
+    samples; no path metrics or NLL, which belong to an ODE solve."""
+    methods = ["heun", "dpmpp_2m", "sde_euler"]
+    rows = compare.compare_integrators(run_dir, str(tmp_path), methods=methods, nfe_budgets=(8,),
+                                       num_samples=64, tolerances=(), chunk_size=25, nll=True)
+    fixed = {(r["method"], r["metric"]): r for r in rows if r["kind"] == "fixed"}
+    assert set(fixed) == {(m, k) for m in methods for k in ("tv", "w2")} | {("heun", "nll")}
+    run = training.restore(run_dir)
+    cfg = run.components.settings.eval
+    ref = toy2d.sample_toy("checkerboard", rng.seed_stream(0, "reference"), cfg.num_tv_samples)
+    for method in ("dpmpp_2m", "sde_euler"):
+        row = fixed[(method, "tv")]
+        assert row["nfe"] == row["num_steps"] == 8 and row["success"], row
+        assert all(row[k] is None for k in compare.PATH_METRICS)
+        drawn = sample.draw(run, 64, seed=0, chunk_size=25, method=method, num_steps=8)
+        tv = metrics.tv_distance(drawn.x, ref, toy2d.toy_box("checkerboard"), bins=cfg.tv_bins)
+        assert row["value"] == pytest.approx(tv, abs=1e-12), method
+    assert np.isfinite(fixed[("heun", "w2")]["straightness"])
+    # The SDE's samples are not the ODE's (noise), the multistep solver's approach them.
+    assert fixed[("sde_euler", "tv")]["traj_error"] > fixed[("dpmpp_2m", "tv")]["traj_error"]
+
+
 def test_budgets_count_the_denoising_evaluation():
     """A DDPM model stops at t_end < 1 and denoises (one more evaluation): the largest grid whose
     NFE, that evaluation included, fits each budget."""
@@ -136,6 +160,12 @@ def test_budgets_count_the_denoising_evaluation():
     assert all(sampling.nfe(m, k, model) <= b < sampling.nfe(m, k + 1, model)
                for m, b, k in plan)
     assert compare._plan(args, None)[0] == ("euler", 2, 2)  # flow matching: no extra evaluation
+    # DDPM's discrete-time samplers take at most T = 100 steps; the SDE takes its last step's
+    # denoising evaluation into the budget like the ODE.
+    args = compare._check_arguments(["ddim", "dpmpp_2m", "sde_euler"], (8, 200), (), 1e-7,
+                                    None, None, (), 0.5)
+    assert compare._plan(args, model) == [("ddim", 8, 8), ("dpmpp_2m", 8, 8),
+                                          ("sde_euler", 8, 7), ("sde_euler", 200, 199)]
 
 
 def test_path_metrics(result):
@@ -173,7 +203,7 @@ def test_corrections(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(methods=["rk5"]), "unknown integrator 'rk5'"),
+    (dict(methods=["rk5"]), "unknown sampling method 'rk5'"),
     (dict(methods=[]), "no methods"),
     (dict(nfe_budgets=(4, 0)), "positive integers"),
     (dict(nfe_budgets=(2.5,)), "positive integers"),
@@ -213,7 +243,7 @@ def test_script(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag, match", [
-    ("--methods=euler,rk5", "unknown integrator 'rk5'"),
+    ("--methods=euler,rk5", "unknown sampling method 'rk5'"),
     ("--nfe=4,x", "--nfe must be a comma-separated list of positive integers"),
 ])
 def test_script_bad_input(flag, match, run_dir, tmp_path):

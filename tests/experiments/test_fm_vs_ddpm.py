@@ -17,8 +17,9 @@ from flowmatch.training import evaluation
 from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 from runs_util import untrained_run  # noqa: E402
 
-FAMILIES = {("fm", "euler"), ("fm", "dopri5"), ("ddpm", "pf_ode/euler"), ("ddpm", "pf_ode/dopri5"),
-            ("ddpm", "ancestral"), ("ddpm", "ancestral_respaced"), ("ddpm", "ddim")}
+SAMPLERS = {("fm", "euler"), ("fm", "dopri5"), ("ddpm", "pf_ode/euler"), ("ddpm", "pf_ode/dopri5"),
+            ("ddpm", "ancestral"), ("ddpm", "ancestral_respaced"), ("ddpm", "ddim"),
+            ("fm", "dpmpp_2m"), ("ddpm", "dpmpp_2m"), ("fm", "sde_euler"), ("ddpm", "sde_euler")}
 
 
 def smoke_config():
@@ -56,13 +57,63 @@ def test_smoke_benchmark_writes_every_sampler_family(bench):
     assert header == ",".join(fm_vs_ddpm.CSV_KEYS)
     for r in rows:
         assert set(fm_vs_ddpm.ROW_KEYS) <= set(r)
-    assert {(r["model"], r["sampler"].split("@")[0]) for r in rows} == FAMILIES
+    assert {(r["model"], r["sampler"].split("@")[0]) for r in rows} == SAMPLERS
     nfe = {(r["model"], r["sampler"]): r["nfe"] for r in rows}
     assert nfe[("ddpm", "ancestral")] == config.objective.num_timesteps
     assert nfe[("ddpm", "ddim")] == nfe[("ddpm", "ancestral_respaced")] == 4
-    # Budget 4: four Euler steps for fm; three and the denoising evaluation for ddpm.
+    # Budget 4: four Euler steps for fm; three and the denoising evaluation for ddpm; the
+    # multistep solver's last evaluation is its data estimate (4 steps, 4 NFE) on both; the SDE's
+    # last step on ddpm is followed by the denoising evaluation (3 steps + 1).
     assert nfe[("fm", "euler")] == nfe[("ddpm", "pf_ode/euler")] == 4
+    assert nfe[("fm", "dpmpp_2m")] == nfe[("ddpm", "dpmpp_2m")] == 4
+    assert nfe[("fm", "sde_euler")] == nfe[("ddpm", "sde_euler")] == 4
     assert {r["metric"] for r in rows} == {"tv", "w2"}
+    family = {(r["model"], r["sampler"]): (r["family"], r["budget"]) for r in rows}
+    assert family[("ddpm", "dpmpp_2m")] == ("dpm_solver", 4)
+    assert family[("fm", "sde_euler")] == ("sde", 4)
+    assert family[("ddpm", "ddim")] == ("ddpm", 4)
+    assert family[("ddpm", "ancestral")] == ("ddpm", None)
+    assert family[("ddpm", "pf_ode/dopri5@0.01")] == ("ode", None)
+
+
+def test_smoke_benchmark_writes_the_best_of_each_family(bench):
+    _, workdir, rows = bench
+    best = json.load(open(workdir / "benchmark_best.json"))
+    assert best == fm_vs_ddpm.best_per_family(rows)
+    header = (workdir / "benchmark_best.csv").read_text().splitlines()[0]
+    assert header == "budget,model,family,sampler,nfe,tv,w2"
+    assert [(b["model"], b["family"]) for b in best] == [
+        ("fm", "ode"), ("fm", "dpm_solver"), ("fm", "sde"),
+        ("ddpm", "ode"), ("ddpm", "dpm_solver"), ("ddpm", "sde"), ("ddpm", "ddpm")]
+    for b in best:  # the lowest tv of its family at its budget, and that sampler's w2
+        group = [r for r in rows if (r["model"], r["family"], r["budget"], r["metric"])
+                 == (b["model"], b["family"], b["budget"], "tv")]
+        assert b["tv"] == min(r["value"] for r in group)
+        assert {(r["sampler"], r["value"]) for r in rows if r["metric"] == "w2"
+                and r["model"] == b["model"]} >= {(b["sampler"], b["w2"])}
+
+
+def _row(model, sampler, family, budget, value, metric="tv", success=True):
+    return dict(model=model, sampler=sampler, method=sampler, family=family, budget=budget,
+                nfe=budget or 100, metric=metric, value=value, seconds=0.0, success=success)
+
+
+def test_best_per_family_ranks_within_budget_model_and_family():
+    rows = [_row("fm", "euler", "ode", 8, 0.3), _row("fm", "heun", "ode", 8, 0.2),
+            _row("fm", "heun", "ode", 8, 9.0, metric="w2"),
+            _row("fm", "rk4", "ode", 8, 0.1, success=False),     # failed: not ranked
+            _row("fm", "dopri5@0.01", "ode", None, 0.01),        # no budget: not ranked
+            _row("fm", "dpmpp_2m", "dpm_solver", 8, float("nan")),  # not finite: not ranked
+            _row("ddpm", "ddim", "ddpm", 8, 0.5),
+            _row("ddpm", "ancestral_respaced", "ddpm", 8, 0.4),
+            _row("ddpm", "ddim", "ddpm", 4, 0.6), _row("fm", "euler", "ode", 4, 0.7)]
+    best = fm_vs_ddpm.best_per_family(rows)
+    assert [(b["budget"], b["model"], b["family"], b["sampler"]) for b in best] == [
+        (4, "fm", "ode", "euler"), (4, "ddpm", "ddpm", "ddim"),
+        (8, "fm", "ode", "heun"), (8, "ddpm", "ddpm", "ancestral_respaced")]
+    assert best[2]["tv"] == 0.2 and best[2]["w2"] == 9.0 and "w2" not in best[3]
+    assert fm_vs_ddpm.best_per_family(rows, metric="w2")[0]["sampler"] == "heun"
+    assert fm_vs_ddpm.best_per_family([]) == []
 
 
 def test_floors_are_at_the_scored_sample_count(bench):
@@ -80,12 +131,14 @@ def test_floors_are_at_the_scored_sample_count(bench):
 def test_sampler_grid_counts_the_denoising_evaluation():
     b = load_config("benchmark/moons").benchmark
     b.nfe, b.ode_methods, b.tolerances = (4, 8, 50), ("heun", "rk4"), ()
+    b.solver_methods, b.sde_methods = ("dpmpp_2m", "unipc"), ("sde_euler",)
     apply = lambda params, x, t, cond: x  # noqa: E731  (the grid never calls the network)
     fm = objectives.FlowMatching(path=paths.make_path("cond_ot"))
     ddpm = objectives.DDPM(num_timesteps=50)
     models = {"fm": sampling.ModelFn.from_objective(apply, fm),
               "ddpm": sampling.ModelFn.from_objective(apply, ddpm)}
-    grid = {(m, label, s.get("num_steps")) for m, label, s in fm_vs_ddpm.sampler_grid(b, models)}
+    entries = fm_vs_ddpm.sampler_grid(b, models)
+    grid = {(e.model, e.label, e.settings.get("num_steps")) for e in entries}
     assert {("fm", "heun", 2), ("fm", "rk4", 1), ("fm", "rk4", 2), ("fm", "heun", 25)} <= grid
     # ddpm: heun 2 NFE per step, rk4 4, + 1 denoising evaluation; no rk4 step fits in 4.
     assert {("ddpm", "pf_ode/heun", 1), ("ddpm", "pf_ode/heun", 3), ("ddpm", "pf_ode/rk4", 1),
@@ -94,6 +147,14 @@ def test_sampler_grid_counts_the_denoising_evaluation():
     assert ("ddpm", "ancestral", None) in grid
     # T = 50: no respaced sampler at a budget of 50 or more.
     assert ("ddpm", "ddim", 50) not in grid and ("ddpm", "ddim", 8) in grid
+    # The multistep solvers and the SDE on both models, labelled by method name: one step per
+    # NFE, but the SDE leaves ddpm's last evaluation to its denoising step.
+    assert {("fm", "dpmpp_2m", 8), ("ddpm", "dpmpp_2m", 8), ("ddpm", "unipc", 50),
+            ("fm", "sde_euler", 4), ("ddpm", "sde_euler", 3), ("ddpm", "sde_euler", 49)} <= grid
+    for e in entries:
+        if e.budget is not None:
+            assert sampling.nfe(e.settings["method"], e.settings["num_steps"],
+                                models[e.model]) <= e.budget, e
 
 
 def _ddpm_run(config, prediction, workdir):
@@ -103,7 +164,8 @@ def _ddpm_run(config, prediction, workdir):
 
 
 SETTINGS = (dict(method="heun", num_steps=2), dict(method="ancestral", num_steps=None),
-            dict(method="ddim", num_steps=4))
+            dict(method="ddim", num_steps=4), dict(method="dpmpp_2m", num_steps=4),
+            dict(method="sde_euler", num_steps=3))
 
 
 @pytest.mark.parametrize("prediction", ["x0", "v"])
@@ -128,7 +190,9 @@ def test_benchmark_rows_score_sample_py_samples_of_the_eps_model(bench, tmp_path
     value = {(r["sampler"], r["metric"]): r["value"] for r in rows if r["model"] == "ddpm"}
     for label, settings in (("pf_ode/euler", dict(method="euler", num_steps=3)),
                             ("ancestral", dict(method="ancestral", num_steps=None)),
-                            ("ddim", dict(method="ddim", num_steps=4))):
+                            ("ddim", dict(method="ddim", num_steps=4)),
+                            ("dpmpp_2m", dict(method="dpmpp_2m", num_steps=4)),
+                            ("sde_euler", dict(method="sde_euler", num_steps=3))):
         out = str(tmp_path / "s.npz")
         sample_lib.sample_to_file(str(workdir / "ddpm"), out, num_samples=b.num_samples,
                                   seed=b.seed, **settings)
