@@ -68,6 +68,30 @@ def write_csv(path: str | os.PathLike, rows, fieldnames) -> None:
     write_text(path, buf.getvalue())
 
 
+def wide_rows(rows, keys, *, metric: str = "metric", value: str = "value") -> tuple[list, list]:
+    """Long rows (one per metric: {**keys, metric: name, value: v, ...}) as wide rows, one per
+    distinct tuple of `keys` in first-appearance order, with one column per metric name (a key
+    not among `keys`, metric or value keeps its first row's value).  Returns (rows, columns):
+    the columns are `keys`, then the other shared keys, then the metric names."""
+    out: dict[tuple, dict] = {}
+    names: list = []
+    for row in rows:
+        ident = tuple(row.get(k) for k in keys)
+        wide = out.setdefault(ident, {k: v for k, v in row.items() if k not in (metric, value)})
+        wide[row[metric]] = row[value]
+        if row[metric] not in names:
+            names.append(row[metric])
+    extra = [k for k in (next(iter(out.values()), {}) or {}) if k not in keys and k not in names]
+    return list(out.values()), list(keys) + extra + names
+
+
+def write_wide_csv(path: str | os.PathLike, rows, keys, **kwargs) -> None:
+    """`wide_rows(rows, keys)` as CSV, atomically: one row per sampler and NFE (say), one column
+    per metric, beside the long CSV that has one row per metric."""
+    wide, columns = wide_rows(rows, keys, **kwargs)
+    write_csv(path, wide, columns)
+
+
 def write_npz(path: str | os.PathLike, **arrays) -> None:
     """np.savez(path, **arrays) atomically."""
     import io  # pylint: disable=g-import-not-at-top

@@ -18,7 +18,7 @@ from matplotlib.ticker import NullLocator
 
 from flowmatch import fileio
 
-__all__ = ["plot_2d", "image_grid", "plot_curves"]
+__all__ = ["plot_2d", "image_grid", "plot_curves", "nfe_axis", "figure_legend"]
 
 
 def _save(fig: Figure, path: str | os.PathLike, **kwargs) -> None:
@@ -28,6 +28,39 @@ def _save(fig: Figure, path: str | os.PathLike, **kwargs) -> None:
     if directory:
         os.makedirs(directory, exist_ok=True)
     fileio.save_figure(fig, path, **kwargs)
+
+
+def nfe_axis(ax, values, *, base: float = 2, min_ratio: float = 1.4) -> None:
+    """A log x axis labelled at the measured values (e.g. NFE 4, 8, 16) in plain numbers, with
+    a value left unlabelled when it sits closer than `min_ratio` to the previous label (8 and
+    10, 15 and 16, 31 38 45), so tick labels never run into each other."""
+    ax.set_xscale("log", base=base)
+    ticks = []
+    for v in sorted({float(v) for v in values if v is not None and v > 0}):
+        if not ticks or v / ticks[-1] >= min_ratio:
+            ticks.append(v)
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def figure_legend(fig, axes, *, title: str | None = None) -> None:
+    """One legend for the whole figure, below the panels: every label of `axes` once (the
+    panels' own legends removed), so no legend sits over a curve."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if labels:
+        ncol = min(len(labels), 6)
+        fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=ncol,
+                   fontsize=7, title=title, title_fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+        rows = -(-len(labels) // ncol)
+        fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 1))
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -223,19 +256,15 @@ def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str
         ax.axhline(value, color="0.4", linestyle=":", linewidth=1.0)
         ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6,
                     color="0.3", va="bottom")
-    if logx:
-        ax.set_xscale("log")
-        xs_all = sorted({px for pts in groups.values() for px, _ in pts})
-        if len(xs_all) <= 12:  # label the measured x values (e.g. NFE 4, 8, 16) instead of 10^k
-            ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
-            ax.xaxis.set_minor_locator(NullLocator())
+    if logx:  # labelled at the measured x values (e.g. NFE 4, 8, 16) instead of 10^k
+        nfe_axis(ax, [px for pts in groups.values() for px, _ in pts], base=10)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title=group, fontsize=7, title_fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    figure_legend(fig, [ax], title=group)
     _save(fig, path)

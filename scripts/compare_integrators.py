@@ -27,11 +27,15 @@ flags.DEFINE_list("nfe", [str(b) for b in compare.DEFAULT_NFE_BUDGETS],
                   "NFE budgets of the fixed-grid solves (positive integers).")
 flags.DEFINE_list("tolerances", [f"{t:g}" for t in compare.DEFAULT_TOLERANCES],
                   "rtol = atol values swept by the adaptive methods (bosh3, dopri5, tsit5).")
-flags.DEFINE_integer("num_samples", None, "Number of samples (default: the run's eval size).")
+flags.DEFINE_integer("num_samples", None, "Number of samples (default: 20,000 for 2-D data, minutes "
+                     "on a laptop; the run's eval.num_tv_samples, e.g. 100000, for final figures, "
+                     "about 5x the time; images: the run's eval size).")
 flags.DEFINE_integer("seed", 0, "Seed of the noise every solve starts from.")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.DEFINE_bool("nll", False, "2-D data: also the mean NLL (nats) of fresh data points per "
                   "integrator (exact divergence).")
+flags.DEFINE_list("figure_formats", ["png"], "Figure files to write: png, pdf and/or svg "
+                  "(vector, for a paper).")
 flags.DEFINE_list("corrections", [], "Exposure-bias corrections run on every fixed-grid solve as "
                   "extra rows: time_shift, eps_scale=LAM (e.g. eps_scale=1.02).")
 flags.mark_flags_as_required(["workdir", "output"])
@@ -45,7 +49,9 @@ def main(argv):
         nfe_budgets=cli.parse_list("nfe", FLAGS.nfe, int, "positive integers"),
         tolerances=cli.parse_list("tolerances", FLAGS.tolerances, float, "positive numbers"),
         num_samples=FLAGS.num_samples, seed=FLAGS.seed, step=FLAGS.step, nll=FLAGS.nll,
-        corrections=FLAGS.corrections)
+        corrections=FLAGS.corrections,
+        figure_formats=cli.parse_list("figure_formats", FLAGS.figure_formats, str,
+                                      "png, pdf or svg"))
 
 
 if __name__ == "__main__":

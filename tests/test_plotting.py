@@ -109,3 +109,49 @@ def test_image_grid_with_labels_has_one_row_per_class(tmp_path):
         plotting.image_grid(images, tmp_path / "x.png", labels=labels[:3])
     with pytest.raises(ValueError, match="class_names has 2 names"):
         plotting.image_grid(images, tmp_path / "x.png", labels=labels, class_names=["a", "b"])
+
+
+def _tick_labels_overlap(fig, ax) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                    if t.get_text()), key=lambda b: b.x0)
+    return any(a.x1 > b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+def test_nfe_ticks_never_run_into_each_other():
+    """NFE values such as an adaptive solver's 15, 16, 31, 38, 45 printed "1516" and "313845"
+    as overlapping labels; now a value too close to the last label goes unlabelled."""
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    values = [2, 4, 8, 10, 15, 16, 31, 32, 38, 45, 64, 128]
+    fig = Figure(figsize=(4.2, 3.8), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot(values, np.ones(len(values)))
+    ax.set_xticks(values, [str(v) for v in values])
+    assert _tick_labels_overlap(fig, ax)   # what every value labelled looks like
+    plotting.nfe_axis(ax, values)
+    labels = [float(t.get_text()) for t in ax.get_xticklabels() if t.get_text()]
+    assert labels[0] == 2 and all(b / a >= 1.4 for a, b in zip(labels, labels[1:]))
+    assert not _tick_labels_overlap(fig, ax)
+
+
+def test_figure_legend_is_one_legend_below_the_panels(tmp_path):
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    fig = Figure(figsize=(8, 3))
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    for ax in axes:
+        for name in ("euler", "heun"):
+            ax.plot([1, 2], [1, 2], label=name)
+        ax.legend()
+    plotting.figure_legend(fig, axes)
+    assert all(ax.get_legend() is None for ax in axes)
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["euler", "heun"]
+
+
+def test_curves_plot_in_vector_format(tmp_path):
+    rows = [dict(sampler=s, nfe=n, tv=1.0 / n) for s in ("a", "b") for n in (4, 8, 10, 16)]
+    for fmt, magic in (("pdf", b"%PDF"), ("svg", b"<?xml")):
+        path = tmp_path / f"curves.{fmt}"
+        plotting.plot_curves(rows, path, x="nfe", y="tv", group="sampler")
+        assert path.read_bytes().startswith(magic)

@@ -51,6 +51,7 @@ def get_config(variant=""):
     c.objective.num_timesteps = 1000
     c.eval.chunk_size = 1_000  # samples per compiled sampler call
     c.benchmark = ml_collections.ConfigDict(dict(
+        figure_formats=("png",),  # add "pdf" or "svg" for vector figures
         seed=0, fm_prediction="velocity", ddpm_prediction="eps",
         nfe=(10, 20, 50, 100), ode_methods=("euler", "heun", "rk4", "dopri5"),
         tolerances=(1e-3, 1e-5), num_samples=50_000, num_bpd_images=1_000, bpd_tol=1e-5,

@@ -32,6 +32,7 @@ def get_config(variant=""):
     c.objective.beta_schedule = "linear"
     c.objective.num_timesteps = 1000
     c.benchmark = ml_collections.ConfigDict(dict(
+        figure_formats=("png",),  # add "pdf" or "svg" for vector figures
         seed=0, fm_prediction="velocity", ddpm_prediction="eps",
         nfe=(4, 8, 10, 16, 32, 64), ode_methods=("euler", "heun", "rk4", "dopri5"),
         tolerances=(1e-2, 1e-3), num_samples=1_000, num_bpd_images=200, bpd_tol=1e-4,

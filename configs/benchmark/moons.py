@@ -6,8 +6,9 @@ That time predates the solver/SDE rows and NFE 10: sampling the grid with them, 
 --config.benchmark.num_samples=50000 '--config.benchmark.nfe=(4,8,10,16,32)'
 '--config.benchmark.tolerances=(1e-2,1e-3)', took 24 min wall (11 min CPU) on 2 loaded cores,
 the 1,000-step ancestral run 390 s of it.
-Writes runs/bench_moons/benchmark.{json,csv,png} and benchmark_best.{json,csv}; see README
-"Flow matching vs DDPM".
+Writes runs/bench_moons/benchmark.{json,csv,png}, benchmark_wide.csv (a column per metric) and
+benchmark_best.{json,csv}; --config.benchmark.figure_formats="('png', 'pdf')" adds vector
+figures.  See docs/benchmarks.md.
 Smoke variant (tests): --config=configs/benchmark/moons.py:smoke
 """
 
@@ -28,6 +29,7 @@ def get_config(variant=""):
     c.objective.beta_schedule = "linear"
     c.objective.num_timesteps = 1000
     c.benchmark = ml_collections.ConfigDict(dict(
+        figure_formats=("png",),  # add "pdf" or "svg" for vector figures
         seed=0, fm_prediction="velocity", ddpm_prediction="eps",
         nfe=(4, 8, 10, 16, 32, 64), ode_methods=("euler", "heun", "rk4", "dopri5"),
         tolerances=(1e-2, 1e-3, 1e-4), num_samples=100_000, num_bpd_images=0, bpd_tol=1e-4,

@@ -52,14 +52,15 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullLocator
 
 from flowmatch import checks
 from flowmatch import fileio
 from flowmatch import integrators
 from flowmatch import likelihood
 from flowmatch import metrics as metrics_lib
+from flowmatch import plotting
 from flowmatch import rng
 from flowmatch import sampling
 from flowmatch import training
@@ -73,6 +74,8 @@ DEFAULT_METHODS = ("euler", "heun", "rk4", "dopri5")
 DEFAULT_NFE_BUDGETS = (2, 4, 8, 16, 32, 64, 128)
 DEFAULT_TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 REFERENCE_METHOD = "dopri5"
+DEFAULT_2D_SAMPLES = 20_000
+FIGURE_FORMATS = ("png", "pdf", "svg")
 REFERENCE_TOL = 1e-7
 # The reference runs at a tolerance near float32 resolution: allow it many more steps.
 REFERENCE_MAX_STEPS = 100_000
@@ -80,6 +83,8 @@ REFERENCE_MAX_STEPS = 100_000
 FIELDS = ("method", "kind", "correction", "budget", "num_steps", "nfe", "rtol", "atol", "metric",
           "value", "traj_error", "straightness", "energy_ratio", "npe", "seconds", "success")
 PATH_METRICS = ("straightness", "energy_ratio", "npe")
+# What identifies one solve in the wide CSV (its metrics become columns).
+WIDE_KEYS = ("method", "kind", "correction", "budget", "rtol")
 NO_CORRECTION = "none"
 # Samples of the forward process (and of the pilot solves) that calibrate time-shifted sampling.
 CALIBRATION_SAMPLES = 4096
@@ -410,7 +415,10 @@ def _measure_rows(m: _Measure, method, kind, solve, budget=None,
         pm = straightness.path_metrics(
             m.x0, result["x_end"], result["energy"], m.w2_squared,
             positive=straightness.positive_quadrature(method, adaptive=tol is not None))
-        base.update({k: pm[k] for k in PATH_METRICS})
+        # unavailable (NaN: a quadrature with negative weights) is written as None, like
+        # a column not measured, so the JSON stays valid
+        base.update({k: None if pm[k] is None or not math.isfinite(pm[k]) else pm[k]
+                     for k in PATH_METRICS})
     quality = dict(m.quality_fn(result["x"])) if m.quality_fn is not None else {}
     if m.nll_of is not None and _is_ode(method):
         quality["nll"] = m.nll_of(method, **solve)
@@ -426,15 +434,18 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
                         chunk_size: int | None = None, nll: bool = False,
                         reference_tol: float = REFERENCE_TOL, path_metrics: bool = True,
                         corrections: Sequence[str] = (),
-                        max_shift: float = exposure.DEFAULT_MAX_SHIFT) -> list[dict]:
+                        max_shift: float = exposure.DEFAULT_MAX_SHIFT,
+                        figure_formats: Sequence[str] = ("png",)) -> list[dict]:
     """Compares integrators on the run in `workdir` (its EMA parameters at `step`, default latest).
 
     methods: sampling method names (`sampling.METHODS`: integrators, the DPM-Solver family, the
     SDE samplers, DDPM's ancestral / ddim; default DEFAULT_METHODS); nfe_budgets: positive ints;
     tolerances:
     rtol = atol values swept for the adaptive methods among `methods` (may be empty).
-    num_samples: default config.eval.num_tv_samples (2-D; w2 on the first num_w2_samples) or
-    config.eval.num_image_samples (images).  The source samples x0 [num_samples, ...] are drawn
+    num_samples: default DEFAULT_2D_SAMPLES (20,000; a 2-D comparison of the default methods
+    then takes minutes on a laptop CPU; tv's floor is higher at that count, so pass
+    config.eval.num_tv_samples, e.g. 100,000, for the final figures, at about 5x the time) or
+    config.eval.num_image_samples (images); w2 on the first num_w2_samples.  The source samples x0 [num_samples, ...] are drawn
     once from `seed` (module docstring) and shared by every solve.  quality_fn(samples [n, ...])
     -> {metric: float} replaces the default quality metrics (2-D: tv, w2; images: none).  Solves
     run in chunks of chunk_size samples (default config.eval.chunk_size); an adaptive solve steps
@@ -462,6 +473,9 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     """
     args = _check_arguments(methods, nfe_budgets, tolerances, reference_tol, num_samples,
                             chunk_size, corrections, max_shift)
+    if not figure_formats or any(f not in FIGURE_FORMATS for f in figure_formats):
+        raise ConfigError(f"figure_formats must be one or more of {', '.join(FIGURE_FORMATS)}; "
+                          f"got {list(figure_formats)}")
     run = training.restore(workdir, step)
     comps, params = run.components, run.state.ema_params
     plan = _plan(args, comps.model_fn())
@@ -471,23 +485,27 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
     is_2d = comps.spec.kind == "toy2d"
     _check_nll(nll, is_2d, comps.source)
     cfg = comps.settings.eval
-    n = num_samples or (cfg.num_tv_samples if is_2d else cfg.num_image_samples)
+    n = num_samples or (min(cfg.num_tv_samples, DEFAULT_2D_SAMPLES) if is_2d
+                        else cfg.num_image_samples)
     print(f"compare_integrators: {comps.settings.data.name} at step {run.step}, {n} samples, "
           f"methods {', '.join(args.methods)}", flush=True)
     m = _prepare(comps, params, args, n, seed, chunk_size or cfg.chunk_size, quality_fn=quality_fn,
                  nll=nll, reference_tol=reference_tol, path_metrics=path_metrics,
                  max_shift=max_shift)
     rows = _measure_rows(m, REFERENCE_METHOD, "reference", _reference(reference_tol))
-    for method, budget, steps in plan:
-        for correction in (NO_CORRECTION,) + (args.corrections if _is_ode(method) else ()):
-            rows += _measure_rows(m, method, "fixed", {"num_steps": steps}, budget=budget,
-                                  correction=correction)
-    for method in _adaptive(args.methods):
-        for tol in args.tolerances:
-            rows += _measure_rows(m, method, "adaptive", {"tol": tol})
+    solves = [(method, "fixed", {"num_steps": steps}, budget, correction)
+              for method, budget, steps in plan
+              for correction in (NO_CORRECTION,) + (args.corrections if _is_ode(method) else ())]
+    solves += [(method, "adaptive", {"tol": tol}, None, NO_CORRECTION)
+               for method in _adaptive(args.methods) for tol in args.tolerances]
+    # A progress bar on a terminal (tqdm turns itself off when stdout is not one).
+    for method, kind, solve, budget, correction in tqdm.tqdm(
+            solves, desc="compare_integrators", unit="solve", disable=None):
+        rows += _measure_rows(m, method, kind, solve, budget=budget, correction=correction)
     rows = [{k: row[k] for k in FIELDS} for row in rows]
     write(rows, output_dir,
-          title=f"{comps.settings.data.name}, step {run.step}, {n} samples")
+          title=f"{comps.settings.data.name}, step {run.step}, {n} samples",
+          figure_formats=figure_formats)
     return rows
 
 
@@ -539,13 +557,18 @@ def _prepare(comps, params, args: _Arguments, n: int, seed: int, chunk_size: int
     return _Measure(solves, ref, x0, w2_squared, quality_fn, nll_of)
 
 
-def write(rows: Sequence[dict], output_dir: str, title: str | None = None) -> None:
-    """integrators.json, .csv and .png in output_dir (atomic writes), and the table printed."""
+def write(rows: Sequence[dict], output_dir: str, title: str | None = None,
+          figure_formats: Sequence[str] = ("png",)) -> None:
+    """integrators.json, .csv (long: a row per metric), _wide.csv (a row per solve, a column
+    per metric) and the figure in each of figure_formats (png, pdf, svg) in output_dir (atomic
+    writes), and the table printed."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FILENAME)
     fileio.write_json(path + ".json", list(rows), indent=1)
     fileio.write_csv(path + ".csv", rows, FIELDS)
-    plot(rows, path + ".png", title=title)
+    fileio.write_wide_csv(path + "_wide.csv", rows, WIDE_KEYS)
+    for fmt in figure_formats:
+        plot(rows, f"{path}.{fmt}", title=title)
     print(format_table(rows), flush=True)
     failed = sorted({(r["method"], r["kind"], r["correction"], r["budget"] or r["rtol"])
                      for r in rows if not r["success"]})
@@ -593,15 +616,12 @@ def _panel(ax, rows, name, metric, key, logy) -> None:
             ys = np.where(ys > 0, ys, np.nan)  # a gap, not a failed log axis
             positive = positive or bool(np.any(np.isfinite(ys)))
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=label)
-    ax.set_xscale("log", base=2)  # ticks at powers of 2, where NFE budgets usually sit
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
+    plotting.nfe_axis(ax, [x for pts in lines.values() for x, _ in pts])
     if logy and positive:  # (all zero, e.g. every solver exact: a linear axis)
         ax.set_yscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(name)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
 
 
 def plot(rows: Sequence[dict], path: str, title: str | None = None) -> None:
@@ -615,10 +635,12 @@ def plot(rows: Sequence[dict], path: str, title: str | None = None) -> None:
     if any(r.get("energy_ratio") is not None for r in rows):
         panels.append(("energy_ratio", first, "energy_ratio", False))
     panels.append(("seconds", first, "seconds", True))
-    fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=120)
-    for p, (name, metric, key, logy) in enumerate(panels):
-        _panel(fig.add_subplot(1, len(panels), p + 1), rows, name, metric, key, logy)
+    fig = Figure(figsize=(4.2 * len(panels), 4.4), dpi=120)
+    axes = [fig.add_subplot(1, len(panels), p + 1) for p in range(len(panels))]
+    for ax, (name, metric, key, logy) in zip(axes, panels):
+        _panel(ax, rows, name, metric, key, logy)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    plotting.figure_legend(fig, axes)
     fileio.save_figure(fig, path)

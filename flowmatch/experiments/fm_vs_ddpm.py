@@ -351,27 +351,35 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]
         rows += [dict(r, budget=entry.budget) for r in scored[key]]
     if kind == "image" and config.benchmark.num_bpd_images > 0:
         rows += bpd_rows(runs, config)
-    write_results(rows, workdir, reference)
+    write_results(rows, workdir, reference,
+                  figure_formats=tuple(config.benchmark.get("figure_formats", ("png",))))
     return rows
 
 
 # -- results ------------------------------------------------------------------------------------
 
 
-def write_results(rows, workdir: str, reference: dict | None = None) -> None:
-    """benchmark.json (the rows), benchmark.csv (CSV_KEYS), one figure per metric but bpd
-    (benchmark.png for the first, benchmark_<metric>.png for the others), benchmark_best.json /
-    .csv (`best_per_family`); prints both tables."""
+def write_results(rows, workdir: str, reference: dict | None = None,
+                  figure_formats=("png",)) -> None:
+    """benchmark.json (the rows), benchmark.csv (CSV_KEYS, a row per metric),
+    benchmark_wide.csv (a row per model, sampler and NFE, a column per metric), one figure per
+    metric but bpd in each of figure_formats (benchmark.png for the first, benchmark_<metric>.png
+    for the others; pdf / svg for a paper), benchmark_best.json / .csv (`best_per_family`);
+    prints both tables."""
     fileio.write_json(os.path.join(workdir, "benchmark.json"), rows)
     fileio.write_csv(os.path.join(workdir, "benchmark.csv"), rows, CSV_KEYS)
+    fileio.write_wide_csv(os.path.join(workdir, "benchmark_wide.csv"),
+                          [{k: r[k] for k in CSV_KEYS if k in r} for r in rows],
+                          ("model", "sampler", "budget", "nfe"))
     best = best_per_family(rows)
     fileio.write_json(os.path.join(workdir, "benchmark_best.json"), best)
     fileio.write_csv(os.path.join(workdir, "benchmark_best.csv"), best, _best_keys(rows))
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if m != "bpd"]
     for metric in metrics:
-        path = os.path.join(workdir, "benchmark.png" if metric == metrics[0]
-                            else f"benchmark_{metric}.png")
-        plot_metric(rows, metric, path, reference)
+        for fmt in figure_formats:
+            path = os.path.join(workdir, f"benchmark.{fmt}" if metric == metrics[0]
+                                else f"benchmark_{metric}.{fmt}")
+            plot_metric(rows, metric, path, reference)
     print(format_table(rows))
     print("best sampler of each family per NFE budget (ranked by "
           f"{_metrics(rows)[0] if _metrics(rows) else '-'}):")
