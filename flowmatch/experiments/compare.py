@@ -166,18 +166,9 @@ def _plan(args: _Arguments, model: sampling.ModelFn | None) -> list[tuple[str, i
     """[(method, budget, num_steps)]: the fixed-grid solves whose NFE (counting the model's
     denoising evaluation, when it has one) fit a budget; a DDPM model's discrete-time samplers
     (ancestral, ddim, the DPM-Solver family) at most its T steps."""
-    out = []
-    for m in args.methods:
-        for b in args.budgets:
-            steps = sampling.steps_for_budget(m, b, model)
-            if steps is None:
-                continue
-            try:
-                sampling.check(m, num_steps=steps, model=model)
-            except ValueError:  # more steps than the model's T
-                continue
-            out.append((m, b, steps))
-    return out
+    plan = [(m, b, sampling.runnable_steps(m, b, model)) for m in args.methods
+            for b in args.budgets]
+    return [(m, b, steps) for m, b, steps in plan if steps is not None]
 
 
 def _chunks(n: int, chunk_size: int) -> list[tuple[np.ndarray, int]]:

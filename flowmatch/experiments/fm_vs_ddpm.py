@@ -97,17 +97,9 @@ class GridEntry(NamedTuple):
 def _fixed_budget_rows(model: str, label: str, method: str, b, fn: sampling.ModelFn):
     """One GridEntry per NFE budget that fits a step of `method` on `fn` (a DDPM model's
     discrete-time samplers also at most its T steps)."""
-    out = []
-    for budget in b.nfe:
-        steps = sampling.steps_for_budget(method, budget, fn)
-        if steps is None:
-            continue
-        try:
-            sampling.check(method, num_steps=steps, model=fn)
-        except ValueError:  # more steps than a DDPM model's T
-            continue
-        out.append(GridEntry(model, label, dict(method=method, num_steps=steps), budget))
-    return out
+    steps = {budget: sampling.runnable_steps(method, budget, fn) for budget in b.nfe}
+    return [GridEntry(model, label, dict(method=method, num_steps=n), budget)
+            for budget, n in steps.items() if n is not None]
 
 
 def sampler_grid(b, models: dict) -> list[GridEntry]:

@@ -37,6 +37,7 @@ from flowmatch.sampling.registry import make_sampler
 from flowmatch.sampling.registry import nfe
 from flowmatch.sampling.registry import options
 from flowmatch.sampling.registry import resolve
+from flowmatch.sampling.registry import runnable_steps
 from flowmatch.sampling.registry import steps_for_budget
 from flowmatch.sampling.sde import DIFFUSIONS
 from flowmatch.sampling.sde import sde_sampler
@@ -45,5 +46,5 @@ __all__ = [
     "Chunked", "DIFFUSIONS", "DISCRETE_METHODS", "DPM_SOLVER_METHODS", "FAMILIES", "METHODS",
     "ModelFn", "SDE_METHODS", "Samples", "VARIANCES", "ancestral_sampler", "check", "ddim_sampler",
     "describe", "dpm_solver_sampler", "family", "make_draw", "make_sampler", "nfe", "ode_sampler",
-    "options", "resolve", "sde_sampler", "steps_for_budget", "velocity_fn",
+    "options", "resolve", "runnable_steps", "sde_sampler", "steps_for_budget", "velocity_fn",
 ]

@@ -167,6 +167,19 @@ def steps_for_budget(method: str, budget: int, model: ModelFn | None = None,
     return lo
 
 
+def runnable_steps(method: str, budget: int, model: ModelFn | None = None) -> int | None:
+    """`steps_for_budget`, or None when the model cannot take that many steps (a DDPM model's
+    discrete-time samplers take at most its T): the steps of a budget's row in a comparison."""
+    steps = steps_for_budget(method, budget, model)
+    if steps is None:
+        return None
+    try:
+        check(method, num_steps=steps, model=model)
+    except ValueError:  # more steps than the model's T
+        return None
+    return steps
+
+
 # -- what each method is -----------------------------------------------------------------------
 
 _ODE_USE = {
