@@ -1,9 +1,23 @@
 """The README and docs/ say only what is true of the tree: a short front page, links and anchors
-that resolve, files and modules that exist, and commands whose flags and --config keys the
-scripts and configs actually define."""
+that resolve, files and modules that exist, commands whose flags and --config keys the scripts
+and configs actually define, and measured numbers that come from the results files they cite.
 
+A measured region of a page is marked
+
+    <!-- results: results/NAME/FILE.csv [results/NAME/OTHER.json ...] -->
+    ... a table ...
+    <!-- /results -->
+
+with paths relative to the page (docs/results/ holds the files, copied as the drivers wrote
+them).  Every number of the region must be a value of one of its files, as printed: 0.184 is
+found when a value rounds to it at three decimals, 1,000 or 8 only when a value equals it, 99.8%
+also as the fraction 0.998.  Numbers inside names (w2, rk4, dpmpp_2m) are not numbers.
+"""
+
+import csv
 import glob
 import importlib
+import json
 import os
 import re
 
@@ -112,3 +126,128 @@ def test_commands_use_real_flags_and_config_keys(page):
                 for key in name.split(".")[1:]:
                     assert key in c, f"{page}: {config} has no key {name[len('config.'):]}"
                     c = c[key]
+
+
+# -- measured numbers come from results files -------------------------------------------------------
+
+_RESULTS = re.compile(r"<!-- results: ([^>]+?) -->(.*?)<!-- /results -->", re.S)
+# A number standing alone: not inside a name (w2, rk4, dpmpp_2m, fig1), thousands as 100,000.
+_NUMBER = re.compile(r"(?<![\w.])([-+]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?([eE][-+]?\d+)?(%?)"
+                     r"(?!\w|\.\d)")
+
+
+def _numbers(text):
+    """[(as printed, value, decimals shown, is a percentage)] of the numbers in `text`."""
+    out = []
+    for m in _NUMBER.finditer(text):
+        sign, whole, frac, exp, pct = m.groups()
+        value = float(sign + whole.replace(",", "") + (frac or "") + (exp or ""))
+        decimals = len(frac or ".") - 1 - (int(exp[1:]) if exp else 0)
+        out.append((m.group(0), value, decimals, bool(pct)))
+    return out
+
+
+def _printed_as(value, printed, decimals):
+    """Whether `value` (from a results file) prints as `printed` with `decimals` digits (an
+    integer as printed only when equal)."""
+    if decimals <= 0 and printed == int(printed):
+        return value == printed
+    return abs(value - printed) <= 0.5 * 10.0 ** -decimals * (1 + 1e-9)
+
+
+def _file_values(path):
+    """Every number of a CSV or JSON results file: numeric cells or leaves, and the numbers
+    written inside text cells (the 0.01 of a 'dopri5@0.01' label)."""
+    with open(path) as f:
+        if path.endswith(".json"):
+            leaves, stack = [], [json.load(f)]
+            while stack:
+                x = stack.pop()
+                if isinstance(x, dict):
+                    stack += list(x.values())
+                elif isinstance(x, list):
+                    stack += x
+                else:
+                    leaves.append(x)
+        else:
+            leaves = [cell for row in csv.reader(f) for cell in row]
+    values = []
+    for x in leaves:
+        if isinstance(x, bool) or x is None:
+            continue
+        if isinstance(x, (int, float)):
+            values.append(float(x))
+            continue
+        try:
+            values.append(float(x))
+        except ValueError:
+            values += [v for _, v, _, _ in _numbers(str(x))]
+    return values
+
+
+def _unfound(text, values):
+    """The numbers of `text` that no value of `values` prints as."""
+    missing = []
+    for printed, x, decimals, pct in _numbers(text):
+        if not any(_printed_as(v, x, decimals) or (pct and _printed_as(v, x / 100, decimals + 2))
+                   for v in values):
+            missing.append(printed)
+    return missing
+
+
+def _results_problems(page, text):
+    """What is wrong with the measured regions of a page (its text): a region whose file is
+    missing, a number found in none of its files, a region left open."""
+    here = os.path.dirname(os.path.join(ROOT, page))
+    problems = []
+    if text.count("<!-- results:") != len(_RESULTS.findall(text)) or (
+            text.count("<!-- /results -->") != len(_RESULTS.findall(text))):
+        problems.append(f"{page}: a <!-- results: ... --> region without its <!-- /results -->")
+    for m in _RESULTS.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        values = []
+        for name in m.group(1).split():
+            path = os.path.join(here, name)
+            if not os.path.isfile(path):
+                problems.append(f"{page}:{line}: results file {name} does not exist")
+                continue
+            values += _file_values(path)
+        if values:
+            missing = _unfound(m.group(2), values)
+            if missing:
+                problems.append(f"{page}:{line}: numbers not in {m.group(1)}: {missing}")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_measured_numbers_come_from_their_results_files(page):
+    assert _results_problems(page, _read(page)) == []
+
+
+def test_some_pages_are_checked_against_results_files():
+    assert sum(len(_RESULTS.findall(_read(page))) for page in PAGES) >= 1
+
+
+def test_a_region_fails_on_a_missing_file_a_stray_number_or_no_end(tmp_path):
+    results = tmp_path / "r.csv"
+    results.write_text("method,nfe,tv,label\neuler,8,0.18434,dopri5@0.01\nrk4,1000,0.998,x\n")
+    page = os.path.relpath(tmp_path / "page.md", ROOT)
+    good = ("<!-- results: r.csv -->\n| euler | NFE 8 | 0.184 | w2 rk4 dpmpp_2m |\n"
+            "| rk4 (1,000) | 99.8% | 0.18 | 1e-2 |\n<!-- /results -->")
+    assert _results_problems(page, good) == []
+    assert _results_problems(page, good.replace("r.csv", "gone.csv")) == [
+        f"{page}:1: results file gone.csv does not exist"]
+    assert _results_problems(page, good.replace("0.184", "0.185")) == [
+        f"{page}:1: numbers not in r.csv: ['0.185']"]
+    assert _results_problems(page, good.replace("NFE 8", "NFE 9")) == [
+        f"{page}:1: numbers not in r.csv: ['9']"]
+    assert _results_problems(page, good.replace("<!-- /results -->", "")) != []
+
+
+def test_numbers_are_read_as_printed():
+    assert [(p, v, d) for p, v, d, _ in _numbers(
+        "w2 rk4 dpmpp_2m 1,000 -0.045 +26.6% (0.083) 1e-5 2.35. x")] == [
+        ("1,000", 1000.0, 0), ("-0.045", -0.045, 3), ("+26.6%", 26.6, 1), ("0.083", 0.083, 3),
+        ("1e-5", 1e-5, 5), ("2.35", 2.35, 2)]
+    assert _printed_as(0.18434, 0.184, 3) and not _printed_as(0.18434, 0.185, 3)
+    assert _printed_as(8.0, 8.0, 0) and not _printed_as(8.4, 8.0, 0)
