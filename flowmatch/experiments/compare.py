@@ -52,7 +52,6 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from matplotlib.figure import Figure
 
 from flowmatch import checks
@@ -68,6 +67,7 @@ from flowmatch.checks import ConfigError
 from flowmatch.diagnostics import exposure
 from flowmatch.diagnostics import runs as diag_runs
 from flowmatch.diagnostics import straightness
+from flowmatch.experiments.progress import progress
 from flowmatch.training import loop as training_loop
 
 DEFAULT_METHODS = ("euler", "heun", "rk4", "dopri5")
@@ -489,9 +489,8 @@ def compare_integrators(workdir: str, output_dir: str, *, methods: Sequence[str]
               for correction in (NO_CORRECTION,) + (args.corrections if _is_ode(method) else ())]
     solves += [(method, "adaptive", {"tol": tol}, None, NO_CORRECTION)
                for method in _adaptive(args.methods) for tol in args.tolerances]
-    # A progress bar on a terminal (tqdm turns itself off when stdout is not one).
-    for method, kind, solve, budget, correction in tqdm.tqdm(
-            solves, desc="compare_integrators", unit="solve", disable=None):
+    for method, kind, solve, budget, correction in progress(
+            solves, "compare_integrators: solves", unit="solve"):
         rows += _measure_rows(m, method, kind, solve, budget=budget, correction=correction)
     rows = [{k: row[k] for k in FIELDS} for row in rows]
     write(rows, output_dir,

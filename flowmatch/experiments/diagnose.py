@@ -42,6 +42,7 @@ from flowmatch.diagnostics import roofline
 from flowmatch.diagnostics import runs as diag_runs
 from flowmatch.diagnostics import spectra
 from flowmatch.experiments import compare
+from flowmatch.experiments.progress import progress
 from flowmatch.training import loop as training_loop
 
 ANALYSES = ("exposure", "spectra", "roofline")
@@ -212,7 +213,8 @@ def exposure_profiles(v: Callable, model: sampling.ModelFn, cal: exposure.Calibr
     [0, model.t_end] on that grid, their effective noise level (`exposure.profile`) and its
     summary; printed as it goes."""
     profiles = []
-    for method, _, steps in plan:
+    for method, _, steps in progress(plan, "exposure: trajectories (method x NFE)",
+                                     unit="solve"):
         tr = exposure.trajectory_statistic(v, model.path, noise, method=method, num_steps=steps,
                                            t1=model.t_end)
         rows = exposure.profile(cal, model.path, tr.ts, tr.stat, tr.stat_se)
@@ -344,7 +346,7 @@ def spectra_entries(v: Callable, path, x0, plan, fraction: float, label: str, *,
     between schedules, e.g. FM's cond-OT and DDPM's VP path).  model: counts its NFE as the
     sampler registry does (a denoising evaluation included)."""
     out = []
-    for method, _, steps in plan:
+    for method, _, steps in progress(plan, f"spectra: {label} (method x NFE)", unit="solve"):
         ts, xs, x1s = spectra.spectral_trajectory(v, path, x0, method=method, num_steps=steps,
                                                   t1=t1)
         e_pred = spectra.profiles_over_time(x1s, "sum")
@@ -436,7 +438,7 @@ def roofline_report(configs: Mapping[str, object], output_dir: str, *,
     peaks = roofline.measure_cpu_peaks(repeats=repeats) if measure_peaks else None
     device = jax.devices()[0]
     rows = []
-    for label, config in configs.items():
+    for label, config in progress(configs.items(), "roofline: networks", unit="network"):
         sizes = (batch_sizes or {}).get(label) or (
             roofline.DEFAULT_UNET_BATCHES if config.model.name == "unet"
             else roofline.DEFAULT_MLP_BATCHES)

@@ -53,6 +53,7 @@ from flowmatch import sampling
 from flowmatch import training
 from flowmatch.checks import ConfigError
 from flowmatch.experiments import sample as sample_lib
+from flowmatch.experiments.progress import progress
 from flowmatch.training import evaluation
 from flowmatch.training import loop as loop_lib
 
@@ -335,7 +336,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> list[dict]
         if k != "note"), flush=True)
     models = {m: r.components.model_fn() for m, r in runs.items()}
     rows, scored = [], {}
-    for entry in sampler_grid(config.benchmark, models):
+    for entry in progress(sampler_grid(config.benchmark, models),
+                          "benchmark: samplers x NFE budgets", unit="sampler"):
         # A sampler sized alike for two budgets (e.g. rk4: 2 steps for 8 and for 10) runs once.
         key = (entry.model, tuple(sorted(entry.settings.items())))
         if key not in scored:

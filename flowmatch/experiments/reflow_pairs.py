@@ -27,6 +27,7 @@ from flowmatch import sampling
 from flowmatch import training
 from flowmatch.checks import ConfigError
 from flowmatch.data import pairs as pairs_lib
+from flowmatch.experiments.progress import progress
 
 # Recorded in each pairs manifest: pairs drawn with another key layout are "made differently".
 PAIR_KEYS = "seed_stream(seed, 'pairs'), chunk c: fold_in(., c), sampling.Chunked"
@@ -127,7 +128,10 @@ def generate_pairs(workdir: str, out_dir: str, *, num_pairs: int, chunk_size: in
     key, total = rng.seed_stream(seed, "pairs"), len(finished)
     todo = [int(i) for i in np.flatnonzero(~finished)]
     t_start, nfe = time.perf_counter(), 0
-    for i in todo:
+    # The bar on the process that writes (and prints), over the chunks this call draws.
+    chunks = progress(todo, f"pairs: chunks of {chunk_size} pairs", unit="chunk") if (
+        verbose and main) else todo
+    for i in chunks:
         rows = pairs_lib.chunk_rows(i, num_pairs, chunk_size)
         labels = (i * chunk_size + np.arange(chunk_size)) % max(num_classes, 1)
         t = time.perf_counter()

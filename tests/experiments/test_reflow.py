@@ -1,8 +1,10 @@
 """Reflow and distillation: pair generation (resume, determinism, the key layout), training on a
 known straight coupling, one-step distillation, and the driver end to end."""
 
+import io
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +130,28 @@ def test_pairs_are_the_flow_of_their_noise(run_dir, tmp_path):
     with pytest.raises(training.ConfigError, match="made differently.*'keys'"):
         reflow_pairs.generate_pairs(run_dir, d, num_pairs=40, chunk_size=16, method="heun",
                                     num_steps=3, seed=7, verbose=False)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_pairs_progress_bar_counts_chunks_on_a_terminal_only(run_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    kw = dict(num_pairs=40, chunk_size=16, method="euler", num_steps=2, seed=5)
+    reflow.generate_pairs(run_dir, str(tmp_path / "quiet"), **kw)
+    out = capsys.readouterr()
+    assert out.out.count("pairs: chunk ") == 3 and "chunks of" not in out.out + out.err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    reflow.generate_pairs(run_dir, str(tmp_path / "bar"), **kw)
+    screen = terminal.getvalue()
+    assert "pairs: chunks of 16 pairs" in screen and "3/3" in screen
+    lines = [line.rsplit("\r", 1)[-1] for line in screen.split("\n")]
+    assert [line.split(" (")[0] for line in lines if line.startswith("pairs: chunk ")] == [
+        f"pairs: chunk {i}/3" for i in (1, 2, 3)]
 
 
 # -- training on pairs --------------------------------------------------------------------------
