@@ -128,7 +128,7 @@ def test_commands_use_real_flags_and_config_keys(page):
                     c = c[key]
 
 
-# -- measured numbers come from results files -------------------------------------------------------
+# -- measured numbers come from results files ------------------------------------------------
 
 _RESULTS = re.compile(r"<!-- results: ([^>]+?) -->(.*?)<!-- /results -->", re.S)
 # A number standing alone: not inside a name (w2, rk4, dpmpp_2m, fig1), thousands as 100,000.

@@ -6,8 +6,9 @@
 A tqdm bar on stderr, drawn only when stderr is a terminal (tqdm's disable=None): output
 redirected to a file, piped, or captured by tests holds no bar, only the loop's own lines.
 While the bar is drawn, each line the loop prints on stdout clears the bar, is written, and the
-bar is redrawn under it, so printed rows and the bar do not break each other.  The training loop has its own bar (`flowmatch.training.loop`); this one is for the
-drivers in flowmatch/experiments/.
+bar is redrawn under it, so printed rows and the bar do not break each other.  The training
+loop has its own bar (`flowmatch.training.loop`); this one is for the drivers in
+flowmatch/experiments/.
 """
 
 from __future__ import annotations
