@@ -6,8 +6,13 @@ parallelism.  `loss` returns (scalar, aux) with aux a dict of scalars for loggin
 
 `label_dropout` (both objectives) is the probability that a row of a class-conditional model
 trains with the null label instead of its own (classifier-free guidance, Ho & Salimans 2021):
-the trainer draws it per row (`flowmatch.training.step.batch_loss`), the objective only
+the trainer draws it per row (`flowmatch.training.step.draw_rows`), the objective only
 carries and checks the setting.
+
+Both objectives map a uniform to a row's training time with `times_from_uniform(u)` (flow
+matching: t in [t_min, t_max]; DDPM: the step index i) and take N(0, I) noise; `loss` draws both
+from its key unless it is given them (`x0=`, `times=`), which is how the trainer passes the
+draws it makes once per step over the global batch (`flowmatch.training.step.make_draw`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 
 from flowmatch import checks
 from flowmatch import paths as paths_lib
+from flowmatch import rng
 from flowmatch import schedules as schedules_lib
 
 TIME_SAMPLERS = ("uniform", "logit_normal", "zero")
@@ -94,16 +100,34 @@ class FlowMatching:
                            scale=self.logit_normal_scale, t_min=self.t_min, t_max=self.t_max,
                            dtype=dtype)
 
-    def loss(self, predict: Predict, x1, key, x0=None):
+    def times_from_uniform(self, u):
+        """Training times t (float32, u's shape) of `time_sampling` from u ~ U[0, 1) by the
+        inverse CDF: uniform t_min + (t_max - t_min) u; logit-normal the same of
+        sigmoid(loc + scale Phi^{-1}(u)); zero t_min."""
+        u = jnp.asarray(u, jnp.float32)
+        if self.time_sampling == "uniform":
+            v = u
+        elif self.time_sampling == "logit_normal":
+            z = rng.normal_from_uniform(u)
+            v = jax.nn.sigmoid(self.logit_normal_loc + self.logit_normal_scale * z)
+        else:
+            v = jnp.zeros_like(u)
+        return self.t_min + (self.t_max - self.t_min) * v
+
+    def loss(self, predict: Predict, x1, key, x0=None, times=None):
         """Monte-Carlo flow-matching loss on a batch x1: [B, ...].  Returns (loss, aux).
 
         x0: [B, ...] the source samples paired with x1 (from a coupling, another source
-        distribution or a file of pairs); None draws x0 ~ N(0, I) from `key`.  Either way t is
-        drawn from the first half of jax.random.split(key) and x0 from the second
-        (`draw_noise`), so passing x0 = draw_noise(key, x1) changes nothing.
+        distribution or a file of pairs); None draws x0 ~ N(0, I) from `key`.  times: [B] the
+        rows' t (`times_from_uniform`); None draws them.  t is drawn from the first half of
+        jax.random.split(key) and x0 from the second (`draw_noise`), so passing
+        x0 = draw_noise(key, x1) changes nothing.
         """
         key_t, key_x0 = jax.random.split(key)
-        t = self.sample_time(key_t, x1.shape[0], x1.dtype)
+        if times is None:
+            t = self.sample_time(key_t, x1.shape[0], x1.dtype)
+        else:
+            t = jnp.asarray(times).astype(x1.dtype)
         if x0 is None:
             x0 = jax.random.normal(key_x0, x1.shape, x1.dtype)
         elif x0.shape != x1.shape:
@@ -183,15 +207,25 @@ class DDPM:
         """The last training time, t_0 = 1 - 1/T: samplers stop there and denoise."""
         return float(self.schedule.time(0))
 
-    def loss(self, predict: Predict, x1, key, x0=None):
+    def times_from_uniform(self, u):
+        """Training steps i ~ U{0 .. T-1} (int32, u's shape) from u ~ U[0, 1): floor(u T);
+        step i sits at t_i = 1 - (i + 1) / T."""
+        T = self.schedule.num_timesteps
+        return jnp.minimum(jnp.floor(jnp.asarray(u, jnp.float32) * T), T - 1).astype(jnp.int32)
+
+    def loss(self, predict: Predict, x1, key, x0=None, times=None):
         """Monte-Carlo loss on clean data x1: [B, ...] (one step i and noise per example).
 
         x0 (the noise) may be passed like flow matching's; None draws it from the second half of
-        jax.random.split(key) (the first draws the steps).  Returns (loss, aux).
+        jax.random.split(key) (the first draws the steps).  times: [B] the rows' steps i
+        (`times_from_uniform`); None draws them.  Returns (loss, aux).
         """
         s = self.schedule
         key_i, key_x0 = jax.random.split(key)
-        i = jax.random.randint(key_i, (x1.shape[0],), 0, s.num_timesteps)
+        if times is None:
+            i = jax.random.randint(key_i, (x1.shape[0],), 0, s.num_timesteps)
+        else:
+            i = jnp.asarray(times, jnp.int32)
         if x0 is None:
             x0 = jax.random.normal(key_x0, x1.shape, x1.dtype)
         t = s.time(i).astype(x1.dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import zlib
 
 import jax
+import jax.numpy as jnp
 
 
 def stream_id(name: str) -> int:
@@ -31,3 +32,12 @@ def stream(key, name: str):
 def seed_stream(seed: int, name: str):
     """The named stream of an integer seed: stream(PRNGKey(seed), name)."""
     return stream(jax.random.PRNGKey(seed), name)
+
+
+def normal_from_uniform(u):
+    """N(0, 1) from U[0, 1) elementwise (inverse-CDF sampling): Phi^{-1}(u) =
+    sqrt(2) erfinv(2u - 1), with 2u - 1 kept above -1 so u = 0 stays finite (jax.random.normal
+    applies the same transform to its own uniforms on (-1, 1))."""
+    u = jnp.asarray(u)
+    lo = jnp.nextafter(jnp.asarray(-1.0, u.dtype), jnp.asarray(0.0, u.dtype))
+    return jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(jnp.maximum(2.0 * u - 1.0, lo))

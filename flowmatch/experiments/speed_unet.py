@@ -117,8 +117,9 @@ def lower_step(config, image_shape, batch_size: int):
     step = step_lib.make_train_step(
         apply=comps.apply, objective=comps.objective, conditional=comps.conditional, tx=comps.tx,
         lr_schedule=comps.lr_schedule, ema_decay=s.ema_decay, ema_warmup=s.ema_warmup,
-        pair=step_lib.make_pairing(comps.objective, comps.source, settings.coupling,
-                                   s.batch_size, plan))
+        draw=step_lib.make_draw(comps.objective, comps.source, settings.coupling, s.batch_size,
+                                plan, null_label=comps.model.num_classes if comps.conditional
+                                else None))
     abstract = state_lib.abstract_state(comps.model, comps.tx, comps.spec.example_shape,
                                         comps.conditional)
     batch = {"x": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32),

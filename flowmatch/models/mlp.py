@@ -11,6 +11,10 @@ from flowmatch.models.embeddings import (TimeEmbedding, batch_times, check_time_
                                          class_labels, get_activation)
 
 
+# The MLP's own time input besides the shared embeddings: t appended to the input (torchcfm).
+CONCAT = "concat"
+
+
 class MLP(nn.Module):
     """MLP for x: [B, D] (any [B, ...] is flattened to [B, D] and the output reshaped back).
 
@@ -19,6 +23,11 @@ class MLP(nn.Module):
     The time/class embedding thus enters every hidden layer; its projections for all layers are one
     fused Dense. The output layer uses the default (LeCun normal) init, not zeros, so every
     parameter gets a nonzero gradient at step 0.
+
+    time_embedding="concat" is torchcfm's tutorial network instead (its models.MLP with
+    time_varying=True): t is appended to the input, h_0 = [x, t (, class embedding)], and no
+    embedding or per-layer projection is built: h_{i+1} = act(Dense(h_i)).  It is about a third
+    of the default's arithmetic at width 64, for like-for-like speed comparisons with torchcfm.
 
     Class conditioning (num_classes > 0): an embedding table of num_classes + 1 rows; row
     num_classes is the null class, used when cond is None and for classifier-free guidance dropout.
@@ -39,7 +48,8 @@ class MLP(nn.Module):
     def __post_init__(self):
         super().__post_init__()
         get_activation(self.activation)
-        check_time_embedding(self.time_embedding)
+        if self.time_embedding != CONCAT:
+            check_time_embedding(self.time_embedding)
         if not self.hidden_sizes or any(int(w) <= 0 for w in self.hidden_sizes):
             raise ValueError(
                 f"hidden_sizes must be a non-empty sequence of positive widths; "
@@ -58,6 +68,8 @@ class MLP(nn.Module):
         h = x.reshape(batch, -1)
         data_dim = h.shape[-1]
 
+        if self.time_embedding == CONCAT:
+            return self._concat(x, t, cond, act)
         emb = TimeEmbedding(self.time_embed_dim, self.time_embed_dim, kind=self.time_embedding,
                             time_scale=self.time_scale,
                             activation=self.activation, dtype=self.dtype,
@@ -75,5 +87,21 @@ class MLP(nn.Module):
             h = nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h)
             h = act(h + emb_proj[:, start:start + width])
             start += width
+        out = nn.Dense(data_dim, dtype=self.dtype, name="out")(h)
+        return out.astype(jnp.float32).reshape(shape)
+
+    def _concat(self, x, t, cond, act):
+        """torchcfm's network: h_0 = [x, t (, class embedding)], h_{i+1} = act(Dense(h_i))."""
+        batch, shape = x.shape[0], x.shape
+        inputs = [x.reshape(batch, -1).astype(self.dtype),
+                  batch_times(t, batch)[:, None].astype(self.dtype)]
+        if self.num_classes > 0 or cond is not None:
+            labels = class_labels(cond, batch, self.num_classes)
+            inputs.append(nn.Embed(self.num_classes + 1, self.time_embed_dim, dtype=self.dtype,
+                                   name="class_embed")(labels))
+        h = jnp.concatenate(inputs, axis=-1)
+        data_dim = inputs[0].shape[-1]
+        for i, width in enumerate(int(w) for w in self.hidden_sizes):
+            h = act(nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h))
         out = nn.Dense(data_dim, dtype=self.dtype, name="out")(h)
         return out.astype(jnp.float32).reshape(shape)

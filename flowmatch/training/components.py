@@ -103,6 +103,12 @@ class Components(NamedTuple):
     def conditional(self) -> bool:
         return getattr(self.model, "num_classes", 0) > 0
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the network draws randomness in training (dropout > 0): the train step then
+        gives each row its own dropout key (`training.step.batch_loss`, per_row)."""
+        return float(getattr(self.model, "dropout", 0.0) or 0.0) > 0.0
+
     def apply(self, params, x, t, cond=None, *, train=False, dropout_key=None):
         rngs = {"dropout": dropout_key} if dropout_key is not None else None
         return self.model.apply({"params": params}, x, t, cond=cond, train=train, rngs=rngs)

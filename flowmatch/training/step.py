@@ -1,20 +1,22 @@
 """The train step: a module-level factory over plain arguments, and its compiled multi-step call.
 
-    step = make_train_step(apply=..., objective=..., tx=..., ...)
+    step = make_train_step(apply=..., objective=..., tx=..., draw=make_draw(...), ...)
     state, metrics = step(state, batch, train_key, first_index)
 
-Randomness: step k uses step_key = fold_in(train_key, k), and row j of the global batch draws its
-time, noise and dropout from fold_in(step_key, j) alone, and its label dropout from that row key's
-named stream "label_dropout" (`batch_loss`); a coupling then pairs the
-rows' source samples over the global batch, also independently of the device layout
-(`make_pairing`).  So 1, 2 or 512 devices, jit or pmap, with or without gradient accumulation
-compute the same losses and gradients up to the order of float reductions, and a resumed run
-repeats exactly the randomness of an uninterrupted one.  Devices enter only through the `plan`
-passed to `make_pairing` and `compile_steps`, and the `reduce` / micro-batch arguments.
+Randomness: step k uses step_key = fold_in(train_key, k).  Its draws (the rows' times, noise,
+coupling uniforms, label dropout) are one uniform draw over the global batch, of which row j
+takes row j (`make_draw`, `row_uniforms`); a toy source's samples and the network's dropout keys
+come from named streams of step_key.  A coupling pairs the rows'
+source samples over the global batch (or each device's rows, as configured).  So 1, 2 or 512
+devices, jit or pmap, with or without gradient accumulation compute the same losses and gradients
+up to the order of float reductions, and a resumed run repeats exactly the randomness of an
+uninterrupted one.  Devices enter only through the `plan` passed to `make_draw` and
+`make_multi_step`, and the `reduce` / micro-batch arguments.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -27,98 +29,79 @@ from flowmatch import objectives as objectives_lib
 from flowmatch import parallel as parallel_lib
 from flowmatch import rng
 
-# Streams of a step's randomness besides the rows' fold_in(step_key, j), j < batch_size.
-SOURCE_STREAM = 2**32 - 1    # a toy source's draw of the whole global batch
-COUPLING_STREAM = 2**32 - 2  # Sinkhorn: one uniform per row, fold_in(stream, j)
-# A row's label dropout: one uniform from rng.stream(fold_in(step_key, j), LABEL_DROPOUT_STREAM),
-# a stream of its own so that the split of the row key (loss, network dropout) stays as it was.
-LABEL_DROPOUT_STREAM = "label_dropout"
+# A step's randomness.  All the rows' scalar draws and their noise come from ONE uniform draw
+# U = uniform(step_key, [batch_size, NUM_SCALARS + row size]) over the global batch, of which row
+# j takes row j (`row_uniforms`): its training time from column TIME (objective.times_from_uniform,
+# inverse-CDF sampling), the Sinkhorn coupling's uniform from COUPLING, the label dropout's from
+# LABEL_DROPOUT, and N(0, I) noise from the rest (`rng.normal_from_uniform`, the transform
+# jax.random.normal applies).  With jax's partitionable threefry element (j, c) of a draw of
+# shape [n, m] depends on the key, j and c alone (not on n, nor on how the draw is split over
+# devices), so a row's randomness is the same whatever the device layout; and one vectorised
+# hash per step replaces a fold_in, split and draw per row (on XLA:CPU each threefry call is a
+# loop of its own).  A toy source draws from the named stream "source"; a network's dropout
+# from fold_in(stream(step_key, "dropout"), j).
+TIME, COUPLING, LABEL_DROPOUT = 0, 1, 2
+NUM_SCALARS = 3
+SOURCE_STREAM = "source"
+DROPOUT_STREAM = "dropout"
 
 
-def drop_labels(labels, indices, step_key, p: float, null_label: int):
-    """labels [b] with each row's label replaced by null_label with probability p, row j deciding
-    from its own key (uniform(stream(fold_in(step_key, j), "label_dropout")) < p): the same rows
-    are dropped whatever the device layout.  p = 0 returns labels unchanged."""
+def global_rows(draw: Callable, key, batch_size: int, first_index, rows: int):
+    """Rows first_index .. first_index + rows - 1 of draw(key, batch_size): [rows, ...].
+
+    Under jit the batch is global (first_index 0, rows = batch_size) and this is the draw; under
+    pmap each device draws the global batch and keeps its rows (a redundant draw of the noise,
+    cheap beside a network)."""
+    everything = draw(key, batch_size)
+    if rows == batch_size:
+        return everything
+    return jax.lax.dynamic_slice_in_dim(everything, first_index, rows, axis=0)
+
+
+def row_uniforms(step_key, batch_size: int, row_size: int, first_index, rows: int):
+    """U[0, 1) [rows, NUM_SCALARS + row_size]: rows first_index .. of the step's one draw."""
+    return global_rows(
+        lambda k, n: jax.random.uniform(k, (n, NUM_SCALARS + row_size), jnp.float32),
+        step_key, batch_size, first_index, rows)
+
+
+def drop_labels(labels, uniforms, p: float, null_label: int):
+    """labels [b] with row j's replaced by null_label when uniforms[j] < p (its LABEL_DROPOUT
+    column), so the same rows are dropped whatever the device layout.  p = 0: labels as is."""
     if not p:
         return labels
-
-    def one(label, index):
-        key = rng.stream(jax.random.fold_in(step_key, index), LABEL_DROPOUT_STREAM)
-        drop = jax.random.uniform(key) < p
-        return jnp.where(drop, jnp.asarray(null_label, label.dtype), label)
-
-    return jax.vmap(one)(labels, indices)
+    return jnp.where(uniforms < p, jnp.asarray(null_label, labels.dtype), labels)
 
 
-def batch_loss(apply: Callable, objective, conditional: bool, params, batch, indices, step_key,
-               null_label: int | None = None):
-    """Mean loss over rows of the global batch, each with its own randomness; (loss, aux).
-
-    batch: {"x": [b, ...], "label": [b]}, optionally "x0": [b, ...] (the source samples paired
-    with the rows: from a coupling or a file of pairs; without it the objective draws x0 ~ N(0, I)
-    per row); indices: [b] int32, the rows' positions in the global batch.  Row j calls the
-    objective on itself alone with key fold_in(step_key, j) (split into the loss's key and the
-    dropout key), so its loss does not depend on which device, shard or micro-batch holds it.
-    A conditional model with objective.label_dropout = p > 0 sees the null label null_label (its
-    num_classes) instead of the row's with probability p (`drop_labels`).
-    Always float32.  With "x0", aux also has "pair_cost", the mean |x1 - x0|^2 of the pairs.
-    apply(params, x, t, cond, train=True, dropout_key=key) -> prediction.
-    """
-    p = getattr(objective, "label_dropout", 0.0)
-    labels = batch["label"]
-    if p and conditional:
-        if null_label is None:
-            raise ValueError("objective.label_dropout > 0 needs the model's null label "
-                             "(null_label = model.num_classes)")
-        labels = drop_labels(labels, indices, step_key, p, null_label)
-
-    def one(x, label, index, x0):
-        key_loss, key_dropout = jax.random.split(jax.random.fold_in(step_key, index))
-        cond = label[None] if conditional else None
-        predict = lambda x_t, t: apply(params, x_t, t, cond, train=True,  # noqa: E731
-                                       dropout_key=key_dropout)
-        if x0 is None:
-            loss, aux = objective.loss(predict, x[None], key_loss)
-        else:
-            loss, aux = objective.loss(predict, x[None], key_loss, x0=x0[None])
-            aux = dict(aux, pair_cost=couplings_lib.pair_cost(x[None], x0[None]))
-        return jax.tree.map(lambda v: v.astype(jnp.float32), (loss, aux))
-
-    losses, aux = jax.vmap(one)(batch["x"], labels, indices, batch.get("x0"))
-    return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
-
-
-def draw_source(source, batch_size: int, x1, indices, step_key):
-    """The p0 samples of rows `indices` of the global batch of step key `step_key`: [b, ...].
-
-    Normal sources: row j draws from fold_in(step_key, j) exactly the noise the loss itself would
-    (`FlowMatching.draw_noise`), times source.scale.  A toy set (defined per batch, e.g. torchcfm's
-    sample_moons(n)) is drawn as one global batch from fold_in(step_key, SOURCE_STREAM) and row j
-    takes point j.  Either way a row's x0 does not depend on which device holds it.
-    """
+def draw_source(source, batch_size: int, x1, u, first_index, step_key):
+    """The p0 samples of the rows first_index .. first_index + b - 1 of the global batch: [b, ...]
+    like x1.  Normal sources: N(0, I) from the rows' uniforms u ([b, NUM_SCALARS + row size],
+    `row_uniforms`) times source.scale; a toy set (defined per batch, e.g. torchcfm's
+    sample_moons(n)) from one draw over the global batch from stream(step_key, "source")."""
     if source.is_normal:
-        def one(x, index):
-            key_loss, _ = jax.random.split(jax.random.fold_in(step_key, index))
-            return objectives_lib.FlowMatching.draw_noise(key_loss, x[None])[0]
-
-        x0 = jax.vmap(one)(x1, indices)
+        x0 = rng.normal_from_uniform(u[:, NUM_SCALARS:]).reshape(x1.shape).astype(x1.dtype)
         return x0 if source.scale == 1.0 else x0 * jnp.asarray(source.scale, x0.dtype)
-    everything = source.sample(jax.random.fold_in(step_key, SOURCE_STREAM), batch_size)
-    return jnp.take(everything, indices, axis=0).astype(x1.dtype)
+    return global_rows(lambda k, n: source.sample(k, n).astype(x1.dtype),
+                       rng.stream(step_key, SOURCE_STREAM), batch_size, first_index, x1.shape[0])
 
 
-def make_pairing(objective, source, coupling: couplings_lib.CouplingSettings, batch_size: int,
-                 plan: parallel_lib.Plan) -> Callable:
-    """pair(batch, indices, step_key) -> the batch with "x0": p0 samples paired with its rows.
+def make_draw(objective, source, coupling: couplings_lib.CouplingSettings, batch_size: int,
+              plan: parallel_lib.Plan, null_label: int | None = None) -> Callable:
+    """draw(batch, first_index, step_key) -> the batch with each row's randomness of the step.
 
-    Flow matching only (other objectives draw their own noise: the batch is returned as it is),
-    and only when the batch has no "x0" yet (pairs from a file are used as they are).  The
-    coupling pairs the rows of its scope: 'global', the whole global batch
-    (`Plan.over_global_batch`), or 'local', each device's rows (`Plan.over_local_rows`).
-    Sinkhorn draws row j's partner with the uniform of fold_in(fold_in(step_key,
-    COUPLING_STREAM), j).
+    batch: rows first_index .. of the global batch of batch_size ({"x", "label"}, optionally
+    "x0": pairs from a file, used as they are).  Adds "times" (objective.times_from_uniform of
+    the TIME column) and "x0" (`draw_source`; flow matching with a coupling then re-pairs them
+    with the rows: 'global' over the whole global batch, `Plan.over_global_batch`, 'local' over
+    each device's rows, `Plan.over_local_rows`, Sinkhorn drawing row j's partner with its
+    COUPLING column), and drops labels (`drop_labels`, the LABEL_DROPOUT column) when
+    objective.label_dropout > 0 (null_label: the model's num_classes).
     """
     fm = isinstance(objective, objectives_lib.FlowMatching)
+    p = getattr(objective, "label_dropout", 0.0)
+    if p and null_label is None:
+        raise ValueError("objective.label_dropout > 0 needs the model's null label "
+                         "(null_label = model.num_classes)")
 
     def paired(x1, x0, labels, uniforms):
         pairing = couplings_lib.couple(coupling.name, x1, x0, uniforms=uniforms,
@@ -129,32 +112,88 @@ def make_pairing(objective, source, coupling: couplings_lib.CouplingSettings, ba
     spread = (plan.over_global_batch if coupling.scope == "global" else plan.over_local_rows)
     paired = spread(paired)
 
-    def pair(batch, indices, step_key):
-        if not fm or "x0" in batch:
-            return batch
-        x0 = draw_source(source, batch_size, batch["x"], indices, step_key)
-        if coupling.name == "independent":
-            return dict(batch, x0=x0)
-        stream = jax.random.fold_in(step_key, COUPLING_STREAM)
-        uniforms = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(stream, i)))(indices)
-        return dict(batch, x0=paired(batch["x"], x0, batch["label"], uniforms))
+    def draw(batch, first_index, step_key):
+        x1 = batch["x"]
+        b = x1.shape[0]
+        u = row_uniforms(step_key, batch_size, math.prod(x1.shape[1:]), first_index, b)
+        if b == batch_size:
+            u = plan.constrain_rows(u)
+        out = dict(batch, times=objective.times_from_uniform(u[:, TIME]))
+        if "x0" not in batch:
+            x0 = draw_source(source, batch_size, x1, u, first_index, step_key)
+            if fm and coupling.name != "independent":
+                x0 = paired(x1, x0, batch["label"], u[:, COUPLING])
+            out["x0"] = x0
+        if p:
+            out["label"] = drop_labels(batch["label"], u[:, LABEL_DROPOUT], p, null_label)
+        return out
 
-    return pair
+    return draw
+
+
+def batch_loss(apply: Callable, objective, conditional: bool, params, batch, indices, step_key,
+               pair_cost: bool = False, per_row: bool = True):
+    """Mean loss over rows of the global batch; (loss, aux).
+
+    batch: {"x": [b, ...], "label": [b], "x0": [b, ...], "times": [b]} as `make_draw` gives it
+    (x0 and times may be left out: the objective then draws them from a key); indices: [b]
+    int32, the rows' positions in the global batch.
+
+    per_row: each row calls the objective on itself alone (vmap), its network dropout keyed by
+    fold_in(stream(step_key, "dropout"), j), so its loss does not depend on which device, shard
+    or micro-batch holds it: what a network with dropout needs.  per_row=False makes one call
+    on the whole batch (no dropout key; the rows' randomness is all in x0 and times): the same
+    loss up to float reassociation, and on XLA:CPU about 13% faster for a 2-D MLP step, whose
+    per-row vmap of batch-1 matmuls lowers to extra copies.  Always float32.
+    pair_cost: aux also has "pair_cost", the mean |x1 - x0|^2 of the pairs (a coupling's or a
+    file's).  apply(params, x, t, cond, train=True, dropout_key=key) -> prediction.
+    """
+    if not per_row:
+        if "x0" not in batch or "times" not in batch:
+            raise ValueError("batch_loss(per_row=False) needs the batch's x0 and times "
+                             "(training.step.make_draw)")
+        x, x0 = batch["x"], batch["x0"]
+        cond = batch["label"] if conditional else None
+        predict = lambda x_t, t: apply(params, x_t, t, cond, train=True)  # noqa: E731
+        loss, aux = objective.loss(predict, x, step_key, x0=x0, times=batch["times"])
+        if pair_cost:
+            aux = dict(aux, pair_cost=couplings_lib.pair_cost(x, x0))
+        return jax.tree.map(lambda v: v.astype(jnp.float32), (loss, aux))
+
+    dropout = rng.stream(step_key, DROPOUT_STREAM)
+
+    def one(x, label, index, x0, times):
+        key = jax.random.fold_in(dropout, index)
+        cond = label[None] if conditional else None
+        predict = lambda x_t, t: apply(params, x_t, t, cond, train=True,  # noqa: E731
+                                       dropout_key=key)
+        loss, aux = objective.loss(predict, x[None], key,
+                                   x0=None if x0 is None else x0[None],
+                                   times=None if times is None else times[None])
+        if pair_cost:
+            aux = dict(aux, pair_cost=couplings_lib.pair_cost(x[None], x0[None]))
+        return jax.tree.map(lambda v: v.astype(jnp.float32), (loss, aux))
+
+    losses, aux = jax.vmap(one)(batch["x"], batch["label"], indices, batch.get("x0"),
+                                batch.get("times"))
+    return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
 
 
 def make_train_step(*, apply: Callable, objective, conditional: bool,
                     tx: optax.GradientTransformation, lr_schedule: Callable, ema_decay: float,
-                    ema_warmup: bool, pair: Callable, grad_accum_steps: int = 1,
-                    split_micro: Callable | None = None, reduce: Callable | None = None,
-                    null_label: int | None = None):
+                    ema_warmup: bool, draw: Callable, pair_cost: bool = False,
+                    per_row: bool = True, grad_accum_steps: int = 1, split_micro: Callable | None = None,
+                    reduce: Callable | None = None):
     """train_step(state, batch, train_key, first_index=0) -> (new state, metrics).
 
     batch: rows first_index .. first_index + b - 1 of the global batch (all of it under jit, one
-    device's shard under pmap).  pair: `make_pairing`'s function.  grad_accum_steps = A > 1
+    device's shard under pmap).  draw: `make_draw`'s function (the step's randomness, drawn once
+    for all micro-batches).  pair_cost: also report the pairs' mean |x1 - x0|^2 (a coupling's
+    or a file's pairs).  per_row: `batch_loss`'s (True: a network with dropout).
+    grad_accum_steps = A > 1
     processes the rows as A micro-batches (split_micro(tree) -> [A, b / A, ...], laid out so no
     row crosses devices) and averages their gradients.  reduce (pmap: a pmean over the devices)
-    averages loss, aux and gradients across devices.  null_label: a conditional model's null
-    class (its num_classes), which objective.label_dropout trains (`batch_loss`).
+    averages loss, aux and gradients across devices.
 
     Non-finite guard: when the loss or the gradients' global norm is not finite (any NaN or Inf in
     a gradient makes the norm non-finite), params, opt_state and ema_params stay as they were (the
@@ -163,7 +202,7 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
     digits U-Net step 19x slower (14 s -> 272 s).
     """
     loss_fn = lambda params, batch, indices, key: batch_loss(  # noqa: E731
-        apply, objective, conditional, params, batch, indices, key, null_label)
+        apply, objective, conditional, params, batch, indices, key, pair_cost, per_row)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def gradients(params, batch, indices, step_key):
@@ -182,19 +221,21 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
     def train_step(state, batch, train_key, first_index=0):
         step_key = jax.random.fold_in(train_key, state.step)
         indices = first_index + jnp.arange(batch["x"].shape[0], dtype=jnp.int32)
-        batch = pair(batch, indices, step_key)
+        batch = draw(batch, first_index, step_key)
         (loss, aux), grads = gradients(state.params, batch, indices, step_key)
         if reduce is not None:
             loss, aux, grads = reduce((loss, aux, grads))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = ema_lib.decay_at(state.step, ema_decay, ema_warmup)
-        ema_params = ema_lib.update(state.ema_params, params, decay)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = (params, opt_state, ema_params)
-        old = (state.params, state.opt_state, state.ema_params)
-        params, opt_state, ema_params = jax.lax.cond(finite, lambda: new, lambda: old)
+
+        def update():  # inside the cond, so the new state is written in place of the old
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            decay = ema_lib.decay_at(state.step, ema_decay, ema_warmup)
+            return params, opt_state, ema_lib.update(state.ema_params, params, decay)
+
+        params, opt_state, ema_params = jax.lax.cond(
+            finite, update, lambda: (state.params, state.opt_state, state.ema_params))
         metrics = dict(aux, loss=loss, grad_norm=grad_norm,
                        learning_rate=jnp.asarray(lr_schedule(state.step), jnp.float32),
                        skipped=1.0 - finite.astype(jnp.float32))
@@ -202,6 +243,12 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
                              ema_params=ema_params), metrics
 
     return train_step
+
+
+def reports_pair_cost(comps) -> bool:
+    """Whether a run's metrics have "pair_cost" (the mean |x1 - x0|^2 of its pairs, coupled,
+    independent or from a file): flow matching."""
+    return isinstance(comps.objective, objectives_lib.FlowMatching)
 
 
 def steps(step: Callable, state, batches):
@@ -238,11 +285,11 @@ def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
     train_step = make_train_step(
         apply=comps.apply, objective=comps.objective, conditional=comps.conditional, tx=comps.tx,
         lr_schedule=comps.lr_schedule, ema_decay=s.ema_decay, ema_warmup=s.ema_warmup,
-        pair=make_pairing(comps.objective, comps.source, comps.settings.coupling, s.batch_size,
-                          plan),
+        draw=make_draw(comps.objective, comps.source, comps.settings.coupling, s.batch_size, plan,
+                       null_label=comps.model.num_classes if comps.conditional else None),
+        pair_cost=reports_pair_cost(comps), per_row=comps.stochastic,
         grad_accum_steps=accum, split_micro=split_micro,
-        reduce=(lambda t: jax.lax.pmean(t, parallel_lib.DATA_AXIS)) if in_pmap else None,
-        null_label=comps.model.num_classes if comps.conditional else None)
+        reduce=(lambda t: jax.lax.pmean(t, parallel_lib.DATA_AXIS)) if in_pmap else None)
 
     if in_pmap:
         def shard_steps(state, batches, first_index, train_key):

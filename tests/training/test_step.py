@@ -1,46 +1,119 @@
-"""Label dropout for classifier-free guidance: the rate, the same rows whatever the device layout
-or row order, and a row's other randomness left as it was."""
+"""The train step's randomness: one uniform draw per step over the global batch, the same rows
+whatever the device layout; the distributions it gives (times, noise, label dropout); the loss
+per row or batched."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowmatch import models, objectives, paths
+from flowmatch import models, objectives, paths, rng
+from flowmatch import parallel as parallel_lib
+from flowmatch import sources as sources_lib
+from flowmatch.couplings import CouplingSettings
 from flowmatch.training import step as step_lib
 
 KEY = jax.random.PRNGKey(3)
-drop = jax.jit(step_lib.drop_labels, static_argnums=(3, 4))  # (labels, indices, key, p, null)
 
 
-def test_label_dropout_rate_is_p_within_monte_carlo_error():
-    n, p = 20_000, 0.2
-    out = np.asarray(drop(jnp.zeros((n,), jnp.int32), jnp.arange(n), KEY, p, 8))
-    assert set(np.unique(out)) == {0, 8}
-    assert abs(np.mean(out == 8) - p) < 5 * np.sqrt(p * (1 - p) / n)
-    labels = jnp.arange(n) % 8
-    assert step_lib.drop_labels(labels, jnp.arange(n), KEY, 0.0, 8) is labels  # p = 0: as is
+def _draw(objective, batch_size, coupling="independent", null_label=None, source=None):
+    plan = parallel_lib.Plan(parallel_lib.make_mesh(1, devices=jax.devices()[:1]), "sharding",
+                             2**14)
+    source = source or sources_lib.SourceDistribution("normal")
+    return step_lib.make_draw(objective, source, CouplingSettings(name=coupling), batch_size,
+                              plan, null_label=null_label)
 
 
-def test_the_same_rows_are_dropped_whatever_their_order_or_shard():
-    n = 256
-    labels, indices = jnp.arange(n) % 5, jnp.arange(n)
-    whole = np.asarray(drop(labels, indices, KEY, 0.3, 5))
-    assert 0.15 < np.mean(whole == 5) < 0.45
-    perm = np.random.default_rng(0).permutation(n)
-    shuffled = np.asarray(drop(labels[perm], indices[perm], KEY, 0.3, 5))
-    np.testing.assert_array_equal(shuffled, whole[perm])
-    halves = [np.asarray(drop(labels[s], indices[s], KEY, 0.3, 5))
-              for s in (slice(0, n // 2), slice(n // 2, n))]  # two devices' shards
+def test_a_rows_uniforms_do_not_depend_on_the_batch_size_or_the_split():
+    whole = np.asarray(step_lib.row_uniforms(KEY, 64, 6, 0, 64))
+    assert whole.shape == (64, step_lib.NUM_SCALARS + 6)
+    assert whole.min() >= 0.0 and whole.max() < 1.0
+    # Two devices' shards (pmap: each keeps its rows of the global draw) give the same rows.
+    halves = [np.asarray(step_lib.row_uniforms(KEY, 64, 6, start, 32)) for start in (0, 32)]
     np.testing.assert_array_equal(np.concatenate(halves), whole)
-    kept = whole != 5
-    np.testing.assert_array_equal(whole[kept], np.asarray(labels)[kept])  # the rest as they were
-    # Another step key drops other rows.
-    other = np.asarray(drop(labels, indices, jax.random.PRNGKey(4), 0.3, 5))
-    assert not np.array_equal(other, whole)
+    # A larger global batch starts with the same rows (partitionable threefry: element (j, c)
+    # depends on the key, j and c alone).
+    np.testing.assert_array_equal(np.asarray(step_lib.row_uniforms(KEY, 128, 6, 0, 128))[:64],
+                                  whole)
+    assert not np.array_equal(np.asarray(step_lib.row_uniforms(jax.random.PRNGKey(4), 64, 6, 0,
+                                                               64)), whole)
 
 
-def _loss_setup(p):
+def test_normal_from_uniform_is_standard_normal_and_finite_at_zero():
+    u = jax.random.uniform(KEY, (200_000,))
+    z = np.asarray(rng.normal_from_uniform(u))
+    assert abs(z.mean()) < 5 / np.sqrt(z.size)
+    assert abs(z.std() - 1.0) < 5 * np.sqrt(0.5 / z.size)
+    # Quantiles against the normal's: Phi^{-1}(0.025, 0.5, 0.975) = -1.96, 0, 1.96.
+    np.testing.assert_allclose(np.quantile(z, [0.025, 0.5, 0.975]), [-1.95996, 0.0, 1.95996],
+                               atol=0.02)
+    assert np.isfinite(float(rng.normal_from_uniform(jnp.float32(0.0))))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "logit_normal"])
+def test_times_from_uniform_match_the_objectives_own_time_distribution(kind):
+    obj = objectives.FlowMatching(paths.make_path(), time_sampling=kind, logit_normal_loc=0.5,
+                                  logit_normal_scale=0.8, t_min=0.1, t_max=0.9)
+    n = 100_000
+    mine = np.sort(np.asarray(obj.times_from_uniform(jax.random.uniform(KEY, (n,)))))
+    ref = np.sort(np.asarray(obj.sample_time(jax.random.PRNGKey(9), n)))
+    # Two-sample Kolmogorov-Smirnov distance; its 1e-3 critical value at n = m = 1e5 is 0.0087.
+    assert np.max(np.abs(mine - ref)) < 0.05 and _ks(mine, ref) < 0.0087
+    assert mine[0] >= 0.1 and mine[-1] <= 0.9
+
+
+def _ks(a, b):
+    grid = np.concatenate([a, b])
+    return np.max(np.abs(np.searchsorted(a, grid, "right") / a.size
+                         - np.searchsorted(b, grid, "right") / b.size))
+
+
+def test_ddpm_steps_from_uniform_cover_every_step_evenly():
+    obj = objectives.DDPM(num_timesteps=50)
+    i = np.asarray(obj.times_from_uniform(jax.random.uniform(KEY, (100_000,))))
+    assert i.dtype == np.int32 and i.min() == 0 and i.max() == 49
+    counts = np.bincount(i, minlength=50)
+    assert np.all(np.abs(counts - 2_000) < 5 * np.sqrt(2_000 * 0.98))
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+    assert int(obj.times_from_uniform(jnp.float32(below_one))) == 49
+
+
+def test_label_dropout_rate_is_p_and_the_same_rows_on_any_split():
+    n, p = 20_000, 0.2
+    obj = objectives.FlowMatching(paths.make_path(), label_dropout=p)
+    draw = jax.jit(_draw(obj, n, null_label=8), static_argnums=1)
+    batch = {"x": jnp.zeros((n, 2)), "label": jnp.arange(n, dtype=jnp.int32) % 8}
+    out = np.asarray(draw(batch, 0, KEY)["label"])
+    dropped = out == 8
+    assert abs(dropped.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    np.testing.assert_array_equal(out[~dropped], np.asarray(batch["label"])[~dropped])
+    halves = [np.asarray(draw(jax.tree.map(lambda v, s=s: v[s], batch), s.start, KEY)["label"])
+              for s in (slice(0, n // 2), slice(n // 2, n))]
+    np.testing.assert_array_equal(np.concatenate(halves), out)
+    assert not np.array_equal(np.asarray(draw(batch, 0, jax.random.PRNGKey(4))["label"]), out)
+    with pytest.raises(ValueError, match="null label"):
+        _draw(obj, n)
+    # p = 0 leaves the labels as they are.
+    plain = _draw(objectives.FlowMatching(paths.make_path()), n)(batch, 0, KEY)
+    assert plain["label"] is batch["label"]
+
+
+def test_draw_gives_times_and_noise_and_keeps_pairs_from_a_file():
+    obj = objectives.FlowMatching(paths.make_path(), time_sampling="uniform")
+    n = 4096
+    batch = {"x": jnp.ones((n, 2)), "label": jnp.zeros((n,), jnp.int32)}
+    out = _draw(obj, n)(batch, 0, KEY)
+    u = np.asarray(step_lib.row_uniforms(KEY, n, 2, 0, n))
+    np.testing.assert_array_equal(np.asarray(out["times"]), u[:, step_lib.TIME])
+    x0 = np.asarray(out["x0"])
+    assert abs(x0.mean()) < 0.1 and abs(x0.std() - 1) < 0.05
+    scaled = _draw(obj, n, source=sources_lib.SourceDistribution("normal", scale=2.0))
+    np.testing.assert_allclose(np.asarray(scaled(batch, 0, KEY)["x0"]), 2 * x0, rtol=1e-6)
+    given = dict(batch, x0=jnp.full((n, 2), 7.0))
+    np.testing.assert_array_equal(np.asarray(_draw(obj, n)(given, 0, KEY)["x0"]), 7.0)
+
+
+def _loss_setup(p=0.0):
     net = models.MLP(hidden_sizes=(16,), num_classes=4, time_embed_dim=8)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)),
                       jnp.zeros((1,), jnp.int32))["params"]
@@ -50,23 +123,32 @@ def _loss_setup(p):
     n = 32
     batch = {"x": jax.random.normal(jax.random.PRNGKey(1), (n, 2)),
              "label": jnp.arange(n, dtype=jnp.int32) % 4}
+    batch = _draw(obj, n, null_label=4)(batch, 0, KEY)
     return apply, obj, params, batch, jnp.arange(n, dtype=jnp.int32)
 
 
-def test_batch_loss_drops_each_rows_label_from_its_own_key():
+@pytest.mark.parametrize("objective", ["flow_matching", "ddpm"])
+def test_the_batched_loss_is_the_per_row_loss(objective):
     apply, obj, params, batch, idx = _loss_setup(0.4)
-    jitted = jax.jit(step_lib.batch_loss, static_argnums=(0, 1, 2, 7))
-    loss = lambda o, b, i: jitted(apply, o, True, params, b, i, KEY, 4)[0]  # noqa: E731
-    whole = float(loss(obj, batch, idx))
-    # The rows in another order: the same loss (up to float reassociation); the split over
-    # devices is drop_labels' (above) and the rows' own keys' (tests/test_parallel.py).
-    perm = np.random.default_rng(1).permutation(32)
-    shuffled = float(loss(obj, jax.tree.map(lambda v: v[perm], batch), idx[perm]))
-    assert shuffled == pytest.approx(whole, rel=1e-6)
-    # It is the p = 0 loss of the labels drop_labels gives: the rows' time and noise unchanged.
-    plain = objectives.FlowMatching(paths.make_path())
-    dropped = dict(batch, label=drop(batch["label"], idx, KEY, 0.4, 4))
-    assert float(loss(plain, dropped, idx)) == pytest.approx(whole, rel=1e-6)
-    assert float(loss(plain, batch, idx)) != pytest.approx(whole, rel=1e-6)
-    with pytest.raises(ValueError, match="null label"):
-        step_lib.batch_loss(apply, obj, True, params, batch, idx, KEY)
+    if objective == "ddpm":
+        obj = objectives.DDPM(num_timesteps=100)
+        batch = dict(batch, times=obj.times_from_uniform(batch["times"]))
+
+    def loss(per_row):
+        fn = lambda prm: step_lib.batch_loss(apply, obj, True, prm, batch, idx, KEY,  # noqa
+                                             pair_cost=True, per_row=per_row)
+        return jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
+
+    (row, row_aux), row_grads = loss(True)
+    (whole, whole_aux), whole_grads = loss(False)
+    assert float(whole) == pytest.approx(float(row), rel=1e-5)
+    assert float(whole_aux["pair_cost"]) == pytest.approx(float(row_aux["pair_cost"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(row_grads), jax.tree.leaves(whole_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # The rows' labels matter: the loss with the dropped labels differs from the original's.
+    undropped = dict(batch, label=jnp.arange(32, dtype=jnp.int32) % 4)
+    other = step_lib.batch_loss(apply, obj, True, params, undropped, idx, KEY, per_row=False)[0]
+    assert float(other) != pytest.approx(float(whole), rel=1e-6)
+    with pytest.raises(ValueError, match="x0 and times"):
+        step_lib.batch_loss(apply, obj, True, params, {"x": batch["x"], "label": batch["label"]},
+                            idx, KEY, per_row=False)
