@@ -213,29 +213,25 @@ def _slot_round(a, eps, s: _Slots) -> _Slots:
         (bid[None, :] == bid[:, None]) & (slot[None, :] < slot[:, None]))
     outbid = (j[:, None] == j[None, :]) & bidding[None, :] & higher   # [m, m]: slot k beats i
     wins = bidding & ~jnp.any(outbid, axis=1)
-    won = (j[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :]) & wins[:, None]    # [m, n]
-    taken = jnp.any(won, axis=0)
     displaced = s.owner[j]
-    prices = jnp.where(taken, jnp.max(jnp.where(won, bid[:, None], -jnp.inf), axis=0), s.prices)
-    owner = jnp.where(taken, jnp.max(jnp.where(won, slots[:, None], -1), axis=0), s.owner)
+    target = jnp.where(wins, j, n)   # the winners' columns are distinct: plain scatters
+    prices = s.prices.at[target].set(bid, mode="drop")
+    owner = s.owner.at[target].set(slots, mode="drop")
     slots = jnp.where(wins, jnp.where(displaced >= 0, displaced, n), jnp.where(bidding, slots, n))
     return _Slots(prices, owner, slots, fresh, s.rounds + 1)
 
 
 def _chain_bid(a, eps, s: _Chain) -> _Chain:
-    """The single free row bids; the row it displaces (if any) is the next to bid."""
+    """The single free row bids (called while s.row < n); the row it displaces (if any) is the
+    next to bid."""
     n = a.shape[0]
-    iota = jnp.arange(n, dtype=jnp.int32)
-    best, j, second = _top2(a[jnp.minimum(s.row, n - 1)] - s.prices)
-    live = s.row < n   # past the chain's end a bid is a no-op
-    ok = jnp.isfinite(best) & live
-    j = jnp.minimum(j, n - 1)
-    displaced = s.owner[j]
-    won = (iota == j) & ok
-    prices = jnp.where(won, s.prices + _bid_increment(best, second) + eps, s.prices)
-    owner = jnp.where(won, s.row, s.owner)
-    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n),
-                  s.rounds + live.astype(jnp.int32))
+    best, j, second = _top2(lax.dynamic_index_in_dim(a, s.row, keepdims=False) - s.prices)
+    ok = jnp.isfinite(best)   # a row with no allowed column ends the chain unassigned
+    j = jnp.where(ok, j, n)
+    displaced = s.owner[jnp.minimum(j, n - 1)]
+    prices = s.prices.at[j].add(_bid_increment(best, second) + eps, mode="drop")
+    owner = s.owner.at[j].set(s.row, mode="drop")
+    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n), s.rounds + 1)
 
 
 def _slot_widths(num_slots: int) -> list[int]:
