@@ -32,7 +32,10 @@ Keys (what the training loop reads):
                'exact': optimal assignment by an auction | 'sinkhorn': entropic plan, a partner
                drawn per row), scope ('global': the whole global batch, gathered across devices
                | 'local': each device's rows), per_class (pairs stay within a label),
-               sinkhorn_reg (relative to the batch's largest pair cost), num_iters (Sinkhorn),
+               sinkhorn_reg (relative to the batch's largest pair cost), num_iters (Sinkhorn: at
+               most), sinkhorn_tolerance (Sinkhorn stops once the x0 marginal's L1 error is at
+               most this; 0: always num_iters), sinkhorn_relaxation (over-relaxed updates in
+               [1, 2); 1: plain Sinkhorn),
                tolerance (auction: mean pair cost within tolerance x cost range of the optimum),
                bidders (auction rows bidding per round); see flowmatch/couplings.py
   objective.*  name ('flow_matching' | 'ddpm'), prediction (flow matching: 'velocity' | 'x1' |
@@ -95,7 +98,7 @@ def get_config():
     c.source = ml_collections.ConfigDict(dict(name="normal", scale=1.0))
     c.coupling = ml_collections.ConfigDict(dict(
         name="independent", scope="global", per_class=False, sinkhorn_reg=0.01, num_iters=50,
-        tolerance=1e-6, bidders=8))
+        sinkhorn_tolerance=0.01, sinkhorn_relaxation=1.7, tolerance=1e-6, bidders=8))
 
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",

@@ -48,11 +48,15 @@ DEFAULT_TOLERANCE = 1e-6
 DEFAULT_EPS_START = 0.05
 DEFAULT_EPS_FACTOR = 5.0
 DEFAULT_BIDDERS = 8
-# Sinkhorn defaults: on 256 moons vs 256 8gaussians draws, reg 0.01 (of max C) and 50 iterations
-# pair at a mean cost 8% above the exact assignment's (independent pairs: 4.5x above it), with
-# the x0 marginal within 1.2% (L1) of uniform, in about 1 ms on one CPU core.
+# Sinkhorn defaults: on 256 moons vs 256 8gaussians draws (8 batches), reg 0.01 (of max C) with
+# over-relaxation 1.7 stops at the marginal tolerance 1e-2 after 13-15 iterations (at most 50),
+# with the x0 marginal within 0.44% (L1) of uniform and a mean pair cost 5% above the exact
+# assignment's (independent pairs: 4.5x above it).  Plain iterations (relaxation 1) took 41-63
+# to reach the same tolerance.
 DEFAULT_SINKHORN_REG = 0.01
 DEFAULT_SINKHORN_ITERS = 50
+DEFAULT_SINKHORN_TOLERANCE = 0.01
+DEFAULT_SINKHORN_RELAXATION = 1.7
 
 
 @flax.struct.dataclass
@@ -209,29 +213,25 @@ def _slot_round(a, eps, s: _Slots) -> _Slots:
         (bid[None, :] == bid[:, None]) & (slot[None, :] < slot[:, None]))
     outbid = (j[:, None] == j[None, :]) & bidding[None, :] & higher   # [m, m]: slot k beats i
     wins = bidding & ~jnp.any(outbid, axis=1)
-    won = (j[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :]) & wins[:, None]    # [m, n]
-    taken = jnp.any(won, axis=0)
     displaced = s.owner[j]
-    prices = jnp.where(taken, jnp.max(jnp.where(won, bid[:, None], -jnp.inf), axis=0), s.prices)
-    owner = jnp.where(taken, jnp.max(jnp.where(won, slots[:, None], -1), axis=0), s.owner)
+    target = jnp.where(wins, j, n)   # the winners' columns are distinct: plain scatters
+    prices = s.prices.at[target].set(bid, mode="drop")
+    owner = s.owner.at[target].set(slots, mode="drop")
     slots = jnp.where(wins, jnp.where(displaced >= 0, displaced, n), jnp.where(bidding, slots, n))
     return _Slots(prices, owner, slots, fresh, s.rounds + 1)
 
 
 def _chain_bid(a, eps, s: _Chain) -> _Chain:
-    """The single free row bids; the row it displaces (if any) is the next to bid."""
+    """The single free row bids (called while s.row < n); the row it displaces (if any) is the
+    next to bid."""
     n = a.shape[0]
-    iota = jnp.arange(n, dtype=jnp.int32)
-    best, j, second = _top2(a[jnp.minimum(s.row, n - 1)] - s.prices)
-    live = s.row < n   # past the chain's end a bid is a no-op
-    ok = jnp.isfinite(best) & live
-    j = jnp.minimum(j, n - 1)
-    displaced = s.owner[j]
-    won = (iota == j) & ok
-    prices = jnp.where(won, s.prices + _bid_increment(best, second) + eps, s.prices)
-    owner = jnp.where(won, s.row, s.owner)
-    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n),
-                  s.rounds + live.astype(jnp.int32))
+    best, j, second = _top2(lax.dynamic_index_in_dim(a, s.row, keepdims=False) - s.prices)
+    ok = jnp.isfinite(best)   # a row with no allowed column ends the chain unassigned
+    j = jnp.where(ok, j, n)
+    displaced = s.owner[jnp.minimum(j, n - 1)]
+    prices = s.prices.at[j].add(_bid_increment(best, second) + eps, mode="drop")
+    owner = s.owner.at[j].set(s.row, mode="drop")
+    return _Chain(prices, owner, jnp.where(ok & (displaced >= 0), displaced, n), s.rounds + 1)
 
 
 def _slot_widths(num_slots: int) -> list[int]:
@@ -368,6 +368,7 @@ class SinkhornPlan:
     f, g: [n], [m] the dual potentials (in units of the scaled cost).
     marginal_error: sum_j |P[:, j].sum() - 1/m|, the L1 error left in the column marginal (so
         in the distribution of the x0 that `sample_rows` draws).
+    iterations: int32, the iterations run (at most num_iters; fewer once `tolerance` is met).
     """
 
     plan: jax.Array
@@ -375,25 +376,71 @@ class SinkhornPlan:
     f: jax.Array
     g: jax.Array
     marginal_error: jax.Array
+    iterations: jax.Array
 
 
-SINKHORN_ABSORB_EVERY = 10
+# Scalings u, v beyond exp(+-SINKHORN_ABSORB_LOG) are absorbed into the potentials f, g (and the
+# kernel recomputed): far inside float32's range (exp(+-87)), so no product of the iterations
+# under- or overflows, and rarely needed (the start is already close: see `sinkhorn`).
+SINKHORN_ABSORB_LOG = 30.0
 _HIGHEST = lax.Precision.HIGHEST
 
 
-def sinkhorn(cost, *, reg: float, num_iters: int) -> SinkhornPlan:
+class _SinkhornState(NamedTuple):
+    """Loop state of `sinkhorn`: the plan is u_i K_ij v_j with K = exp((f_i + g_j - c_ij)/reg)."""
+
+    it: jax.Array
+    f: jax.Array
+    g: jax.Array
+    k: jax.Array
+    u: jax.Array
+    v: jax.Array
+    error: jax.Array  # L1 column-marginal error of the plan before this iteration's updates
+
+
+def _kernel(f, g, c, reg):
+    return jnp.exp((f[:, None] + g[None, :] - c) / reg)
+
+
+def _absorb(s: _SinkhornState, c, reg) -> _SinkhornState:
+    """Moves the scalings into the potentials (f += reg log u, g += reg log v) and rebuilds K."""
+    f, g = s.f + reg * jnp.log(s.u), s.g + reg * jnp.log(s.v)
+    return s._replace(f=f, g=g, k=_kernel(f, g, c, reg), u=jnp.ones_like(s.u),
+                      v=jnp.ones_like(s.v))
+
+
+def _relaxed(old, fitted, omega):
+    """old^(1 - omega) fitted^omega: the over-relaxed scaling update (omega = 1: plain),
+    clipped to exp(+-80) (inside float32; the absorption then brings it back)."""
+    if omega == 1:
+        return fitted
+    log_old = jnp.log(old)
+    return jnp.exp(jnp.clip(log_old + omega * (jnp.log(fitted) - log_old), -80.0, 80.0))
+
+
+def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
+             relaxation: float = 1.0) -> SinkhornPlan:
     """Entropic OT between uniform weights on rows and columns: stabilised Sinkhorn iterations.
 
     The cost [n, m] is divided by its largest finite entry c_max (so `reg` is relative to it,
     as torchcfm's normalize_cost; +inf entries stay forbidden, every row and column needs a
-    finite one).  The plan is P_ij = u_i v_j exp((f_i + g_j - c_ij) / reg) and each iteration
-    fits the columns, v = (1/m) / (K^T u), then the rows, u = (1/n) / (K v), with the kernel
-    K = exp((f_i + g_j - c_ij) / reg).  Every SINKHORN_ABSORB_EVERY iterations the scalings are
-    absorbed into the log-domain potentials (f += reg log u, g += reg log v) and K recomputed
-    (Schmitzer 2019), so small reg neither under- nor overflows while most iterations cost two
-    matrix-vector products instead of two log-sum-exp passes.  The potentials start at the
-    c-transform of g = 0 (one log-sum-exp pass).  `num_iters` is fixed (`lax.scan` /
-    `lax.fori_loop`: no host round trip); smaller reg is closer to the exact plan and needs more.
+    finite one).  The plan is P_ij = u_i K_ij v_j with K_ij = exp((f_i + g_j - c_ij) / reg), and
+    each iteration fits the columns, v = (1/m) / (K^T u), then the rows, u = (1/n) / (K v): two
+    matrix-vector products.  The potentials start at the hard c-transforms f_i = min_j c_ij,
+    g_j = min_i (c_ij - f_i) (min passes, no exponential), so every row and column of the one
+    kernel K computed holds a 1 and all its entries are <= 1.  Should a scaling leave
+    exp(+-SINKHORN_ABSORB_LOG) (small reg, far-off start), it is absorbed into the log-domain
+    potentials and K recomputed (Schmitzer 2019, "Stabilized sparse scaling algorithms for
+    entropy regularized transport problems"), so small reg neither under- nor overflows.
+
+    relaxation omega in [1, 2): over-relaxed updates, v <- v^(1 - omega) (fitted v)^omega and
+    likewise u (Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp algorithm for regularized
+    optimal transport"); the same fixed point, reached in fewer iterations for omega > 1 (on
+    256 moons vs 8gaussians points at reg 0.01, omega 1.7 reached a marginal error 1e-2 in 14
+    iterations where plain updates took 50).  The last update is a plain fit of the rows.
+    tolerance: stop once the column marginal's L1 error (checked each iteration from K^T u,
+    which the update computes anyway) is <= tolerance; 0: always run num_iters.  The loop is
+    one `lax.while_loop` (no host round trip).
     """
     cost = jnp.asarray(cost, jnp.float32)
     if cost.ndim != 2:
@@ -402,36 +449,44 @@ def sinkhorn(cost, *, reg: float, num_iters: int) -> SinkhornPlan:
         raise ValueError(f"sinkhorn reg must be > 0, got {reg}")
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f"sinkhorn num_iters must be a positive integer, got {num_iters!r}")
+    if not tolerance >= 0:
+        raise ValueError(f"sinkhorn tolerance must be >= 0, got {tolerance}")
+    if not 1 <= relaxation < 2:
+        raise ValueError(f"sinkhorn relaxation must be in [1, 2), got {relaxation}")
     n, m = cost.shape
     finite = jnp.isfinite(cost)
     top = jnp.max(jnp.where(finite, cost, 0.0))
     c = cost / jnp.where(top > 0, top, 1.0)
     tiny = jnp.finfo(jnp.float32).tiny
+    f = jnp.min(c, axis=1)
+    f = jnp.where(jnp.isfinite(f), f, 0.0)
+    g = jnp.min(c - f[:, None], axis=0)
+    g = jnp.where(jnp.isfinite(g), g, 0.0)
+    ones_n, ones_m = jnp.ones((n,)), jnp.ones((m,))
 
-    def block(f, g, length):
-        k = jnp.exp((f[:, None] + g[None, :] - c) / reg)
+    def body(s: _SinkhornState) -> _SinkhornState:
+        # Matrix-vector products (a gemv; 30% faster on CPU than multiply-and-sum), at full
+        # float32 precision (TPUs would otherwise multiply in bfloat16).
+        ktu = jnp.dot(s.u, s.k, precision=_HIGHEST)
+        error = jnp.sum(jnp.abs(s.v * ktu - 1.0 / m))
+        v = _relaxed(s.v, (1.0 / m) / jnp.maximum(ktu, tiny), relaxation)
+        u = _relaxed(s.u, (1.0 / n) / jnp.maximum(jnp.dot(s.k, v, precision=_HIGHEST), tiny),
+                     relaxation)
+        s = s._replace(it=s.it + 1, u=u, v=v, error=error)
+        big = jnp.maximum(jnp.max(jnp.abs(jnp.log(u))), jnp.max(jnp.abs(jnp.log(v))))
+        return lax.cond(big > SINKHORN_ABSORB_LOG, lambda s: _absorb(s, c, reg), lambda s: s, s)
 
-        def step(_, uv):
-            # Matrix-vector products (a gemv; 30% faster on CPU than multiply-and-sum), at full
-            # float32 precision (TPUs would otherwise multiply in bfloat16).
-            u, _ = uv
-            v = (1.0 / m) / jnp.maximum(jnp.dot(u, k, precision=_HIGHEST), tiny)
-            return (1.0 / n) / jnp.maximum(jnp.dot(k, v, precision=_HIGHEST), tiny), v
-
-        u, v = lax.fori_loop(0, length, step, (jnp.ones((n,)), jnp.ones((m,))))
-        return f + reg * jnp.log(u), g + reg * jnp.log(v), (k, u, v)
-
-    g = jnp.zeros((m,))
-    f = -reg * (jax.nn.logsumexp(-c / reg, axis=1) + math.log(n))  # exp((f - c)/reg) rows: 1/n
-    num_blocks = -(-num_iters // SINKHORN_ABSORB_EVERY)
-    if num_blocks > 1:
-        (f, g), _ = lax.scan(lambda fg, _: (block(*fg, SINKHORN_ABSORB_EVERY)[:2], None),
-                             (f, g), None, length=num_blocks - 1)
-    f, g, (k, u, v) = block(f, g, num_iters - (num_blocks - 1) * SINKHORN_ABSORB_EVERY)
-    plan = u[:, None] * k * v[None, :]  # = exp((f + g - c) / reg) with the absorbed f, g
+    init = _SinkhornState(jnp.int32(0), f, g, _kernel(f, g, c, reg), ones_n, ones_m,
+                          jnp.float32(jnp.inf))
+    s = lax.while_loop(lambda s: (s.it < num_iters) & (s.error > tolerance), body, init)
+    k, v = s.k, s.v
+    u = (1.0 / n) / jnp.maximum(jnp.dot(k, v, precision=_HIGHEST), tiny)  # rows: exact
+    plan = u[:, None] * k * v[None, :]
+    f, g = s.f + reg * jnp.log(u), s.g + reg * jnp.log(v)
     log_plan = (f[:, None] + g[None, :] - c) / reg
-    marginal_error = jnp.sum(jnp.abs(jnp.sum(plan, axis=0) - 1.0 / m))
-    return SinkhornPlan(plan=plan, log_plan=log_plan, f=f, g=g, marginal_error=marginal_error)
+    marginal_error = jnp.sum(jnp.abs(v * jnp.dot(u, k, precision=_HIGHEST) - 1.0 / m))
+    return SinkhornPlan(plan=plan, log_plan=log_plan, f=f, g=g, marginal_error=marginal_error,
+                        iterations=s.it)
 
 
 def _first_past(cumulative, threshold):
@@ -478,13 +533,16 @@ def independent(x1, x0) -> Pairing:
 
 def couple(name: str, x1, x0, *, labels=None, uniforms=None,
            sinkhorn_reg: float = DEFAULT_SINKHORN_REG, num_iters: int = DEFAULT_SINKHORN_ITERS,
+           sinkhorn_tolerance: float = DEFAULT_SINKHORN_TOLERANCE,
+           sinkhorn_relaxation: float = DEFAULT_SINKHORN_RELAXATION,
            tolerance: float = DEFAULT_TOLERANCE,
            bidders: int = DEFAULT_BIDDERS) -> Pairing:
     """Pairs a minibatch: data x1 [n, ...] with source samples x0 [n, ...].
 
     name: 'independent' | 'exact' (`exact_assignment`: tolerance, bidders) | 'sinkhorn'
-        (`sinkhorn` with reg = sinkhorn_reg, num_iters, then `sample_rows`: uniforms [n] in
-        [0, 1) required).
+        (`sinkhorn` with reg = sinkhorn_reg, num_iters, tolerance = sinkhorn_tolerance,
+        relaxation = sinkhorn_relaxation, then `sample_rows`: uniforms [n] in [0, 1)
+        required).
     labels: [n] or None; with labels, pairs stay within a class (x0[j] has label labels[j]).
     Returns a `Pairing`: use x0[pairing.index] as row i's source sample.
     """
@@ -506,8 +564,9 @@ def couple(name: str, x1, x0, *, labels=None, uniforms=None,
         if uniforms is None:
             raise ValueError("the sinkhorn coupling samples pairs from its plan: pass uniforms "
                              "[n] (one per row)")
-        index = sample_rows(sinkhorn(cost, reg=sinkhorn_reg, num_iters=num_iters).plan,
-                            uniforms)
+        plan = sinkhorn(cost, reg=sinkhorn_reg, num_iters=num_iters,
+                        tolerance=sinkhorn_tolerance, relaxation=sinkhorn_relaxation).plan
+        index = sample_rows(plan, uniforms)
         converged = ok
     return Pairing(index=index, cost=pair_cost(x1, jnp.take(x0, index, axis=0)),
                    converged=converged)
@@ -519,7 +578,8 @@ class CouplingSettings:
 
     name: one of COUPLINGS; scope: 'global' (over the whole global batch, gathered across
     devices) or 'local' (each device's rows alone); per_class: pairs stay within a label;
-    sinkhorn_reg, num_iters: `sinkhorn`; tolerance, bidders: `exact_assignment`.
+    sinkhorn_reg, num_iters (at most), sinkhorn_tolerance, sinkhorn_relaxation: `sinkhorn`;
+    tolerance, bidders: `exact_assignment`.
     """
 
     name: str = "independent"
@@ -527,6 +587,8 @@ class CouplingSettings:
     per_class: bool = False
     sinkhorn_reg: float = DEFAULT_SINKHORN_REG
     num_iters: int = DEFAULT_SINKHORN_ITERS
+    sinkhorn_tolerance: float = DEFAULT_SINKHORN_TOLERANCE
+    sinkhorn_relaxation: float = DEFAULT_SINKHORN_RELAXATION
     tolerance: float = DEFAULT_TOLERANCE
     bidders: int = DEFAULT_BIDDERS
 
@@ -555,6 +617,15 @@ class CouplingSettings:
         if not (isinstance(self.sinkhorn_reg, (int, float)) and self.sinkhorn_reg > 0):
             raise ValueError(f"coupling.sinkhorn_reg must be > 0 (relative to the largest pair "
                              f"cost of the batch), got {self.sinkhorn_reg!r}")
+        if not (isinstance(self.sinkhorn_tolerance, (int, float))
+                and self.sinkhorn_tolerance >= 0):
+            raise ValueError(f"coupling.sinkhorn_tolerance must be >= 0 (the L1 error of the x0 "
+                             f"marginal at which Sinkhorn stops; 0: always num_iters "
+                             f"iterations), got {self.sinkhorn_tolerance!r}")
+        if not (isinstance(self.sinkhorn_relaxation, (int, float))
+                and 1 <= self.sinkhorn_relaxation < 2):
+            raise ValueError(f"coupling.sinkhorn_relaxation must be in [1, 2) (1: plain Sinkhorn "
+                             f"updates), got {self.sinkhorn_relaxation!r}")
         for key in ("num_iters", "bidders"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -568,4 +639,6 @@ class CouplingSettings:
     def kwargs(self) -> dict:
         """The keyword arguments of `couple` these settings fix."""
         return dict(sinkhorn_reg=self.sinkhorn_reg, num_iters=self.num_iters,
-                    tolerance=self.tolerance, bidders=self.bidders)
+                    sinkhorn_tolerance=self.sinkhorn_tolerance,
+                    sinkhorn_relaxation=self.sinkhorn_relaxation, tolerance=self.tolerance,
+                    bidders=self.bidders)

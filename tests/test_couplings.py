@@ -210,6 +210,42 @@ def test_sinkhorn_marginals_and_convergence_to_the_exact_plan():
     np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-4)
 
 
+def test_over_relaxed_sinkhorn_reaches_the_same_plan_in_fewer_iterations():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
+    n = 64
+    cost = couplings.squared_distances(toy2d.moons(jax.random.PRNGKey(0), n),
+                                       toy2d.eight_gaussians(jax.random.PRNGKey(1), n))
+    solve = jax.jit(lambda c, w, tol, k: couplings.sinkhorn(
+        c, reg=0.01, num_iters=k, tolerance=tol, relaxation=w), static_argnums=(1, 2, 3))
+    plain, relaxed = solve(cost, 1.0, 1e-5, 2000), solve(cost, 1.7, 1e-5, 2000)
+    # The same fixed point (the entropic plan), each stopped at a column error <= 1e-5.
+    assert float(plain.marginal_error) < 2e-5 and float(relaxed.marginal_error) < 2e-5
+    np.testing.assert_allclose(relaxed.plan, plain.plan, atol=1e-6)
+    assert 3 * int(relaxed.iterations) < int(plain.iterations)
+    # tolerance 0: exactly num_iters; a tolerance stops earlier, rows are fitted exactly.
+    assert int(solve(cost, 1.7, 0.0, 7).iterations) == 7
+    loose = solve(cost, 1.7, 1e-2, 50)
+    assert int(loose.iterations) < 50 and float(loose.marginal_error) <= 1e-2
+    np.testing.assert_allclose(np.asarray(loose.plan).sum(1), np.full(n, 1 / n), rtol=1e-4)
+
+
+def test_sinkhorn_matches_pots_log_domain_sinkhorn():
+    ot = pytest.importorskip("ot")  # an outside oracle, absent from flowmatch's environment
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(5)
+    n = 32
+    cost = np.asarray(couplings.squared_distances(_points(rng, n, 2), _points(rng, n, 2, 1.0)),
+                      np.float64)
+    w = np.full(n, 1 / n)
+    expected = ot.bregman.sinkhorn_log(w, w, cost / cost.max(), 0.02, numItermax=100_000,
+                                       stopThr=1e-12)
+    got = couplings.sinkhorn(cost.astype(np.float32), reg=0.02, num_iters=3000, tolerance=1e-6,
+                             relaxation=couplings.DEFAULT_SINKHORN_RELAXATION)
+    assert np.abs(np.asarray(got.plan, np.float64) - expected).sum() < 1e-4
+
+
 def test_sample_rows_draws_from_each_rows_conditional():
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -269,6 +305,12 @@ def test_bad_coupling_arguments_say_what_to_do():
         couplings.CouplingSettings.from_config({"scope": "world"})
     with pytest.raises(ValueError, match=r"unknown coupling setting\(s\) \['reg'\]"):
         couplings.CouplingSettings.from_config({"reg": 0.1})
+    with pytest.raises(ValueError, match="coupling.sinkhorn_relaxation must be in"):
+        couplings.CouplingSettings.from_config({"sinkhorn_relaxation": 2.0})
+    with pytest.raises(ValueError, match="coupling.sinkhorn_tolerance must be >= 0"):
+        couplings.CouplingSettings.from_config({"sinkhorn_tolerance": -1e-3})
+    with pytest.raises(ValueError, match="relaxation must be in"):
+        couplings.sinkhorn(np.ones((2, 2)), reg=0.1, num_iters=5, relaxation=0.5)
 
 
 # -- sources ---------------------------------------------------------------------------------------

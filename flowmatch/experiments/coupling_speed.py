@@ -13,7 +13,11 @@ loop (`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is
 (`torch.set_num_threads(1)`), drawing its batches in the loop as the tutorial does.  Every runner
 is warmed up first; then `rounds` rounds time one call of each in turn, so that a machine whose
 load changes slows all alike, and each figure is steps per call / the median call time (with the
-interquartile range).  Ratios count only within one run.
+interquartile range).  Ratios count only within one run.  For figures on one core (what
+docs/couplings.md reports), pin the process and keep XLA to one thread:
+
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+      taskset -c 1 python scripts/coupling_speed.py --repeats=2
 """
 
 from __future__ import annotations
@@ -28,16 +32,15 @@ import jax
 import numpy as np
 
 from flowmatch import checks
-from flowmatch import couplings as couplings_lib
 from flowmatch.checks import ConfigError
 from flowmatch.experiments import speed
 
-# label -> coupling settings (config.coupling fields) of the flowmatch rows.  The exact row's
-# bidders are the auction's default (configs/default.py still sets the old 32).
+# label -> coupling settings (config.coupling fields) of the flowmatch rows; the other fields
+# are configs/default.py's (the couplings' defaults).
 FLOWMATCH_ROWS = {
     "uncoupled": dict(name="independent"),
     "sinkhorn": dict(name="sinkhorn"),
-    "exact": dict(name="exact", bidders=couplings_lib.DEFAULT_BIDDERS),
+    "exact": dict(name="exact"),
 }
 TORCHCFM_ROW = "torchcfm OT-CFM"
 REFERENCE_ROW = "uncoupled"
