@@ -17,9 +17,6 @@ import warnings
 from typing import Any, Mapping, Protocol
 
 import numpy as np
-import scipy.linalg
-import scipy.optimize
-import scipy.spatial.distance
 
 from flowmatch import fileio
 
@@ -136,6 +133,8 @@ def w2_distance(a, b) -> float:
                 f"{name} has {bad} of {x.shape[0]} points with NaN / inf coordinates; "
                 "W2 is undefined. Filter them out or report them separately (count_nonfinite)."
             )
+    import scipy.optimize  # pylint: disable=g-import-not-at-top  (a second of start-up)
+    import scipy.spatial.distance  # pylint: disable=g-import-not-at-top
     cost = scipy.spatial.distance.cdist(a, b, metric="sqeuclidean")  # [n, n]
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     return float(math.sqrt(max(cost[rows, cols].mean(), 0.0)))
@@ -165,6 +164,7 @@ def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> np.ndarray:
     """(sigma1 sigma2)^{1/2}, retrying with eps * I added to both factors if it is not finite."""
+    import scipy.linalg  # pylint: disable=g-import-not-at-top
     with warnings.catch_warnings():
         # A singular product is expected for rank-deficient covariances (n < d); handled below.
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)

@@ -350,8 +350,16 @@ class Plan:
         """
         if self.mode == "sharding":
             sharding = self.batch_sharding(leading)
-            return jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+            def put(x):
+                # A batch already on this process's devices (a toy set drawn under jit) moves
+                # device to device, asynchronously: through the host (np.asarray) it would wait
+                # for the train step queued before it and stall the pipeline.
+                if isinstance(x, jax.Array) and jax.process_count() == 1:
+                    return jax.device_put(x, sharding)
+                return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+            return jax.tree.map(put, local)
         n_local = self.num_shards // jax.process_count()
 
         def stack(x):

@@ -9,21 +9,33 @@ import math
 import os
 from typing import Any, Sequence
 
-import matplotlib
+import functools
+import types
+
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
 
 from flowmatch import fileio
+
+
+@functools.cache
+def _mpl() -> types.SimpleNamespace:
+    """matplotlib's pieces, imported on the first figure: importing matplotlib costs about half
+    a second of every run's start-up, and a run draws its first figure minutes later."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+    from matplotlib.colors import LogNorm  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    from matplotlib.ticker import NullLocator  # pylint: disable=g-import-not-at-top
+    return types.SimpleNamespace(colormaps=matplotlib.colormaps, LogNorm=LogNorm, Figure=Figure,
+                                 FigureCanvasAgg=backend_agg.FigureCanvasAgg,
+                                 NullLocator=NullLocator)
 
 __all__ = ["plot_2d", "image_grid", "plot_curves", "nfe_axis", "figure_legend"]
 
 
 def _save(fig: Figure, path: str | os.PathLike, **kwargs) -> None:
     """The figure as a PNG at `path` (its folder made if needed), written atomically."""
-    FigureCanvasAgg(fig)
+    _mpl().FigureCanvasAgg(fig)
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -40,7 +52,7 @@ def nfe_axis(ax, values, *, base: float = 2, min_ratio: float = 1.4) -> None:
         if not ticks or v / ticks[-1] >= min_ratio:
             ticks.append(v)
     ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
-    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_locator(_mpl().NullLocator())
 
 
 def figure_legend(fig, axes, *, title: str | None = None) -> None:
@@ -102,7 +114,8 @@ def plot_2d(samples, path, *, reference=None, box=None, title: str | None = None
             raise ValueError(f"box must be (lo, hi) with shapes [2] and lo < hi; got {box!r}.")
 
     aspect = float(np.clip((hi[1] - lo[1]) / (hi[0] - lo[0]), 0.25, 4.0))
-    fig = Figure(figsize=(5.0, 5.0 * aspect + 0.4) if aspect <= 1 else (5.0 / aspect, 5.4), dpi=150)
+    fig = _mpl().Figure(figsize=(5.0, 5.0 * aspect + 0.4) if aspect <= 1 else (5.0 / aspect, 5.4),
+                        dpi=150)
     ax = fig.add_subplot()
     if reference is not None:
         ref = _finite_rows(reference)
@@ -110,7 +123,8 @@ def plot_2d(samples, path, *, reference=None, box=None, title: str | None = None
         if counts.max() > 0:
             ax.pcolormesh(
                 xe, ye, np.ma.masked_equal(counts.T, 0), cmap="Greys",
-                norm=LogNorm(vmin=1, vmax=counts.max()), alpha=0.45, rasterized=True, zorder=0,
+                norm=_mpl().LogNorm(vmin=1, vmax=counts.max()), alpha=0.45, rasterized=True,
+                zorder=0,
             )
     n = max(finite.shape[0], 1)
     size = float(np.clip(4000.0 / n, 0.2, 4.0))  # marker area, points^2
@@ -178,7 +192,7 @@ def image_grid(images, path, *, nrow: int | None = None, title: str | None = Non
     dpi = 100
     gh, gw = grid.shape[:2]
     title_px = 24 if title else 0
-    fig = Figure(figsize=(gw / dpi, (gh + title_px) / dpi), dpi=dpi)
+    fig = _mpl().Figure(figsize=(gw / dpi, (gh + title_px) / dpi), dpi=dpi)
     ax = fig.add_axes((0.0, 0.0, 1.0, gh / (gh + title_px)))
     ax.set_axis_off()
     if c == 1:
@@ -242,10 +256,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], path, x: str, y: str, group: str
     if logx and any(px <= 0 for pts in groups.values() for px, _ in pts):
         raise ValueError(f"logx=True needs {x!r} > 0 in every row; pass logx=False.")
 
-    fig = Figure(figsize=(5.5, 4.0), dpi=150)
+    fig = _mpl().Figure(figsize=(5.5, 4.0), dpi=150)
     ax = fig.add_subplot()
     # Beyond ten lines the default colour cycle repeats: take distinct colours from tab20.
-    colors = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"].colors
+    colors = _mpl().colormaps["tab10" if len(groups) <= 10 else "tab20"].colors
     for i, (name, pts) in enumerate(groups.items()):
         pts.sort(key=lambda p: p[0])
         xs, ys = np.array(pts).T

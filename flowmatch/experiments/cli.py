@@ -106,13 +106,41 @@ def no_arguments(argv, example: str = "--workdir=DIR"):
         raise ConfigError(f"unexpected arguments {argv[1:]}; flags look like {example}")
 
 
+# Where the scripts keep compiled XLA programs between runs (`use_compilation_cache`).
+CACHE_ENV = "FLOWMATCH_COMPILATION_CACHE"
+DEFAULT_CACHE = os.path.join("~", ".cache", "flowmatch", "xla")
+
+
+def use_compilation_cache(environ=os.environ) -> str | None:
+    """Turns on JAX's persistent compilation cache for a script; returns its directory or None.
+
+    A rerun of a command (the usual loop of a researcher) then loads its compiled programs
+    instead of compiling them again (a 2-D run's train step, data and sampler programs: about
+    10 s of compilation on 2 CPU cores).  The cache is keyed by the program, the compile options
+    and the jax version, so it changes no result.  Directory: JAX_COMPILATION_CACHE_DIR when set
+    (JAX's own setting wins), else $FLOWMATCH_COMPILATION_CACHE, else ~/.cache/flowmatch/xla;
+    FLOWMATCH_COMPILATION_CACHE=off turns it off.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    choice = environ.get(CACHE_ENV, "")
+    if choice.lower() in ("off", "0", "false", "no"):
+        return None
+    path = environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(choice or DEFAULT_CACHE)
+    jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
+
+
 def run(main):
-    """absl.app.run(main) with actionable errors reported without a traceback."""
+    """absl.app.run(main) with actionable errors reported without a traceback, and the
+    persistent compilation cache on (`use_compilation_cache`)."""
 
     def wrapped(argv):
         import logging as pylogging  # pylint: disable=g-import-not-at-top
         from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
         absl_logging.get_absl_handler().setLevel(pylogging.WARNING)  # the terminal: warnings up
+        use_compilation_cache()
         try:
             return main(argv)
         except (ConfigError, FileNotFoundError) as e:

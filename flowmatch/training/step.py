@@ -182,8 +182,8 @@ def batch_loss(apply: Callable, objective, conditional: bool, params, batch, ind
 def make_train_step(*, apply: Callable, objective, conditional: bool,
                     tx: optax.GradientTransformation, lr_schedule: Callable, ema_decay: float,
                     ema_warmup: bool, draw: Callable, pair_cost: bool = False,
-                    per_row: bool = True, grad_accum_steps: int = 1, split_micro: Callable | None = None,
-                    reduce: Callable | None = None):
+                    per_row: bool = True, grad_accum_steps: int = 1,
+                    split_micro: Callable | None = None, reduce: Callable | None = None):
     """train_step(state, batch, train_key, first_index=0) -> (new state, metrics).
 
     batch: rows first_index .. first_index + b - 1 of the global batch (all of it under jit, one

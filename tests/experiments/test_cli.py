@@ -46,3 +46,15 @@ def test_help_lists_the_scripts_own_flags_one_line_each(script):
     if script == "train":
         assert "--workdir" in out and "configs/default.py" in out
     assert run([f"scripts/{script}.py", "--helpshort"]).stdout == out
+
+
+def test_the_scripts_compilation_cache_follows_the_environment():
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch.experiments import cli as cli_lib  # pylint: disable=g-import-not-at-top
+    current = jax.config.jax_compilation_cache_dir
+    assert cli_lib.use_compilation_cache({cli_lib.CACHE_ENV: "off"}) is None
+    assert jax.config.jax_compilation_cache_dir == current  # off: left as it was
+    # JAX's own setting wins over flowmatch's (conftest sets one for the session).
+    assert cli_lib.use_compilation_cache({"JAX_COMPILATION_CACHE_DIR": current,
+                                          cli_lib.CACHE_ENV: "/elsewhere"}) == current
+    assert jax.config.jax_compilation_cache_dir == current
