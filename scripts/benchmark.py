@@ -1,8 +1,13 @@
-"""Speed figures: train steps/s of the 2-D MLPs, of the OT-coupled train step (exact and Sinkhorn
-couplings vs the uncoupled step, at torchcfm's OT-CFM setting), the coupling scope under data
-parallelism and the integrators' overhead over the network; optionally the U-Net train step.
+"""Speed figures, each printed beside its reference measured in the same run: the train step
+beside a plain-JAX loop of the same network and torchcfm's loop; whole processes and start-up
+beside torchcfm's process; the evaluation beside its sampling; sampling FLOP/s beside the
+measured matmul peak and torchdiffeq's rk4; the OT-coupled step beside the uncoupled one and
+torchcfm's OT-CFM; the coupling scope under data parallelism; the integrators' overhead over the
+network; optionally the U-Net train step.  The torch references appear when torch, torchcfm,
+POT and torchdiffeq import (run it in such a Python to get them).
 
   python scripts/benchmark.py [--config=configs/checkerboard.py] [--quick] [--output=bench.json]
+      [--sections=train,process,eval,sampling,couplings,scope,integrators]
       [--unet_config=configs/cifar10.py]
 
 Kept short on purpose: the logic lives in flowmatch.experiments.speed and speed_unet.
@@ -20,7 +25,10 @@ from flowmatch.experiments import cli  # noqa: E402
 config_flags.DEFINE_config_file(
     "config", "configs/checkerboard.py", "2-D config whose network is benchmarked.",
     lock_config=False)
-flags.DEFINE_bool("quick", False, "Fewer repeats (a smoke run of the benchmark itself).")
+flags.DEFINE_bool("quick", False, "Fewer repeats and shorter runs (a smoke run of the "
+                  "benchmark itself).")
+flags.DEFINE_list("sections", None, "Which benchmarks to run (default all): train, process, "
+                  "eval, sampling, couplings, scope, integrators.")
 flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
 flags.DEFINE_string("unet_config", None, "Also benchmark the U-Net train step of this config "
                     "(e.g. configs/cifar10.py): FLOPs per step, step time, MFU on GPU/TPU, "
@@ -33,7 +41,12 @@ def main(argv):
     from flowmatch import fileio  # pylint: disable=g-import-not-at-top
     from flowmatch.experiments import speed  # pylint: disable=g-import-not-at-top
     unet_config = cli.load_config_file(FLAGS.unet_config) if FLAGS.unet_config else None
-    figures = speed.run(FLAGS.config, quick=FLAGS.quick)
+    sections = FLAGS.sections or speed.SECTIONS
+    unknown = sorted(set(sections) - set(speed.SECTIONS))
+    if unknown:
+        raise cli.ConfigError(f"unknown --sections {unknown}; choose from "
+                              f"{','.join(speed.SECTIONS)}")
+    figures = speed.run(FLAGS.config, quick=FLAGS.quick, sections=sections)
     if unet_config is not None:
         from flowmatch.experiments import speed_unet  # pylint: disable=g-import-not-at-top
         figures["unet"] = speed_unet.run_unet_benchmark(unet_config,

@@ -113,18 +113,21 @@ def _torch_samplers(torch):
     return eight_gaussians, moons
 
 
-def torchcfm_runner(*, batch_size: int, width: int, steps_per_call: int, seed: int = 0):
-    """run(): steps_per_call steps of torchcfm's OT-CFM tutorial loop; returns the last loss."""
+def torchcfm_runner(*, batch_size: int, width: int, steps_per_call: int, seed: int = 0,
+                    ot: bool = True):
+    """run(): steps_per_call steps of torchcfm's tutorial loop, OT-CFM (ot=True: its
+    ExactOptimalTransportConditionalFlowMatcher) or CFM (its ConditionalFlowMatcher), sigma 0.1,
+    on one thread; returns the last loss."""
     import torch  # pylint: disable=g-import-not-at-top
-    from torchcfm.conditional_flow_matching import (  # pylint: disable=g-import-not-at-top
-        ExactOptimalTransportConditionalFlowMatcher)
+    from torchcfm import conditional_flow_matching as cfm  # pylint: disable=g-import-not-at-top
     from torchcfm.models.models import MLP  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     np.random.seed(seed)  # torchcfm's plan sampler draws with np.random
     model = MLP(dim=2, time_varying=True, w=width)
     optimizer = torch.optim.Adam(model.parameters())
-    matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)
+    matcher = (cfm.ExactOptimalTransportConditionalFlowMatcher if ot
+               else cfm.ConditionalFlowMatcher)(sigma=0.1)
     sample_x0, sample_x1 = _torch_samplers(torch)
 
     def run():

@@ -1,12 +1,11 @@
 """Speed benchmarks that print figures (never timed tests: a busy machine must not fail CI).
 
-* Train steps/s of the 2-D MLP at batch 256: torchcfm's example width (64 x 3 hidden layers) and
-  the default config's network, at 1 and at several steps per jitted call.
+* Train steps/s beside a plain-JAX loop of the same network and torchcfm's loop, whole
+  processes, start-up and evaluation vs sampling: `speed_process` (sections train, process,
+  startup, eval of `run`).
 * Coupled train steps (minibatch OT, `flowmatch.couplings`): steps/s of the exact and the
-  Sinkhorn coupling against the uncoupled step, at torchcfm's OT-CFM setting (batch 256, the
-  64 x 3 network, moons from 8gaussians), measured interleaved so that a busy machine slows all
-  alike; and the time of the coupling alone per batch.  torchcfm's OT-CFM reference: 45-60
-  steps/s on this project's 2-core CPU (a host OT solve of 10-16 ms per batch; issue 7).
+  Sinkhorn coupling against the uncoupled step and torchcfm's OT-CFM loop in the same run
+  (`coupling_speed`), and the time of the coupling alone per batch.
 * The coupling scope under data parallelism (`coupling_scope`): steps/s and transport cost of
   the global (gathered) and the local (per-device) coupling on 8 (simulated) devices.
 * Sampling throughput of the default sampler, and for every integrator the ratio
@@ -40,7 +39,6 @@ from flowmatch.training import runs as runs_lib
 from flowmatch.training import state as state_lib
 from flowmatch.training import step as step_lib
 
-TORCHCFM_OT_CFM_STEPS_PER_SEC = (45.0, 60.0)  # measured on the project's 2-core CPU (issue 7)
 SCOPE_VARIANTS = (("independent", "global"), ("exact", "global"), ("exact", "local"),
                   ("sinkhorn", "global"), ("sinkhorn", "local"))
 
@@ -276,53 +274,78 @@ def integrator_overhead(config, *, num_points: int = 10_000, num_steps: int = 16
 # -- the report ---------------------------------------------------------------------------------
 
 
-def report_train_steps(config, calls: int) -> dict:
-    """Prints and returns train steps/s of the torchcfm-width and the config's MLP, batch 256."""
+def report_train_steps(config, quick: bool) -> dict:
+    """Prints and returns the trainer's steps/s beside the plain-JAX loop of the same network
+    and torchcfm's loop (when importable), at torchcfm's example (configs/torchcfm_moons.py) and
+    at `config` (the quickstart's network and batch), all in this run."""
+    from flowmatch.experiments import cli  # pylint: disable=g-import-not-at-top
+    from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
     out = {}
-    print("\ntrain steps/s, batch 256 (median of compiled calls):")
-    print(f"  {'network':<28} {'steps/call':>10} {'steps/s':>10}")
-    for label, hidden in (("torchcfm 64 x 3", (64, 64, 64)),
-                          (f"default {'x'.join(map(str, config.model.hidden_sizes))}",
-                           tuple(config.model.hidden_sizes))):
-        for k in (1, 10):
-            c = config.copy_and_resolve_references()
-            c.unlock()
-            c.batch_size = 256
-            c.model.hidden_sizes = hidden
-            c.steps_per_call = k
-            c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 10
-            sps = train_steps_per_second(c, steps_per_call=k, calls=calls)
-            out[f"train_steps_per_sec[{label}, k={k}]"] = sps
-            print(f"  {label:<28} {k:>10} {sps:>10.0f}")
+    cases = (("torchcfm example (64 x 3, batch 256)",
+              cli.load_config_file("configs/torchcfm_moons.py"), 100, None),
+             (f"this config ({'x'.join(map(str, config.model.hidden_sizes))}, batch "
+              f"{config.batch_size})", config, config.steps_per_call, False))
+    print("\ntrain steps/s (median of interleaved compiled calls; best call in brackets):")
+    for label, c, k, torchcfm in cases:
+        rows = speed_process.train_step_comparison(c, steps_per_call=k, rounds=5 if quick else 20,
+                                                   torchcfm=torchcfm)
+        print(f"  {label}, {k} steps per call:")
+        for r in rows:
+            print(f"    {r['label']:<14} {r['steps_per_sec']:>8,.0f} ({r['best']:,.0f})  "
+                  f"{r['vs_plain']:.2f}x the plain-JAX loop")
+            out[f"train_steps_per_sec[{label}, {r['label']}]"] = r["steps_per_sec"]
     return out
 
 
 def report_couplings(config, quick: bool) -> dict:
-    """Prints and returns coupled train steps/s (vs uncoupled and torchcfm) and the time of the
-    coupling alone per batch."""
+    """Prints and returns coupled train steps/s beside the uncoupled step and torchcfm's OT-CFM
+    (`coupling_speed`, same run), and the time of the coupling alone per batch."""
+    from flowmatch.experiments import coupling_speed  # pylint: disable=g-import-not-at-top
     out = {}
-    print("\ncoupled train steps/s: torchcfm's OT-CFM setting (batch 256, 64 x 3 network, moons "
-          "from 8gaussians);\n  median of interleaved compiled calls; torchcfm's OT-CFM: "
-          f"{TORCHCFM_OT_CFM_STEPS_PER_SEC[0]:.0f}-{TORCHCFM_OT_CFM_STEPS_PER_SEC[1]:.0f} steps/s")
-    print(f"  {'coupling':<12} {'steps/call':>10} {'steps/s':>9} {'cost vs uncoupled':>18} "
-          f"{'vs torchcfm OT-CFM':>19}")
-    for k in (1, 10):
-        sps = coupled_steps_per_second(config, steps_per_call=k, rounds=5 if quick else 20)
-        base = sps["independent"]
-        for name, value in sps.items():
-            out[f"coupled_steps_per_sec[{name}, k={k}]"] = value
-            lo, hi = (value / r for r in TORCHCFM_OT_CFM_STEPS_PER_SEC[::-1])
-            print(f"  {name:<12} {k:>10} {value:>9.0f} {base / value:>17.2f}x "
-                  f"{lo:>10.1f}-{hi:.1f}x")
+    print("\ncoupled train steps/s at torchcfm's OT-CFM setting (batch 256, 64 x 3 SELU, moons "
+          "from 8gaussians), interleaved with torchcfm's OT-CFM loop when it imports:")
+    rows = coupling_speed.coupled_training_speed(config, rounds=5 if quick else 30)
+    print(coupling_speed.format_table(rows))
+    for r in rows:
+        out[f"coupled_steps_per_sec[{r['label']}]"] = r["steps_per_sec"]
     alone = coupling_seconds(config, num_batches=2 if quick else 8, repeats=2 if quick else 5)
     kw = alone["settings"]
     print(f"  coupling alone per batch of 256: exact {alone['exact'] * 1e3:.2f} ms (tolerance "
           f"{kw['tolerance']:g}, {alone['exact_rounds']:.0f} bidding rounds), sinkhorn "
-          f"{alone['sinkhorn'] * 1e3:.2f} ms (reg {kw['sinkhorn_reg']:g}, {kw['num_iters']} "
-          "iterations)")
+          f"{alone['sinkhorn'] * 1e3:.2f} ms (reg {kw['sinkhorn_reg']:g}, at most "
+          f"{kw['num_iters']} iterations)")
     out["coupling_ms[exact]"] = alone["exact"] * 1e3
     out["coupling_ms[sinkhorn]"] = alone["sinkhorn"] * 1e3
     return out
+
+
+def report_process(quick: bool) -> dict:
+    """Prints and returns whole-process and start-up seconds (`speed_process`)."""
+    from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
+    overrides = dict(num_train_steps=2_000, checkpoint_every_steps=1_000,
+                     eval_every_steps=2_000) if quick else {}
+    w = speed_process.whole_process("configs/torchcfm_moons.py", overrides=overrides)
+    print(f"\nwhole process, scripts/train.py --config=configs/torchcfm_moons.py ({w['steps']:,} "
+          "steps, final evaluation), wall seconds, back to back:")
+    for key in ("flowmatch cold", "flowmatch warm", "flowmatch warm, no evaluation", "torchcfm"):
+        if key in w:
+            ratio = (f"  torchcfm / this = {w['torchcfm'] / w[key]:.2f}x"
+                     if "torchcfm" in w and key != "torchcfm" else "")
+            print(f"  {key:<32} {w[key]:>7.1f} s{ratio}")
+    st = speed_process.startup("configs/torchcfm_moons.py")
+    print(f"  start-up (imports, config, compilation, one call of 100 steps, a checkpoint): "
+          f"{st['cold']:.1f} s with a cold compilation cache, {st['warm']:.1f} s warm")
+    return {**{f"process_seconds[{k}]": v for k, v in w.items() if isinstance(v, float)},
+            "startup_seconds[cold]": st["cold"], "startup_seconds[warm]": st["warm"]}
+
+
+def report_evaluation(config) -> dict:
+    """Prints and returns the evaluation's seconds beside its sampling's."""
+    from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
+    e = speed_process.evaluation_vs_sampling(config)
+    print(f"\nevaluation ({e['num_samples']:,} samples, tv, w2, picture) {e['evaluation']:.2f} s "
+          f"vs its sampling alone {e['sampling']:.2f} s: {e['ratio']:.2f}x")
+    return {"eval_seconds": e["evaluation"], "eval_sampling_seconds": e["sampling"]}
 
 
 def report_scope(config, quick: bool) -> dict:
@@ -368,15 +391,44 @@ def report_integrators(config, quick: bool, n: int = 10_000) -> dict:
     return out
 
 
-def run(config, *, quick: bool = False) -> dict:
-    """Runs all benchmarks for a 2-D config and prints a report; returns the figures."""
+SECTIONS = ("train", "process", "eval", "sampling", "couplings", "scope", "integrators")
+
+
+def run(config, *, quick: bool = False, sections=SECTIONS) -> dict:
+    """Runs the benchmarks of `sections` for a 2-D config and prints a report; returns the
+    figures."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown benchmark section(s) {sorted(unknown)}; choose from "
+                         f"{', '.join(SECTIONS)}")
     out = {"device": str(jax.devices()[0]), "backend": jax.default_backend()}
-    print(f"flowmatch benchmark on {out['device']} ({jax.device_count()} device(s))")
-    out.update(report_train_steps(config, calls=5 if quick else 20))
-    out.update(report_couplings(config, quick))
-    out.update(report_scope(config, quick))
-    out.update(report_integrators(config, quick))
+    print(f"flowmatch benchmark on {out['device']} ({jax.device_count()} device(s))", flush=True)
+    if "train" in sections:
+        out.update(report_train_steps(config, quick))
+    if "process" in sections:
+        out.update(report_process(quick))
+    if "eval" in sections:
+        out.update(report_evaluation(config))
+    if "sampling" in sections:
+        out.update(report_sampling(quick))
+    if "couplings" in sections:
+        out.update(report_couplings(config, quick))
+    if "scope" in sections:
+        out.update(report_scope(config, quick))
+    if "integrators" in sections:
+        out.update(report_integrators(config, quick))
     return out
+
+
+def report_sampling(quick: bool) -> dict:
+    """The sampling figures of `speed_sampling` (achieved FLOP/s vs the measured matmul peak,
+    flowmatch's rk4 vs torchdiffeq's), when that module is present."""
+    try:
+        from flowmatch.experiments import speed_sampling  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        print("\nsampling: flowmatch.experiments.speed_sampling is not available")
+        return {}
+    return dict(speed_sampling.report(quick=quick) or {})
 
 
 if __name__ == "__main__":  # the subprocess of `coupling_scope`

@@ -1,0 +1,51 @@
+"""The same-run speed comparisons run and report what they say (figures are printed by
+scripts/benchmark.py, never asserted: a busy machine must not fail a test)."""
+
+import sys
+
+import numpy as np
+import pytest
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+
+from flowmatch.experiments import cli
+from flowmatch.experiments import speed
+from flowmatch.experiments import speed_process
+
+
+def _tiny():
+    c = cli.load_config_file("configs/torchcfm_moons.py:smoke")
+    c.model.hidden_sizes = (16, 16)
+    return c
+
+
+def test_the_plain_loop_learns_and_the_comparison_has_its_rows():
+    c = _tiny()
+    run = speed_process.plain_jax_runner(c, steps_per_call=50)
+    first, later = np.asarray(run()), np.asarray(run())
+    assert first.shape == (50,) and np.all(np.isfinite(later))
+    assert later[-10:].mean() < first[:10].mean()  # it trains: the same batches, lower loss
+    rows = speed_process.train_step_comparison(c, steps_per_call=2, rounds=2, torchcfm=False)
+    assert [r["label"] for r in rows] == ["flowmatch", speed_process.PLAIN_ROW]
+    assert rows[1]["vs_plain"] == 1.0
+    assert all(r["steps_per_sec"] > 0 and r["best"] >= r["steps_per_sec"] for r in rows)
+
+
+def test_evaluation_vs_sampling_times_both():
+    c = load_config("moons")
+    c.eval.num_tv_samples = c.eval.chunk_size = 2_000
+    c.eval.num_w2_samples, c.eval.num_plot_samples = 100, 100
+    c.sampling.num_steps = 2
+    e = speed_process.evaluation_vs_sampling(c, repeats=1)
+    assert e["num_samples"] == 2_000 and e["sampling"] > 0
+    assert e["ratio"] == pytest.approx(e["evaluation"] / e["sampling"])
+
+
+def test_a_failing_process_is_an_error_with_its_output():
+    with pytest.raises(RuntimeError, match="boom"):
+        speed_process.process_seconds([sys.executable, "-c", "import sys; sys.exit('boom')"])
+    assert speed_process.process_seconds([sys.executable, "-c", "pass"]) > 0
+
+
+def test_unknown_sections_are_refused():
+    with pytest.raises(ValueError, match="unknown benchmark section"):
+        speed.run(load_config("moons"), sections=("train", "speedy"))
