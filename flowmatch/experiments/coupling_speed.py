@@ -5,10 +5,10 @@ the Sinkhorn coupling and with the exact coupling, against torchcfm's OT-CFM tut
 
 (run in a Python where torch, torchcfm and POT import to get the torchcfm row; without them it
 is left out).  The setting is torchcfm's 2-D OT-CFM example: batch 256, data moons, source
-8gaussians, an MLP with three hidden layers of 64 SELU units, Adam.  flowmatch's rows are the
-trainer's own compiled multi-step call (`experiments.speed.make_trainer`: `steps_per_call` steps
-per jitted call) of configs/moons.py with those overrides; torchcfm's row is its tutorial training
-loop (`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact
+8gaussians, an MLP with three hidden layers of 64 SELU units and t appended to its input
+(model.time_embedding="concat"), Adam.  flowmatch's rows are the trainer's own compiled
+multi-step call (`experiments.speed.make_trainer`: `steps_per_call` steps per jitted call)
+of configs/moons.py with those overrides; torchcfm's row is its tutorial training loop (`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact
 `ot.emd` plan on the host, and `torchcfm.models.models.MLP`), on one thread
 (`torch.set_num_threads(1)`), drawing its batches in the loop as the tutorial does.  Every runner
 is warmed up first; then `rounds` rounds time one call of each in turn, so that a machine whose
@@ -58,6 +58,7 @@ def flowmatch_config(config, coupling: dict, *, batch_size: int, hidden_sizes, s
     c.batch_size = batch_size
     c.model.hidden_sizes = tuple(hidden_sizes)
     c.model.activation = "selu"
+    c.model.time_embedding = "concat"  # torchcfm's MLP: t appended to the input
     c.data.name, c.source.name = "moons", "8gaussians"
     c.steps_per_call = steps_per_call
     c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = steps_per_call
