@@ -8,8 +8,9 @@ is left out).  The setting is torchcfm's 2-D OT-CFM example: batch 256, data moo
 8gaussians, an MLP with three hidden layers of 64 SELU units and t appended to its input
 (model.time_embedding="concat"), Adam.  flowmatch's rows are the trainer's own compiled
 multi-step call (`experiments.speed.make_trainer`: `steps_per_call` steps per jitted call)
-of configs/moons.py with those overrides; torchcfm's row is its tutorial training loop (`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact
-`ot.emd` plan on the host, and `torchcfm.models.models.MLP`), on one thread
+of configs/moons.py with those overrides; torchcfm's row is its tutorial training loop
+(`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact `ot.emd`
+plan on the host, and `torchcfm.models.models.MLP`), on one thread
 (`torch.set_num_threads(1)`), drawing its batches in the loop as the tutorial does.  Every runner
 is warmed up first; then `rounds` rounds time one call of each in turn, so that a machine whose
 load changes slows all alike, and each figure is steps per call / the median call time (with the
