@@ -21,6 +21,15 @@ def test_roofline_fraction_rows():
         assert r["max_abs_diff"] < 1e-5
 
 
+def test_eval_flops_count_every_row():
+    """FLOPs of one evaluation are linear in the rows, also past the chunk size (a lax.map's
+    body is counted once by XLA, so the count must come from the unchunked network)."""
+    model, params = speed_sampling.model_of(speed_sampling.default_network())
+    model = model.__class__(**{**model.__dict__, "chunk_rows": 100})
+    f1, f4 = (speed_sampling.eval_flops(model, params, n) for n in (100, 400))
+    assert f4 == pytest.approx(4 * f1, rel=1e-3)
+
+
 def test_rk4_38_is_fourth_order_tableau():
     tab = speed_sampling.RK4_38
     assert tab.order == 4 and tab.fixed_stages == 4
