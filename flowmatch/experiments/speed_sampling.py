@@ -150,7 +150,7 @@ def torch_rk4(net, x0: np.ndarray, num_steps: int) -> Callable[[], np.ndarray]:
     import torch  # pylint: disable=g-import-not-at-top
     import torchdiffeq  # pylint: disable=g-import-not-at-top
 
-    x = torch.from_numpy(np.asarray(x0, np.float32))
+    x = torch.from_numpy(np.array(x0, np.float32))
     ts = torch.tensor([0.0, 1.0])
 
     def f(t, y):
