@@ -36,6 +36,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from flowmatch import paths as paths_lib
+from flowmatch.sampling import chunks
 
 Apply = Callable[[Any, jnp.ndarray, jnp.ndarray, Any], jnp.ndarray]
 
@@ -52,6 +53,10 @@ class ModelFn:
     guidance_interval (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, where w applies (None: at every
     time); null_label: the label the network was trained to read as "no class" (a conditional
     model's num_classes), required with guidance.
+
+    chunk_rows: the network runs on batches of more rows in chunks of about this many
+    (`chunks.apply_rows`: same results to float round-off, in cache; None: the whole batch at
+    once).  Default `chunks.CHUNK_ROWS`; `make_sampler(..., chunk_rows=...)` sets it.
     """
 
     apply: Apply
@@ -61,8 +66,10 @@ class ModelFn:
     guidance_scale: float | None = None
     guidance_interval: tuple[float, float] | None = None
     null_label: int | None = None
+    chunk_rows: int | None = chunks.CHUNK_ROWS
 
     def __post_init__(self):
+        chunks.check_chunk_rows(self.chunk_rows)
         paths_lib.check_prediction(self.prediction)
         if not 0.0 < self.t_end <= 1.0:
             raise ValueError(f"t_end must be in (0, 1], got {self.t_end!r}")
@@ -106,12 +113,12 @@ class ModelFn:
         """
         tb = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
         if not self.guided:
-            return self.apply(params, x, tb, cond).astype(x.dtype), tb
+            return self._apply(params, x, tb, cond).astype(x.dtype), tb
         if cond is None:
             raise ValueError("guidance (guidance_scale set) needs class labels: pass cond [B]")
         cond = jnp.broadcast_to(jnp.asarray(cond), (x.shape[0],))
         null = jnp.full_like(cond, self.null_label)
-        both = self.apply(params, jnp.concatenate([x, x]), jnp.concatenate([tb, tb]),
+        both = self._apply(params, jnp.concatenate([x, x]), jnp.concatenate([tb, tb]),
                           jnp.concatenate([cond, null])).astype(x.dtype)
         pred_c, pred_u = both[:x.shape[0]], both[x.shape[0]:]
         w = jnp.full_like(tb, self.guidance_scale)
@@ -120,6 +127,10 @@ class ModelFn:
             w = jnp.where((tb >= lo) & (tb <= hi), w, jnp.ones_like(w))
         w = paths_lib.expand(w, x)
         return (1 - w) * pred_u + w * pred_c, tb
+
+    def _apply(self, params, x, t, cond):
+        """The network on [B, ...] rows, in chunks of chunk_rows (`chunks.apply_rows`)."""
+        return chunks.apply_rows(self.apply, params, x, t, cond, self.chunk_rows)
 
     def velocity_fn(self, params, cond=None) -> Callable:
         """v(t, x) for an ODE integrator: the prediction converted to a velocity."""

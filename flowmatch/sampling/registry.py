@@ -20,9 +20,11 @@ evaluations per step and when to use it (the README's sampling table is made fro
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 from flowmatch import integrators
+from flowmatch.sampling import chunks
 from flowmatch.sampling import discrete
 from flowmatch.sampling import dpm_solver
 from flowmatch.sampling import ode
@@ -106,12 +108,21 @@ def check(method: str, *, num_steps=None, rtol=None, atol=None, model: ModelFn |
 
 
 def make_sampler(model: ModelFn, method: str, *, num_steps: int | None = None,
-                 rtol: float | None = None, atol: float | None = None, **settings):
+                 rtol: float | None = None, atol: float | None = None, chunk_rows=...,
+                 **settings):
     """sample(params, x0 [n, ...], key, cond=None) -> Samples, for `method` (see the module
     docstring and `describe(method)` for its options).  ODE methods: num_steps or rtol/atol;
     'ancestral': num_steps (None: all of a DDPM model's T steps); 'ddim': num_steps (default
     50); SDE and DPM-Solver methods: num_steps required.  Raises ValueError for unknown names or
-    inconsistent settings before tracing anything."""
+    inconsistent settings before tracing anything.
+
+    chunk_rows: the network runs in row chunks of about this many rows (None: the whole batch at
+    once; default, `...`: the model's own `ModelFn.chunk_rows`, `chunks.CHUNK_ROWS` unless set):
+    the same samples to float round-off, faster on batches that leave the CPU's cache
+    (`flowmatch.sampling.chunks`)."""
+    if chunk_rows is not ...:
+        chunks.check_chunk_rows(chunk_rows)
+        model = dataclasses.replace(model, chunk_rows=chunk_rows)
     kind = check(method, num_steps=num_steps, rtol=rtol, atol=atol, model=model, **settings)
     if kind == "ode":
         return ode.ode_sampler(model, method=method, num_steps=num_steps, rtol=rtol, atol=atol,

@@ -1,0 +1,56 @@
+"""speed_sampling: rows with consistent figures at tiny sizes; the torchdiffeq comparison agrees
+with flowmatch (velocity and the same 3/8-rule solve to round-off) and skips without torch."""
+
+import importlib.util
+
+import pytest
+
+from flowmatch.experiments import speed_sampling
+
+HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchdiffeq"))
+
+
+def test_roofline_fraction_rows():
+    rows = speed_sampling.roofline_fraction((64, 300), method="euler", num_steps=2, repeats=1,
+                                            chunk_rows=100)
+    assert [(r["n"], r["chunked"]) for r in rows] == [(64, False), (64, True), (300, False),
+                                                     (300, True)]
+    for r in rows:
+        assert r["flops"] > 0 and r["num_steps"] == 2
+        assert r["fraction"] == pytest.approx(r["flops"] / r["seconds"] / r["peak"])
+        assert r["max_abs_diff"] < 1e-5
+
+
+def test_eval_flops_count_every_row():
+    """FLOPs of one evaluation are linear in the rows, also past the chunk size (a lax.map's
+    body is counted once by XLA, so the count must come from the unchunked network)."""
+    model, params = speed_sampling.model_of(speed_sampling.default_network())
+    model = model.__class__(**{**model.__dict__, "chunk_rows": 100})
+    f1, f4 = (speed_sampling.eval_flops(model, params, n) for n in (100, 400))
+    assert f4 == pytest.approx(4 * f1, rel=1e-3)
+
+
+def test_rk4_38_is_fourth_order_tableau():
+    tab = speed_sampling.RK4_38
+    assert tab.order == 4 and tab.fixed_stages == 4
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch / torchdiffeq not installed")
+def test_torchdiffeq_agrees():
+    rows = speed_sampling.torchdiffeq_ratio((32,), num_steps=2, repeats=1)
+    (r,) = rows
+    assert r["velocity_diff"] < 1e-5 and r["solution_diff"] < 1e-5
+    assert r["speedup"] > 0
+
+
+def test_torchdiffeq_skips_without_torch(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_torch(name, *a, **k):
+        if name.split(".")[0] in ("torch", "torchdiffeq"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert speed_sampling.torchdiffeq_ratio((8,), num_steps=1, repeats=1) is None
