@@ -163,8 +163,8 @@ def _file_values(path):
             leaves, stack = [], [json.load(f)]
             while stack:
                 x = stack.pop()
-                if isinstance(x, dict):
-                    stack += list(x.values())
+                if isinstance(x, dict):  # keys are labels: their numbers count as text
+                    stack += list(x.values()) + list(x.keys())
                 elif isinstance(x, list):
                     stack += x
                 else:
