@@ -8,7 +8,8 @@ saves a checkpoint at the next step boundary and exits with status 0.  A workdir
 with another config is refused unless --resume (continue it) or --overwrite (move it into
 WORKDIR/previous_runs/ and start afresh) is given.  Exit status: 0 done or preempted, 2 bad
 config or input, 1 stopped by non-finite steps or unusable checkpoints (one line, no traceback).
-This file is kept short on purpose: the logic lives in flowmatch.training, where it is tested.
+Compiled programs are kept between runs in ~/.cache/flowmatch/xla (a rerun starts in seconds;
+FLOWMATCH_COMPILATION_CACHE=off turns it off).  This file is kept short on purpose: the logic lives in flowmatch.training, where it is tested.
 """
 import os
 import sys
