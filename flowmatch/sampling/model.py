@@ -55,8 +55,9 @@ class ModelFn:
     model's num_classes), required with guidance.
 
     chunk_rows: the network runs on batches of more rows in chunks of about this many
-    (`chunks.apply_rows`: same results to float round-off, in cache; None: the whole batch at
-    once).  Default `chunks.CHUNK_ROWS`; `make_sampler(..., chunk_rows=...)` sets it.
+    (`chunks.apply_rows`: same results to float round-off; e.g. `chunks.CHUNK_ROWS`); None (the
+    default) evaluates the whole batch at once, which measured as fast or faster on this
+    project's CPU (docs/sampling.md, "Speed").  `make_sampler(..., chunk_rows=...)` sets it.
     """
 
     apply: Apply
@@ -66,7 +67,7 @@ class ModelFn:
     guidance_scale: float | None = None
     guidance_interval: tuple[float, float] | None = None
     null_label: int | None = None
-    chunk_rows: int | None = chunks.CHUNK_ROWS
+    chunk_rows: int | None = None
 
     def __post_init__(self):
         chunks.check_chunk_rows(self.chunk_rows)

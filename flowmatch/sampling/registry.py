@@ -117,7 +117,7 @@ def make_sampler(model: ModelFn, method: str, *, num_steps: int | None = None,
     inconsistent settings before tracing anything.
 
     chunk_rows: the network runs in row chunks of about this many rows (None: the whole batch at
-    once; default, `...`: the model's own `ModelFn.chunk_rows`, `chunks.CHUNK_ROWS` unless set):
+    once; default, `...`: the model's own `ModelFn.chunk_rows`, None unless set):
     the same samples to float round-off, faster on batches that leave the CPU's cache
     (`flowmatch.sampling.chunks`)."""
     if chunk_rows is not ...:

@@ -65,7 +65,7 @@ def test_guided_chunked_matches_whole_batch():
 
 def test_default_and_validation():
     model, _ = _model_and_params()
-    assert model.chunk_rows == chunks.CHUNK_ROWS
+    assert model.chunk_rows is None  # off unless asked for (docs/sampling.md, "Speed")
     for bad in (0, -3, 2.5, True, "auto"):
         with pytest.raises(ValueError, match="chunk_rows"):
             sampling.make_sampler(model, "rk4", num_steps=2, chunk_rows=bad)
