@@ -4,8 +4,8 @@ Run (2 CPU cores):
   python scripts/train.py --config=configs/moons.py --workdir=runs/moons
   python scripts/sample.py --workdir=runs/moons --output=runs/moons/samples.npz
 Expected: tv 0.056 (floor 0.034), w2 0.227 with sample.py's default sampler (heun, 50
-steps). Runtime: about 5 minutes on 2 CPU cores, like configs/checkerboard.py (same network,
-batch and steps; that run: 297 s with a fresh compilation cache, 2026-12-03).
+steps). Runtime: not timed since the speed changes of 2026-12-03; configs/checkerboard.py, with
+the same network, batch and steps, took 297 s then on 2 CPU cores.
 Smoke variant (tests): --config=configs/moons.py:smoke
 """
 

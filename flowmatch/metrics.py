@@ -133,7 +133,7 @@ def w2_distance(a, b) -> float:
                 f"{name} has {bad} of {x.shape[0]} points with NaN / inf coordinates; "
                 "W2 is undefined. Filter them out or report them separately (count_nonfinite)."
             )
-    import scipy.optimize  # pylint: disable=g-import-not-at-top  (a second of start-up)
+    import scipy.optimize  # pylint: disable=g-import-not-at-top  (on first use: start-up)
     import scipy.spatial.distance  # pylint: disable=g-import-not-at-top
     cost = scipy.spatial.distance.cdist(a, b, metric="sqeuclidean")  # [n, n]
     rows, cols = scipy.optimize.linear_sum_assignment(cost)

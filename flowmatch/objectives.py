@@ -6,7 +6,7 @@ parallelism.  `loss` returns (scalar, aux) with aux a dict of scalars for loggin
 
 `label_dropout` (both objectives) is the probability that a row of a class-conditional model
 trains with the null label instead of its own (classifier-free guidance, Ho & Salimans 2021):
-the trainer draws it per row (`flowmatch.training.step.draw_rows`), the objective only
+the trainer draws it per row (`flowmatch.training.step.make_draw`), the objective only
 carries and checks the setting.
 
 Both objectives map a uniform to a row's training time with `times_from_uniform(u)` (flow

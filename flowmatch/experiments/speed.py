@@ -100,12 +100,6 @@ def make_trainer(config, *, steps_per_call: int, spec=None, batches: dict | None
     return Trainer(comps, plan, call)
 
 
-def train_steps_per_second(config, *, steps_per_call: int, calls: int = 20) -> float:
-    """Steps/s of the compiled train step for `config` (state donated, batches pre-made)."""
-    trainer = make_trainer(config, steps_per_call=steps_per_call)
-    return steps_per_call / median_seconds(lambda: trainer.call()["loss"], calls)
-
-
 # -- couplings ----------------------------------------------------------------------------------
 
 
@@ -119,15 +113,6 @@ def _coupled_config(config, coupling: str, steps_per_call: int):
     c.steps_per_call = steps_per_call
     c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = steps_per_call
     return c
-
-
-def coupled_steps_per_second(config, *, couplings=couplings_lib.COUPLINGS,
-                             steps_per_call: int = 1, rounds: int = 20) -> dict:
-    """Steps/s of the train step with each coupling (torchcfm's setting, see `_coupled_config`),
-    measured interleaved (`interleaved_steps`)."""
-    variants = {name: _coupled_config(config, name, steps_per_call) for name in couplings}
-    figures = interleaved_steps(variants, steps_per_call, rounds)
-    return {name: f["steps_per_sec"] for name, f in figures.items()}
 
 
 def interleaved_steps(variants: dict, steps_per_call: int, rounds: int) -> dict:

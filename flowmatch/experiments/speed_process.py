@@ -207,8 +207,7 @@ def evaluation_vs_sampling(config, repeats: int = 3) -> dict:
                 times.append(time.perf_counter() - start)
             seconds[label] = statistics.median(times)
     return dict(seconds, ratio=seconds["evaluation"] / seconds["sampling"],
-                num_samples=evaluator.num_samples, sampler=dict(settings.sampling.__dict__)
-                if hasattr(settings.sampling, "__dict__") else str(settings.sampling))
+                num_samples=evaluator.num_samples, sampler=dict(settings.sampling))
 
 
 def _torchcfm_main(batch_size: int, width: int, steps: int) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -33,6 +32,7 @@ from flowmatch import integrators
 from flowmatch import paths
 from flowmatch import sampling
 from flowmatch.diagnostics import roofline
+from flowmatch.experiments import coupling_speed
 from flowmatch.models.mlp import MLP
 
 ROOFLINE_SIZES = (256, 2_048, 10_000, 100_000)
@@ -64,15 +64,9 @@ def model_of(net: MLP, seed: int = 0):
 
 def interleaved(calls: dict, repeats: int) -> dict:
     """{name: {"median", "best"} seconds}: every call (blocked) once per round, `repeats`
-    rounds after one warm-up round, so that load on the machine hits all of them alike."""
-    for fn in calls.values():
-        jax.block_until_ready(fn())
-    times = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, fn in calls.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[k].append(time.perf_counter() - t)
+    rounds after one warm-up round (`coupling_speed.interleaved_seconds`), so that load on the
+    machine hits all of them alike."""
+    times = coupling_speed.interleaved_seconds(calls, rounds=repeats, warmup=1)
     return {k: {"median": statistics.median(v), "best": min(v)} for k, v in times.items()}
 
 
