@@ -5,12 +5,11 @@ pyplot, so this works headless, in threads, and leaves the global backend alone.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
-from typing import Any, Sequence
-
-import functools
 import types
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,8 +18,8 @@ from flowmatch import fileio
 
 @functools.cache
 def _mpl() -> types.SimpleNamespace:
-    """matplotlib's pieces, imported on the first figure: importing matplotlib costs about half
-    a second of every run's start-up, and a run draws its first figure minutes later."""
+    """matplotlib's pieces, imported on the first figure, not at every run's start-up (a
+    training run draws its first figure at its first evaluation)."""
     import matplotlib  # pylint: disable=g-import-not-at-top
     from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
     from matplotlib.colors import LogNorm  # pylint: disable=g-import-not-at-top
@@ -29,6 +28,7 @@ def _mpl() -> types.SimpleNamespace:
     return types.SimpleNamespace(colormaps=matplotlib.colormaps, LogNorm=LogNorm, Figure=Figure,
                                  FigureCanvasAgg=backend_agg.FigureCanvasAgg,
                                  NullLocator=NullLocator)
+
 
 __all__ = ["plot_2d", "image_grid", "plot_curves", "nfe_axis", "figure_legend"]
 

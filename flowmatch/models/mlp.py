@@ -64,12 +64,12 @@ class MLP(nn.Module):
                  train: bool = False) -> jax.Array:
         del train
         act = get_activation(self.activation)
+        if self.time_embedding == CONCAT:
+            return self._concat(x, t, cond, act)
         batch, shape = x.shape[0], x.shape
         h = x.reshape(batch, -1)
         data_dim = h.shape[-1]
 
-        if self.time_embedding == CONCAT:
-            return self._concat(x, t, cond, act)
         emb = TimeEmbedding(self.time_embed_dim, self.time_embed_dim, kind=self.time_embedding,
                             time_scale=self.time_scale,
                             activation=self.activation, dtype=self.dtype,
