@@ -133,14 +133,17 @@ def use_compilation_cache(environ=os.environ) -> str | None:
 
 
 def run(main):
-    """absl.app.run(main) with actionable errors reported without a traceback, and the
-    persistent compilation cache on (`use_compilation_cache`)."""
+    """absl.app.run(main) with actionable errors reported without a traceback, the persistent
+    compilation cache on (`use_compilation_cache`) and Threefry lowered unrolled on CPU
+    (`flowmatch.threefry`: the same random bits, a 2-D train step about 13% faster)."""
 
     def wrapped(argv):
         import logging as pylogging  # pylint: disable=g-import-not-at-top
         from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
         absl_logging.get_absl_handler().setLevel(pylogging.WARNING)  # the terminal: warnings up
         use_compilation_cache()
+        from flowmatch import threefry  # pylint: disable=g-import-not-at-top
+        threefry.unroll_on_cpu()
         try:
             return main(argv)
         except (ConfigError, FileNotFoundError) as e:

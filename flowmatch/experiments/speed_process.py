@@ -29,6 +29,7 @@ import optax
 
 from flowmatch import data as data_lib
 from flowmatch import rng
+from flowmatch import threefry
 from flowmatch import training
 from flowmatch.experiments import coupling_speed
 from flowmatch.experiments import speed
@@ -46,7 +47,9 @@ def plain_jax_runner(config, steps_per_call: int) -> Callable[[], object]:
     """run(): steps_per_call steps of the plainest flow-matching loop over `config`'s network:
     per step t ~ U[0, 1) and x0 from the config's source, x_t = (1 - t) x0 + t x1, squared error
     to x1 - x0, Adam (lr 1e-3), under one jitted lax.scan with the state donated; the batches
-    are the config's first steps_per_call batches, made once (as `speed.make_trainer`'s)."""
+    are the config's first steps_per_call batches, made once (as `speed.make_trainer`'s).
+    Compiled with jax's own lowering of Threefry (a loop on CPU, whatever the process's
+    `flowmatch.threefry` setting): the loop a researcher would write with jax as it comes."""
     settings = training.read_settings(config)
     source = loop_lib.load_data(settings.data)
     comps = training.build(settings, runs_lib.spec_of_source(source, settings.data.name))
@@ -68,8 +71,10 @@ def plain_jax_runner(config, steps_per_call: int) -> Callable[[], object]:
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, key), loss
 
-    run_steps = jax.jit(lambda carry, xs: jax.lax.scan(step, carry, xs), donate_argnums=0)
     holder = [(params, tx.init(params), key)]
+    with threefry.unrolled(False):
+        run_steps = jax.jit(lambda carry, xs: jax.lax.scan(step, carry, xs),
+                            donate_argnums=0).lower(holder[0], x1s).compile()
 
     def run():
         holder[0], losses = run_steps(holder[0], x1s)
