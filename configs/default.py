@@ -52,7 +52,9 @@ Keys (what the training loop reads):
   sampling.*   the default sampler of evaluation and scripts/sample.py: method, num_steps
                (fixed grid), rtol / atol (adaptive; when set, num_steps is not used)
   eval.*       num_tv_samples, num_w2_samples, tv_bins, chunk_size, num_plot_samples,
-               num_image_samples
+               num_image_samples, w2_in_training (the training evaluation also scores w2: an
+               exact assignment on the host, about 1.3 s at 2,000 points; scripts/sample.py
+               always does)
   checkpoint.* max_to_keep (the newest sealed checkpoints kept; see flowmatch/checkpoint.py)
   nonfinite.*  policy ('skip': a step whose loss, gradients or update are not finite leaves the
                state unchanged, counted in metrics as skipped_steps | 'stop': such a step stops
@@ -116,7 +118,7 @@ def get_config():
 
     c.eval = ml_collections.ConfigDict(dict(
         num_tv_samples=100_000, num_w2_samples=2_000, tv_bins=64, chunk_size=100_000,
-        num_plot_samples=5_000, num_image_samples=64))
+        num_plot_samples=5_000, num_image_samples=64, w2_in_training=False))
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
 

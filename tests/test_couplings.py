@@ -431,7 +431,7 @@ def test_training_from_8gaussians_with_a_coupling(coupling, tmp_path):
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert int(state.step) == config.num_train_steps
     assert all(np.isfinite(r["loss"]) and r["pair_cost"] > 0 for r in rows)
-    assert np.isfinite(rows[-1]["w2"])
+    assert np.isfinite(rows[-1]["tv"]) and rows[-1]["nonfinite"] == 0
     comps, _ = built(config)
     x0 = comps.source.sample(jax.random.PRNGKey(0), 16)
     out = comps.make_sampler("euler", 1)(state.ema_params, x0, jax.random.PRNGKey(1))

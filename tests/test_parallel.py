@@ -31,6 +31,7 @@ def small_config(overrides=None):
     config.checkpoint_every_steps = STEPS // 2
     config.batch_size = 32
     config.model.hidden_sizes = (64, 64)
+    config.eval.w2_in_training = True  # the runs' w2 is compared across layouts
     for key, value in (overrides or {}).items():
         section, _, field = key.rpartition(".")
         (config[section] if section else config)[field] = value

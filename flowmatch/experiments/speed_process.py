@@ -188,9 +188,9 @@ def startup(config_path: str = "configs/torchcfm_moons.py") -> dict:
 
 def evaluation_vs_sampling(config, repeats: int = 3) -> dict:
     """Seconds of the trainer's evaluation (`training.evaluation.Evaluator`: sampling with the
-    config's sampler, tv and w2, the picture) and of its sampling alone, on the config's initial
-    network (the work does not depend on the weights), each the median of `repeats` after a
-    compiling call."""
+    config's sampler, tv, w2 when eval.w2_in_training, the picture) and of its sampling alone,
+    on the config's initial network (the work does not depend on the weights, except w2's),
+    each the median of `repeats` after a compiling call."""
     settings = training.read_settings(config)
     plan = loop_lib.make_plan(settings)
     source = loop_lib.load_data(settings.data)

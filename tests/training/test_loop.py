@@ -78,6 +78,7 @@ def test_every_shipped_config_is_valid_and_its_train_step_traces(name):
 @pytest.mark.parametrize("name", ["moons", "digits"])
 def test_end_to_end_run_logs_evaluates_and_checkpoints(name, tmp_path):
     config = load_config(name)
+    config.eval.w2_in_training = True  # off by default (the small configs' 2-D check below)
     state = training.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == config.num_train_steps
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
@@ -88,7 +89,8 @@ def test_end_to_end_run_logs_evaluates_and_checkpoints(name, tmp_path):
         assert np.isfinite(r["loss"])
     assert os.path.exists(tmp_path / f"samples_{config.num_train_steps}.png")
     if config.model.name == "mlp":
-        assert {"tv", "w2"} <= set(rows[-1]) and 0.0 <= rows[-1]["tv"] <= 1.0
+        assert {"tv", "w2", "nonfinite"} <= set(rows[-1]) and 0.0 <= rows[-1]["tv"] <= 1.0
+        assert rows[-1]["w2"] > 0 and rows[-1]["nonfinite"] == 0
     steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert steps[-1] == config.num_train_steps
     assert runs.read_spec(str(tmp_path)) == runs.spec_of_source(
@@ -108,6 +110,8 @@ def test_resume_continues_to_the_same_parameters_bit_for_bit(tmp_path):
     assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a] == [2, 4, 6, 8]
     for ra, rb in zip(rows_a, rows_b):
         assert ra["loss"] == rb["loss"]
+    # the default evaluation scores tv, no w2 (an assignment solve: eval.w2_in_training)
+    assert "tv" in rows_a[-1] and "w2" not in rows_a[-1]
     # a finished run started again does nothing more
     before = open(tmp_path / "a" / "metrics.jsonl").read()
     assert int(training.train_and_evaluate(small_config(), str(tmp_path / "a")).step) == 8
