@@ -30,7 +30,16 @@ def _mpl() -> types.SimpleNamespace:
                                  NullLocator=NullLocator)
 
 
-__all__ = ["plot_2d", "image_grid", "plot_curves", "nfe_axis", "figure_legend"]
+def prefetch() -> None:
+    """Starts importing matplotlib in a background thread (about 0.8 s on 2 CPU cores), so that
+    a training run's first figure does not wait for it: the run's main thread spends its time
+    in compiled steps, which release the GIL.  Harmless to call more than once."""
+    import threading  # pylint: disable=g-import-not-at-top
+    if _mpl.cache_info().currsize == 0:
+        threading.Thread(target=_mpl, name="flowmatch-matplotlib-import", daemon=True).start()
+
+
+__all__ = ["prefetch", "plot_2d", "image_grid", "plot_curves", "nfe_axis", "figure_legend"]
 
 
 def _save(fig: Figure, path: str | os.PathLike, **kwargs) -> None:

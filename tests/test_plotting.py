@@ -86,6 +86,23 @@ def test_does_not_touch_pyplot(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": ""})
 
 
+def test_prefetch_imports_matplotlib_in_the_background(tmp_path):
+    code = (
+        "import sys, threading\n"
+        "from flowmatch import plotting\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "plotting.prefetch()\n"
+        "[t.join() for t in threading.enumerate() if t.name == 'flowmatch-matplotlib-import']\n"
+        "assert 'matplotlib.figure' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n"
+        "plotting.prefetch()\n"  # already imported: no second thread
+        "assert not any(t.name == 'flowmatch-matplotlib-import' for t in threading.enumerate())\n"
+        "import numpy as np\n"
+        f"plotting.plot_2d(np.zeros((10, 2)), {str(tmp_path / 'p.png')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": ""})
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
 def test_image_grid_with_labels_has_one_row_per_class(tmp_path):
     values = np.array([0.6, -0.2, 0.2, 0.5, -0.6, 0.4])  # image k is filled with values[k]
     labels = np.array([2, 0, 1, 2, 0, 2])

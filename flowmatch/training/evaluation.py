@@ -55,6 +55,7 @@ class Evaluator:
             if cfg.w2_in_training:
                 self.reference_w2 = np.asarray(source.sample_reference(
                     rng.stream(eval_key, "reference_w2"), cfg.num_w2_samples))
+        plotting.prefetch()  # its figures' library imports while the run trains
         self.labels = None
         if comps.conditional:
             self.labels = np.arange(self.num_samples) % comps.model.num_classes
