@@ -279,6 +279,9 @@ def report_train_steps(config, quick: bool) -> dict:
             print(f"    {r['label']:<14} {r['steps_per_sec']:>8,.0f} ({r['best']:,.0f})  "
                   f"{r['vs_plain']:.2f}x the plain-JAX loop")
             out[f"train_steps_per_sec[{label}, {r['label']}]"] = r["steps_per_sec"]
+        steps = c.num_train_steps
+        print(f"    its {steps:,} steps at these rates: " + ", ".join(
+            f"{r['label']} {steps / r['steps_per_sec']:,.0f} s" for r in rows))
     return out
 
 
@@ -328,7 +331,8 @@ def report_evaluation(config) -> dict:
     """Prints and returns the evaluation's seconds beside its sampling's."""
     from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
     e = speed_process.evaluation_vs_sampling(config)
-    print(f"\nevaluation ({e['num_samples']:,} samples, tv, w2, picture) {e['evaluation']:.2f} s "
+    scored = "tv, w2" if config.eval.get("w2_in_training") else "tv"
+    print(f"\nevaluation ({e['num_samples']:,} samples, {scored}, picture) {e['evaluation']:.2f} s "
           f"vs its sampling alone {e['sampling']:.2f} s: {e['ratio']:.2f}x")
     return {"eval_seconds": e["evaluation"], "eval_sampling_seconds": e["sampling"]}
 
