@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from configs_util import load_config
+from runs_util import untrained_run
 from flowmatch import integrators, training
 from flowmatch.checks import ConfigError
 from flowmatch.training import components, runs
@@ -189,12 +190,14 @@ def test_restoring_a_run_needs_no_training_data(tmp_path):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(data / f"{i}.png")
     config = load_config("image_folder")
     config.data.path = str(tmp_path / "images")
-    # one train step, no evaluation: restoring is what is tested
+    # the run directory as training leaves it, without compiling a train step: restoring is
+    # what is tested (that the trainer writes run.json: tests/training/test_loop.py's end-to-end
+    # runs)
     config.model.update(base_channels=8, channel_mult=(1,), num_res_blocks=1,
                         attn_resolutions=(), num_groups=4)
     config.update(num_train_steps=1, steps_per_call=1, log_every_steps=1, eval_every_steps=0,
                   checkpoint_every_steps=1)
-    training.train_and_evaluate(config, str(tmp_path / "run"))
+    untrained_run(config, str(tmp_path / "run"))
     for p in data.iterdir():
         p.unlink()
     run = training.restore(str(tmp_path / "run"))
