@@ -240,18 +240,16 @@ def _chain_bid(a, eps, s: _Chain) -> _Chain:
                   s.rounds + (s.row < n))
 
 
-def _repeat(round_fn, times: int = None):
-    """round_fn applied `times` (default AUCTION_UNROLL) times: the body of an unrolled loop.
+def _repeat(round_fn):
+    """round_fn applied AUCTION_UNROLL times: the body of an unrolled loop.
 
     Each trip of a `lax.while_loop` costs XLA:CPU about as much as a bidding round itself (the
     condition, the loop's bookkeeping), so a trip runs several rounds and the condition is
     checked between trips.  Rounds past a stage's end are harmless: a slot round with no free
     row and a chain bid after the chain ended change nothing, and a wider slot round than
     needed does the same bids."""
-    times = AUCTION_UNROLL if times is None else times
-
     def body(state):
-        for _ in range(times):
+        for _ in range(AUCTION_UNROLL):
             state = round_fn(state)
         return state
 

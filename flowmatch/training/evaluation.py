@@ -74,7 +74,7 @@ class Evaluator:
                 m = metrics_lib.metrics_2d(x, self.reference_w2, self.reference, self.box,
                                            bins=cfg.tv_bins, n_w2=cfg.num_w2_samples)
             result.update(m)
-            plotting.plot_2d(out.x[:cfg.num_plot_samples], png, reference=self.reference,
+            plotting.plot_2d(x[:cfg.num_plot_samples], png, reference=self.reference,
                              box=self.box, title=f"{self.name}, step {step}: tv={m['tv']:.3f}")
         else:
             k = cfg.num_plot_samples
