@@ -411,13 +411,10 @@ def run(config, *, quick: bool = False, sections=SECTIONS) -> dict:
 
 def report_sampling(quick: bool) -> dict:
     """The sampling figures of `speed_sampling` (achieved FLOP/s vs the measured matmul peak,
-    flowmatch's rk4 vs torchdiffeq's), when that module is present."""
-    try:
-        from flowmatch.experiments import speed_sampling  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        print("\nsampling: flowmatch.experiments.speed_sampling is not available")
-        return {}
-    return dict(speed_sampling.report(quick=quick) or {})
+    flowmatch's rk4 vs torchdiffeq's when torch and torchdiffeq import)."""
+    from flowmatch.experiments import speed_sampling  # pylint: disable=g-import-not-at-top
+    print()
+    return speed_sampling.report(quick=quick)
 
 
 if __name__ == "__main__":  # the subprocess of `coupling_scope`

@@ -201,10 +201,18 @@ def torchdiffeq_ratio(sizes: Sequence[int] = TORCH_SIZES, *, num_steps: int = 8,
     return rows
 
 
-def report(*, roofline_sizes: Sequence[int] = ROOFLINE_SIZES,
+QUICK = dict(roofline_sizes=(256, 2_048), torch_sizes=(256,), num_steps=2, repeats=2)
+
+
+def report(*, quick: bool = False, roofline_sizes: Sequence[int] = ROOFLINE_SIZES,
            torch_sizes: Sequence[int] = TORCH_SIZES, num_steps: int = 8,
            repeats: int = 5) -> dict:
-    """Measures and prints both tables; returns {"roofline": rows, "torchdiffeq": rows or None}."""
+    """Measures and prints both tables; returns {"roofline": rows, "torchdiffeq": rows or None}.
+
+    quick: the small sizes, steps and rounds of `QUICK` in place of the other arguments (a check
+    that the section runs, as `scripts/benchmark.py --quick`; not figures to quote)."""
+    if quick:
+        return report(**QUICK)
     rows = roofline_fraction(roofline_sizes, num_steps=num_steps, repeats=repeats)
     print(f"fixed-grid sampling of the default 2-D MLP (3 x 256, relu) vs the float32 "
           f"[{PEAK_SIZE}]^2 matmul peak, same run, interleaved ({repeats} rounds; XLA default "

@@ -54,3 +54,16 @@ def test_torchdiffeq_skips_without_torch(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     assert speed_sampling.torchdiffeq_ratio((8,), num_steps=1, repeats=1) is None
+
+
+def test_the_benchmark_section_runs_quick(monkeypatch, capsys):
+    """`scripts/benchmark.py --sections=sampling [--quick]` goes through speed.report_sampling:
+    its rows come back (QUICK made tiny here) and the table is printed."""
+    from flowmatch.experiments import speed
+    monkeypatch.setattr(speed_sampling, "QUICK", dict(roofline_sizes=(64,), torch_sizes=(16,),
+                                                      num_steps=1, repeats=1))
+    out = speed.report_sampling(quick=True)
+    assert [(r["n"], r["num_steps"], r["chunked"]) for r in out["roofline"]] == [
+        (64, 1, False), (64, 1, True)]
+    assert (out["torchdiffeq"] is None) == (not HAS_TORCH)
+    assert "matmul peak" in capsys.readouterr().out
