@@ -93,3 +93,39 @@ def test_setting_is_restored_and_rolled_form_loops():
             assert threefry.is_unrolled()
         assert not threefry.is_unrolled()
     assert threefry.is_unrolled() == before
+
+
+def test_rolled_is_a_no_op_unless_unrolled_and_restores_the_setting():
+    with threefry.unrolled(False):
+        with threefry.rolled():
+            assert not threefry.is_unrolled()
+        assert not threefry.is_unrolled()
+    with threefry.unrolled(True):
+        with threefry.rolled():
+            assert not threefry.is_unrolled()
+        assert threefry.is_unrolled()
+
+
+def test_chunked_draws_are_lowered_rolled_and_draw_the_same_samples():
+    """A `sampling.Chunked` draw (evaluation, scripts/sample.py) is traced with jax's rolled
+    lowering even when the unrolled one is on, and its samples are the same bits."""
+    from flowmatch import sampling
+    from flowmatch.data import toy2d
+    seen = []
+
+    def sampler(params, x0, key, cond):
+        seen.append(threefry.is_unrolled())
+        x = x0 * params + jax.random.normal(key, x0.shape)
+        return sampling.Samples(x=x, nfe=jnp.int32(0), success=jnp.bool_(True))
+
+    def draw():
+        chunked = sampling.Chunked(sampler, toy2d.eight_gaussians, 10, 4)
+        return chunked(jnp.float32(2.0), jax.random.PRNGKey(3)).x
+
+    with threefry.unrolled(False):
+        reference = draw()
+    with threefry.unrolled(True):
+        x = draw()
+        assert threefry.is_unrolled()
+    assert seen == [False, False]
+    np.testing.assert_array_equal(x, reference)
