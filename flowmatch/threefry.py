@@ -8,14 +8,18 @@ small it is.  A flow-matching train step of a 2-D MLP makes several (the step ke
 uniforms, a toy source's centres and noise): about 70 of its ~500 us on 2 cores.  Unrolled, the
 rounds are one elementwise fusion, a few microseconds.
 
-    threefry.unroll_on_cpu()          # process-wide, from then on (the scripts do this)
+    threefry.unroll_hot_programs()    # programs wrapped by hot_program (the scripts do this)
+    step = threefry.hot_program(jax.jit(train_step))   # the train step (training.step)
+    threefry.unroll_on_cpu()          # every program lowered from then on
     with threefry.unrolled(False):    # jax's rolled loop again, e.g. for a reference loop
         ...
 
 It changes how programs lowered from then on are compiled, never a bit of their results (the
 known-answer vectors of Random123 and jax's own lowering are checked in tests/test_threefry.py);
 the cost is a larger program (about 100 more fused elementwise operations per draw) for XLA to
-compile.  GPU and TPU lowerings are untouched.
+compile, more where XLA copies a hash into several fusions, so the scripts unroll only the
+programs a run executes thousands of times (`unroll_hot_programs`).  GPU and TPU lowerings are
+untouched.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 PARITY = 0x1BD11BDA
 NUM_GROUPS = 5
 
-_state = {"unrolled": False, "registered": False}
+_state = {"unrolled": False, "registered": False, "hot": False}
 
 
 def _rotate_left(x, r):
@@ -104,23 +108,6 @@ def is_unrolled() -> bool:
 
 
 @contextlib.contextmanager
-def rolled():
-    """jax's rolled loop for the programs lowered inside, when the unrolled lowering is on (else
-    nothing changes, and nothing is registered): for programs a run executes once or a few times,
-    whose compile time counts more than microseconds per draw.  A toy source's draws (a key split
-    feeding randint's two draws and a normal draw) are small hashes whose outputs feed several
-    fusions; unrolled, XLA:CPU copies them into each (the evaluation program of
-    configs/torchcfm_moons.py: 4 hashes, 80 rotations lowered, 294 compiled), and compiled that
-    program for 100,000 samples (heun, 50 steps) in 5.1-5.4 s, rolled in 0.8 s; it ran in the
-    same time either way (3.4 s)."""
-    if not _state["unrolled"]:
-        yield
-        return
-    with unrolled(False):
-        yield
-
-
-@contextlib.contextmanager
 def unrolled(enabled: bool = True):
     """Context manager form of `unroll_on_cpu`: the setting inside, the previous one after."""
     previous = unroll_on_cpu(enabled)
@@ -128,3 +115,50 @@ def unrolled(enabled: bool = True):
         yield
     finally:
         unroll_on_cpu(previous)
+
+
+def unroll_hot_programs(enabled: bool = True) -> bool:
+    """From now on, lower the programs wrapped by `hot_program` (the train step: a run executes
+    it thousands of times) with the unrolled hash, and leave every other program to jax's rolled
+    loop; returns the previous setting.  The scripts turn this on (`experiments.cli.run`).
+
+    The unrolled form pays where a program runs many times; elsewhere its compile time is the
+    larger cost: XLA:CPU copies a small hash that feeds several fusions into each of them (a toy
+    sampler's key split feeding randint's and normal's draws), so 100,000 samples of
+    8gaussians compiled in 4.1 s unrolled against 0.8 s rolled, checkerboard in 2.1 s against
+    0.7 s, each running in a few milliseconds either way; the evaluation program of
+    configs/torchcfm_moons.py (4 hashes, 80 rotations as lowered, 294 as compiled) took 5.1-5.4 s
+    against 0.8 s, and ran in 3.4 s either way."""
+    _register()
+    previous = _state["hot"]
+    _state["hot"] = bool(enabled)
+    return previous
+
+
+class _HotProgram:
+    """`hot_program`'s wrapper: calls and lowerings of fn under `unrolled(True)` when
+    `unroll_hot_programs` is on; every other attribute is fn's."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def _context(self):
+        return unrolled(True) if _state["hot"] else contextlib.nullcontext()
+
+    def __call__(self, *args, **kwargs):
+        with self._context():
+            return self._fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with self._context():
+            return self._fn.lower(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+
+def hot_program(fn):
+    """fn (a jitted or pmapped function, lowered at its first call) marked as a program a run
+    executes many times: lowered with the unrolled hash when `unroll_hot_programs` is on, as
+    any other program otherwise.  Its results are the same bits either way."""
+    return _HotProgram(fn)

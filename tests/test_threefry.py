@@ -95,37 +95,36 @@ def test_setting_is_restored_and_rolled_form_loops():
     assert threefry.is_unrolled() == before
 
 
-def test_rolled_is_a_no_op_unless_unrolled_and_restores_the_setting():
-    with threefry.unrolled(False):
-        with threefry.rolled():
-            assert not threefry.is_unrolled()
-        assert not threefry.is_unrolled()
-    with threefry.unrolled(True):
-        with threefry.rolled():
-            assert not threefry.is_unrolled()
-        assert threefry.is_unrolled()
-
-
-def test_chunked_draws_are_lowered_rolled_and_draw_the_same_samples():
-    """A `sampling.Chunked` draw (evaluation, scripts/sample.py) is traced with jax's rolled
-    lowering even when the unrolled one is on, and its samples are the same bits."""
+def test_only_hot_programs_are_unrolled_and_they_draw_the_same_bits():
+    """With unroll_hot_programs on (as the scripts run), a program wrapped by hot_program is
+    lowered without loops, any other (e.g. a `sampling.Chunked` draw) with jax's rolled loop, and
+    both give the bits of jax's own lowering."""
     from flowmatch import sampling
     from flowmatch.data import toy2d
-    seen = []
+    key = jax.random.PRNGKey(7)
 
-    def sampler(params, x0, key, cond):
+    def make_draws():  # a fresh function per program: jax caches lowerings by jaxpr
+        return lambda k: jax.random.normal(k, (5, 3)) + jax.random.randint(
+            jax.random.fold_in(k, 1), (5, 3), 0, 9)
+
+    def sampler(params, x0, k, cond):
         seen.append(threefry.is_unrolled())
-        x = x0 * params + jax.random.normal(key, x0.shape)
-        return sampling.Samples(x=x, nfe=jnp.int32(0), success=jnp.bool_(True))
+        return sampling.Samples(x=x0 * params + jax.random.normal(k, x0.shape),
+                                nfe=jnp.int32(0), success=jnp.bool_(True))
 
-    def draw():
-        chunked = sampling.Chunked(sampler, toy2d.eight_gaussians, 10, 4)
-        return chunked(jnp.float32(2.0), jax.random.PRNGKey(3)).x
-
+    seen = []
+    chunked = lambda: sampling.Chunked(sampler, toy2d.eight_gaussians, 10, 4)  # noqa: E731
     with threefry.unrolled(False):
-        reference = draw()
-    with threefry.unrolled(True):
-        x = draw()
-        assert threefry.is_unrolled()
-    assert seen == [False, False]
-    np.testing.assert_array_equal(x, reference)
+        reference = jax.jit(make_draws())(key), chunked()(jnp.float32(2.0), key).x
+    previous = threefry.unroll_hot_programs(True)
+    try:
+        hot = threefry.hot_program(jax.jit(make_draws()))
+        assert " while(" not in hot.lower(key).compile().as_text()
+        assert " while(" in jax.jit(make_draws()).lower(key).compile().as_text()
+        got = hot(key), chunked()(jnp.float32(2.0), key).x
+        assert not threefry.is_unrolled()
+    finally:
+        threefry.unroll_hot_programs(previous)
+    assert seen == [False, False]  # one trace per Chunked (one compilation of its chunks)
+    for a, b in zip(got, reference):
+        np.testing.assert_array_equal(a, b)

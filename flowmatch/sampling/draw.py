@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowmatch import rng
-from flowmatch import threefry
 from flowmatch.sampling.records import Samples
 
 SourceSample = Callable[[Any, int], jnp.ndarray]  # (key, n) -> [n, ...]
@@ -51,9 +50,7 @@ class Chunked:
     [num_samples, ...] (x0 likewise with with_source), nfe and steps the largest chunk's, success
     all of them.  labels: int [num_samples] class labels (cycled into the last chunk) or None.
     wrap: how the draw is compiled (default jax.jit; a device plan may pass its own); place: how
-    each chunk's key and labels are put on the devices (default: as they are).  The draw is
-    lowered with jax's own rolled Threefry (`threefry.rolled`) even where a script turned the
-    unrolled one on: it runs once per chunk, so its compile time matters more.
+    each chunk's key and labels are put on the devices (default: as they are).
     """
 
     def __init__(self, sampler: Callable, source_sample: SourceSample, num_samples: int,
@@ -77,8 +74,7 @@ class Chunked:
             if labels is not None:
                 cond = jnp.asarray(np.resize(np.asarray(labels)[start:start + size], size),
                                    jnp.int32)
-            with threefry.rolled():  # a program run once per chunk: cheap to compile first
-                out = self._draw(params, *self._place((jax.random.fold_in(key, c), cond)))
+            out = self._draw(params, *self._place((jax.random.fold_in(key, c), cond)))
             xs.append(np.asarray(out.x, np.float32))
             if self.with_source:
                 x0s.append(np.asarray(out.x0, np.float32))

@@ -28,6 +28,7 @@ from flowmatch import ema as ema_lib
 from flowmatch import objectives as objectives_lib
 from flowmatch import parallel as parallel_lib
 from flowmatch import rng
+from flowmatch import threefry
 
 # A step's randomness.  All the rows' scalar draws and their noise come from ONE uniform draw
 # U = uniform(step_key, [batch_size, NUM_SCALARS + row size]) over the global batch, of which row
@@ -270,7 +271,8 @@ def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
     lax.scan.  Mode "sharding": state as from `state.create_state`, batches [k, B, ...]
     (`Plan.put_batches`), metrics [k].  Mode "pmap": state in pmap layout (`Plan.stack`),
     batches [num_shards, k, B / num_shards, ...], metrics [num_shards (local), k] (equal on every
-    device).  The one place where pmap and jit differ.
+    device).  The one place where pmap and jit differ.  Marked as a hot program
+    (`threefry.hot_program`): the scripts lower it with the unrolled Threefry.
     """
     s = comps.settings.train
     in_pmap = plan.mode == "pmap"
@@ -298,11 +300,13 @@ def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
         pmapped = jax.pmap(shard_steps, axis_name=parallel_lib.DATA_AXIS,
                            in_axes=(0, 0, 0, None), devices=plan.devices, donate_argnums=(0,))
         offsets = plan.shard_offsets(s.batch_size // plan.num_shards)
-        return lambda state, batches, train_key: pmapped(state, batches, offsets, train_key)
+        return threefry.hot_program(
+            lambda state, batches, train_key: pmapped(state, batches, offsets, train_key))
 
     def multi_step(state, batches, train_key):
         return steps(lambda st, b: train_step(st, b, train_key), state, batches)
 
-    return jax.jit(multi_step, donate_argnums=(0,),
-                   in_shardings=(state_shardings, plan.batch_sharding(1), plan.replicated),
-                   out_shardings=(state_shardings, plan.replicated))
+    return threefry.hot_program(jax.jit(
+        multi_step, donate_argnums=(0,),
+        in_shardings=(state_shardings, plan.batch_sharding(1), plan.replicated),
+        out_shardings=(state_shardings, plan.replicated)))
