@@ -74,22 +74,26 @@ def test_exact_assignment_degenerate_inputs():
 
 
 def _adversarial_costs():
-    """(name, cost [n, n] float32) cases for the auction: ties, extreme ranges, odd sizes."""
+    """(name, cost [n, n] float32) cases for the auction: ties, extreme ranges, odd sizes.  The
+    cases share four sizes (2, 5, 39 = 3 x 13, 100 = 4 x 25: below, not dividing and dividing
+    the bidder counts of the test below), so the auction compiles four programs per bidder
+    count, not one per case."""
     rng = np.random.default_rng(3)
     from flowmatch import couplings  # pylint: disable=g-import-not-at-top
     from flowmatch.data import toy2d  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     sq = lambda a, b: np.asarray(couplings.squared_distances(a, b))
-    dup = _points(rng, 13, 2)
-    far = _points(rng, 40, 3) * 1e3
+    n = 39
+    dup = _points(rng, n // 3, 2)
+    far = _points(rng, n, 3) * 1e3
     far[0] += 1e6  # one outlier: every other cost is a tiny fraction of the range
-    only = np.full((9, 9), np.inf, np.float32)  # a single allowed column per row
-    only[np.arange(9), rng.permutation(9)] = rng.uniform(size=9)
+    only = np.full((5, 5), np.inf, np.float32)  # a single allowed column per row
+    only[np.arange(5), rng.permutation(5)] = rng.uniform(size=5)
     return [
         ("duplicated points", sq(np.repeat(dup, 3, 0), np.tile(dup, (3, 1)))),
-        ("tiny range", (1.0 + 1e-4 * rng.uniform(size=(50, 50))).astype(np.float32)),
-        ("large range and an outlier", sq(far, _points(rng, 40, 3) * 1e3)),
-        ("integer costs, many ties", rng.integers(0, 4, size=(61, 61)).astype(np.float32)),
+        ("tiny range", (1.0 + 1e-4 * rng.uniform(size=(n, n))).astype(np.float32)),
+        ("large range and an outlier", sq(far, _points(rng, n, 3) * 1e3)),
+        ("integer costs, many ties", rng.integers(0, 4, size=(n, n)).astype(np.float32)),
         ("two rows", np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)),
         ("five rows", _points(rng, 5, 5)),
         ("a single allowed column per row", only),
@@ -100,12 +104,14 @@ def _adversarial_costs():
 
 @pytest.mark.parametrize("bidders", [1, 3, 4, 32])
 def test_exact_assignment_is_optimal_to_the_tolerance_on_adversarial_costs(bidders):
+    import functools  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     from flowmatch import couplings  # pylint: disable=g-import-not-at-top
     tol = couplings.DEFAULT_TOLERANCE
+    solve = jax.jit(functools.partial(couplings.exact_assignment, bidders=bidders))
     for name, cost in _adversarial_costs():
         n = cost.shape[0]
-        result = jax.jit(lambda c: couplings.exact_assignment(c, bidders=bidders))(cost)
+        result = solve(cost)
         index = np.asarray(result.index)
         assert sorted(index) == list(range(n)) and bool(result.converged), name
         c = np.asarray(cost, np.float64)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flowmatch import ema as ema_lib
+from flowmatch import threefry
 
 
 @flax.struct.dataclass
@@ -41,8 +42,16 @@ def abstract_state(model, tx, example_shape, conditional: bool, plan=None):
 
 
 def create_state(model, tx, example_shape, conditional: bool, key, plan) -> TrainState:
-    """`init_state` computed straight into the plan's shardings (the same numbers on any mesh)."""
+    """`init_state` computed straight into the plan's shardings (the same numbers on any mesh).
+
+    The program is lowered with Threefry unrolled on CPU (`flowmatch.threefry`: the same bits).
+    An init is little but random draws, a hash or two per parameter leaf (the leaf's key, its
+    draw), and XLA:CPU compiles jax's looped hash slowly: unrolled, the init of the checkerboard
+    smoke MLP compiles in 1.4 s instead of 2.3 s and that of the digits U-Net in 6.6 s instead
+    of 18 s (2 CPU cores).  Other platforms lower as before.
+    """
     shardings = jax.tree.map(lambda a: a.sharding,
                              abstract_state(model, tx, example_shape, conditional, plan))
     fn = lambda k: init_state(model, tx, example_shape, conditional, k)  # noqa: E731
-    return jax.jit(fn, out_shardings=shardings)(plan.replicate(key))
+    with threefry.unrolled(True):
+        return jax.jit(fn, out_shardings=shardings)(plan.replicate(key))

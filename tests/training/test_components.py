@@ -187,22 +187,24 @@ def test_restoring_a_run_needs_no_training_data(tmp_path):
     data = tmp_path / "images" / "a"
     data.mkdir(parents=True)
     for i in range(6):
-        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(data / f"{i}.png")
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(data / f"{i}.png")
     config = load_config("image_folder")
     config.data.path = str(tmp_path / "images")
+    config.data.channels = 1
     # the run directory as training leaves it, without compiling a train step: restoring is
     # what is tested (that the trainer writes run.json: tests/training/test_loop.py's end-to-end
-    # runs)
+    # runs).  The U-Net, the image shape and the sampler are those of test_loop's end-to-end
+    # digits run, whose init and sampler programs the session's compilation cache then holds.
     config.model.update(base_channels=8, channel_mult=(1,), num_res_blocks=1,
-                        attn_resolutions=(), num_groups=4)
+                        attn_resolutions=(8,), num_groups=4)
     config.update(num_train_steps=1, steps_per_call=1, log_every_steps=1, eval_every_steps=0,
                   checkpoint_every_steps=1)
     untrained_run(config, str(tmp_path / "run"))
     for p in data.iterdir():
         p.unlink()
     run = training.restore(str(tmp_path / "run"))
-    assert run.components.spec.example_shape == (8, 8, 3)
+    assert run.components.spec.example_shape == (8, 8, 1)
     from flowmatch.experiments import sample
-    out = sample.draw(run, 3, method="euler", num_steps=2)
-    assert out.x.shape == (3, 8, 8, 3) and np.isfinite(out.x).all()
+    out = sample.draw(run, 4, method="heun", num_steps=2)
+    assert out.x.shape == (4, 8, 8, 1) and np.isfinite(out.x).all()
     assert os.path.exists(tmp_path / "run" / "run.json")

@@ -38,16 +38,14 @@ def _tiny_folder_shards(tmp_path):
 
 
 def digits_from_shards(path, **overrides):
-    """configs/digits.py reading shards instead of the embedded set, shrunk to seconds."""
-    config = load_config("digits", variant="")
+    """configs/digits.py:smoke reading shards instead of the embedded set, with the one-level
+    U-Net of tests/training/test_loop.py's end-to-end digits run: the same train step and
+    sampler programs, compiled once for both files (the session's compilation cache)."""
+    config = load_config("digits")
     config.data.name = "arrayrecord"
     config.data.path = path
-    config.model.update(base_channels=8, channel_mult=(1,), num_res_blocks=1,
-                        attn_resolutions=(), num_groups=4, dropout=0.0)
-    config.update(batch_size=8, num_train_steps=4, log_every_steps=1, eval_every_steps=4,
-                  checkpoint_every_steps=2, progress_bar=False)
-    config.eval.update(num_image_samples=4, num_plot_samples=4, chunk_size=4)
-    config.sampling.update(method="euler", num_steps=2, rtol=None, atol=None)
+    config.model.update(base_channels=8, channel_mult=(1,), attn_resolutions=(8,), num_groups=4)
+    config.update(log_every_steps=1)
     config.update(overrides)
     return config
 
