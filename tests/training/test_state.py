@@ -11,8 +11,7 @@ from flowmatch.models import build_model
 from flowmatch.training import state as state_lib
 
 # Tiny networks with every kind of initializer in them (truncated normal, normal, uniform, zeros;
-# dense, conv and embedding tables)
-# the init of each compiles in seconds.
+# dense, conv and embedding tables); the init of each compiles in seconds.
 MODELS = {
     "mlp": (dict(hidden_sizes=(16, 16), num_classes=3), (2,)),
     "unet": (dict(base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(),
