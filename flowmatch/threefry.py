@@ -26,6 +26,7 @@ always lowers it so.  GPU and TPU lowerings are untouched.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +41,8 @@ PARITY = 0x1BD11BDA
 NUM_GROUPS = 5
 
 _state = {"unrolled": False, "registered": False, "hot": False}
+# `unrolled`'s setting, per thread (a program lowered in a background thread keeps its own).
+_local = threading.local()
 
 
 def _rotate_left(x, r):
@@ -84,7 +87,7 @@ def hash_rolled(k1, k2, x1, x2):
 
 
 def _hash(k1, k2, x1, x2):
-    return (hash_unrolled if _state["unrolled"] else hash_rolled)(k1, k2, x1, x2)
+    return (hash_unrolled if is_unrolled() else hash_rolled)(k1, k2, x1, x2)
 
 
 def _register():
@@ -105,17 +108,22 @@ def unroll_on_cpu(enabled: bool = True) -> bool:
 
 
 def is_unrolled() -> bool:
-    return _state["unrolled"]
+    """Whether a program lowered now, in this thread, gets the unrolled hash."""
+    override = getattr(_local, "unrolled", None)
+    return _state["unrolled"] if override is None else override
 
 
 @contextlib.contextmanager
 def unrolled(enabled: bool = True):
-    """Context manager form of `unroll_on_cpu`: the setting inside, the previous one after."""
-    previous = unroll_on_cpu(enabled)
+    """The setting of `unroll_on_cpu` for programs lowered inside, in this thread only (others
+    keep theirs); the previous one after."""
+    _register()
+    previous = getattr(_local, "unrolled", None)
+    _local.unrolled = bool(enabled)
     try:
         yield
     finally:
-        unroll_on_cpu(previous)
+        _local.unrolled = previous
 
 
 def unroll_hot_programs(enabled: bool = True) -> bool:
@@ -159,7 +167,9 @@ class _HotProgram:
 
 
 def hot_program(fn):
-    """fn (a jitted or pmapped function, lowered at its first call) marked as a program a run
-    executes many times: lowered with the unrolled hash when `unroll_hot_programs` is on, as
-    any other program otherwise.  Its results are the same bits either way."""
+    """fn (a jitted or pmapped function, lowered at its first call) marked as a program to lower
+    with the unrolled hash when `unroll_hot_programs` is on (as any other program otherwise): one
+    a run executes thousands of times (the train step), or one XLA:CPU compiles faster unrolled
+    (a toy source's batches of a train call, vmapped over the call's steps).  Its results are
+    the same bits either way."""
     return _HotProgram(fn)

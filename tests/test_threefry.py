@@ -128,3 +128,21 @@ def test_only_hot_programs_are_unrolled_and_they_draw_the_same_bits():
     assert seen == [False, False]  # one trace per Chunked (one compilation of its chunks)
     for a, b in zip(got, reference):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_unrolled_setting_is_per_thread():
+    """`unrolled` sets the lowering of the thread that enters it: a program lowered meanwhile in
+    another thread (a background compilation) keeps the process-wide setting."""
+    import threading
+    seen = {}
+    previous = threefry.unroll_on_cpu(False)
+    try:
+        with threefry.unrolled(True):
+            worker = threading.Thread(target=lambda: seen.update(other=threefry.is_unrolled()))
+            worker.start()
+            worker.join()
+            seen["inside"] = threefry.is_unrolled()
+        seen["after"] = threefry.is_unrolled()
+    finally:
+        threefry.unroll_on_cpu(previous)
+    assert seen == {"other": False, "inside": True, "after": False}

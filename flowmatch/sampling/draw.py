@@ -6,11 +6,13 @@
 Key layout (the same for every entry point, so the same run, key and settings give the same
 samples): the source samples are source_sample(rng.stream(key, "source"), n) and the sampler's
 own randomness is rng.stream(key, "sampler").  `Chunked` draws num_samples in equal chunks, chunk
-c from fold_in(key, c), with one compilation.
+c from fold_in(key, c), with one compilation, which `Chunked.compile_ahead` can start in a
+background thread (a training run compiles its evaluation while it trains).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 import jax
@@ -65,16 +67,48 @@ class Chunked:
         self._place = place or (lambda tree: tree)
         self._draw = wrap(make_draw(sampler, source_sample, self.chunk_size,
                                     with_source=with_source, constrain=constrain))
+        self._ahead = None  # the thread of compile_ahead, until a call waits for it
+
+    def _chunk_args(self, key, labels, c: int):
+        """The placed (key, cond) of chunk c."""
+        cond = None
+        if labels is not None:
+            start = c * self.chunk_size
+            cond = jnp.asarray(np.resize(np.asarray(labels)[start:start + self.chunk_size],
+                                         self.chunk_size), jnp.int32)
+        return self._place((jax.random.fold_in(key, c), cond))
+
+    def compile_ahead(self, params, key, labels=None) -> None:
+        """Compiles the chunk program in a background thread; the next call waits for it.
+
+        params: arrays, or jax.ShapeDtypeStruct with the shardings the call's params will have
+        (only shapes, dtypes and shardings are read: params may be donated meanwhile).  The
+        program is lowered with the call's own arguments, so jit's cache serves the call; were
+        it not served (other shardings), the call compiles as it would have.  An error in the
+        thread is dropped: the call raises it again, where it can be handled.
+        """
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params)
+        args = self._chunk_args(key, labels, 0)
+
+        def compile_draw():
+            try:
+                self._draw.lower(abstract, *args).compile()
+            except Exception:  # noqa: BLE001 -- the call itself reports it
+                pass
+
+        self._ahead = threading.Thread(target=compile_draw, name="flowmatch-compile-ahead",
+                                       daemon=True)
+        self._ahead.start()
 
     def __call__(self, params, key, labels=None) -> Samples:
+        if self._ahead is not None:
+            self._ahead.join()
+            self._ahead = None
         n, size = self.num_samples, self.chunk_size
         xs, x0s, nfe, steps, ok = [], [], 0, 0, True
-        for c, start in enumerate(range(0, n, size)):
-            cond = None
-            if labels is not None:
-                cond = jnp.asarray(np.resize(np.asarray(labels)[start:start + size], size),
-                                   jnp.int32)
-            out = self._draw(params, *self._place((jax.random.fold_in(key, c), cond)))
+        for c in range(-(-n // size)):
+            out = self._draw(params, *self._chunk_args(key, labels, c))
             xs.append(np.asarray(out.x, np.float32))
             if self.with_source:
                 x0s.append(np.asarray(out.x0, np.float32))

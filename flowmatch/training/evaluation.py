@@ -10,7 +10,9 @@ the data itself reach at the same sample count: `reference_floors` measures it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 
 import jax
 import numpy as np
@@ -21,6 +23,21 @@ from flowmatch import metrics as metrics_lib
 from flowmatch import plotting
 from flowmatch import rng
 from flowmatch import sampling
+
+
+def _in_background(fn, *args) -> concurrent.futures.Future:
+    """fn(*args) in a daemon thread (a run that stops early does not wait for it); the future's
+    result() waits for it and raises its exception, traceback included."""
+    future = concurrent.futures.Future()
+
+    def work():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 -- handed to whoever waits for the result
+            future.set_exception(e)
+
+    threading.Thread(target=work, name="flowmatch-references", daemon=True).start()
+    return future
 
 
 def sampler_on_plan(comps, plan, num_samples: int, chunk_size: int, **sampler_settings):
@@ -48,17 +65,28 @@ class Evaluator:
         self.box = getattr(source, "box", None)
         self.num_samples = cfg.num_tv_samples if self.is_2d else cfg.num_image_samples
         self.draw = sampler_on_plan(comps, plan, self.num_samples, cfg.chunk_size)
-        if self.is_2d:
-            self.reference = np.asarray(source.sample_reference(
-                rng.stream(eval_key, "reference"), cfg.num_tv_samples))
-            self.reference_w2 = None
-            if cfg.w2_in_training:
-                self.reference_w2 = np.asarray(source.sample_reference(
-                    rng.stream(eval_key, "reference_w2"), cfg.num_w2_samples))
+        # The data's reference points (2-D), drawn in a background thread while the run compiles
+        # its train step: (tv reference, w2 reference or None).
+        self._references = _in_background(self._draw_references, source) if self.is_2d else None
         plotting.prefetch()  # its figures' library imports while the run trains
         self.labels = None
         if comps.conditional:
             self.labels = np.arange(self.num_samples) % comps.model.num_classes
+
+    def _draw_references(self, source):
+        cfg, key = self.cfg, self.key
+        tv = np.asarray(source.sample_reference(rng.stream(key, "reference"), cfg.num_tv_samples))
+        w2 = None
+        if cfg.w2_in_training:
+            w2 = np.asarray(source.sample_reference(rng.stream(key, "reference_w2"),
+                                                    cfg.num_w2_samples))
+        return tv, w2
+
+    def compile_ahead(self, ema_params) -> None:
+        """Starts compiling the sampling program in a background thread (`Chunked.compile_ahead`);
+        ema_params: the run's EMA parameters or their shapes and shardings.  A run calls this once
+        it trains, so the compilation uses the core its train step leaves idle."""
+        self.draw.compile_ahead(ema_params, rng.stream(self.key, "samples"), self.labels)
 
     def __call__(self, step: int, ema_params) -> dict:
         cfg = self.cfg
@@ -67,14 +95,15 @@ class Evaluator:
         png = os.path.join(self.workdir, f"samples_{step}.png")
         if self.is_2d:
             x = np.asarray(out.x)
-            if self.reference_w2 is None:
-                m = {"tv": metrics_lib.tv_distance(x, self.reference, self.box, cfg.tv_bins),
+            reference, reference_w2 = self._references.result()
+            if reference_w2 is None:
+                m = {"tv": metrics_lib.tv_distance(x, reference, self.box, cfg.tv_bins),
                      "nonfinite": metrics_lib.count_nonfinite(x)}
             else:
-                m = metrics_lib.metrics_2d(x, self.reference_w2, self.reference, self.box,
+                m = metrics_lib.metrics_2d(x, reference_w2, reference, self.box,
                                            bins=cfg.tv_bins, n_w2=cfg.num_w2_samples)
             result.update(m)
-            plotting.plot_2d(x[:cfg.num_plot_samples], png, reference=self.reference,
+            plotting.plot_2d(x[:cfg.num_plot_samples], png, reference=reference,
                              box=self.box, title=f"{self.name}, step {step}: tv={m['tv']:.3f}")
         else:
             k = cfg.num_plot_samples

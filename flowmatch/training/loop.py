@@ -326,10 +326,14 @@ class _Trainer:
         canonical = lambda st: plan.unstack(st) if in_pmap else st  # noqa: E731
         step = int(state.step)
         window = _Window(values=monitor_lib.window_from_json(meta.get("window")), start=step)
+        compiling_ahead = False  # the evaluation's program, once the train step runs
         while step < s.num_train_steps:
             n = min(s.steps_per_call, s.num_train_steps - step)
             batches = plan.put_batches(iterator.next_batches(n))
             run_state, step_metrics = multi_step(run_state, batches, device_key)
+            if evaluator is not None and not compiling_ahead:  # after the first call
+                evaluator.compile_ahead(canonical(run_state).ema_params)  # shapes only
+                compiling_ahead = True
             self.unread.append((step + 1, step_metrics))
             step += n
             if progress is not None:

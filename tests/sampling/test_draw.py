@@ -50,3 +50,28 @@ def test_labels_reach_the_network():
                                                      labels=np.arange(6) % 3)
     np.testing.assert_allclose(out.x - draws.x0, np.repeat((np.arange(6) % 3)[:, None], 2, 1),
                                atol=1e-6)
+
+
+def test_compile_ahead_compiles_the_call_s_program_once_and_changes_no_sample(caplog):
+    """The program compiled in the background is the one the call runs (jit's cache serves it:
+    one compilation in all), with labels and sharded params alike; the samples are unchanged."""
+    model, source = setup()
+    sampler = sampling.make_sampler(model, "ddim", num_steps=3)
+    key, labels = jax.random.PRNGKey(5), np.arange(10) % 2
+    params = jax.device_put(jnp.float32(1.0), jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    want = sampling.Chunked(sampler, source.sample, 10, 4)(params, key, labels)
+    chunked = sampling.Chunked(sampler, source.sample, 10, 4)
+    compiles = lambda: sum("XLA compilation of jit(draw)" in r.getMessage()  # noqa: E731
+                           for r in caplog.records)
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)  # process-wide: the thread's compile logs too
+    try:
+        with caplog.at_level("WARNING"):
+            chunked.compile_ahead(params, key, labels)
+            chunked._ahead.join()
+            ahead = compiles()
+            out = chunked(params, key, labels)
+            assert (ahead, compiles()) == (1, 1)
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    np.testing.assert_array_equal(out.x, want.x)
