@@ -117,3 +117,19 @@ def test_retention_keeps_the_proven_checkpoint_while_a_newer_one_is_unproven(tmp
     assert again.all_steps() == [2] == again.sealed_steps()
     again.close()
     ckpt._manager.close()  # pylint: disable=protected-access
+
+
+def test_all_finite_reads_cpu_arrays_in_place_with_the_device_reductions_answer():
+    """On CPU all_finite checks the shards with numpy; it gives `_finite`'s answer (the jitted
+    reduction used on other platforms) for a non-finite value in any floating leaf and dtype,
+    and ignores integer leaves."""
+    tree = {"w": jnp.zeros((5, 3)), "h": jnp.ones((4,), jnp.bfloat16),
+            "c": jnp.ones((2,), jnp.complex64), "n": jnp.asarray(7, jnp.int32)}
+    assert ckpt_lib._on_host_cpu(jax.tree.leaves(tree))  # the numpy path is the one tested
+    assert ckpt_lib.all_finite(tree) and bool(ckpt_lib._finite(tree))
+    for name, index in (("w", (4, 2)), ("w", (0, 0)), ("h", (1,)), ("c", (0,))):
+        for bad in (np.nan, np.inf, -np.inf):
+            broken = dict(tree, **{name: tree[name].at[index].set(bad)})
+            assert not ckpt_lib.all_finite(broken) and not bool(ckpt_lib._finite(broken))
+    assert ckpt_lib.all_finite({"n": jnp.asarray(2**31 - 1, jnp.int32)})
+    assert ckpt_lib.all_finite({})

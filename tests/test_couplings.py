@@ -540,10 +540,12 @@ def worker(out):
     # The unpaired draws, for the local-scope check.
     pair = drawing(*built(small_config(**{
         "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1})))
-    results["independent"] = np.asarray(pair(batch, 0, key)["x0"])
-    results["exact_cost_pieces"] = np.asarray([float(couplings.couple(
-        "exact", x1[s * 4:(s + 1) * 4], results["independent"][s * 4:(s + 1) * 4]).cost)
-        for s in range(8)])
+    results["independent"] = np.asarray(jax.jit(lambda bt: pair(bt, 0, key)["x0"])(batch))
+    # Jitted: one compile for the eight 4-row problems (called eagerly, the auction's loops
+    # compiled anew on each call: 10.5 s -> 1.2 s).
+    exact_cost = jax.jit(lambda a, b: couplings.couple("exact", a, b).cost)
+    results["exact_cost_pieces"] = np.asarray([float(exact_cost(
+        x1[s * 4:(s + 1) * 4], results["independent"][s * 4:(s + 1) * 4])) for s in range(8)])
     np.savez(os.path.join(out, "pairs.npz"), x1=x1, **results)
 
 
