@@ -101,10 +101,15 @@ class Chunked:
                                        daemon=True)
         self._ahead.start()
 
-    def __call__(self, params, key, labels=None) -> Samples:
+    def wait(self) -> None:
+        """Waits for a `compile_ahead` in flight (a run that stops waits, rather than leave XLA
+        compiling while the interpreter shuts down)."""
         if self._ahead is not None:
             self._ahead.join()
             self._ahead = None
+
+    def __call__(self, params, key, labels=None) -> Samples:
+        self.wait()
         n, size = self.num_samples, self.chunk_size
         xs, x0s, nfe, steps, ok = [], [], 0, 0, True
         for c in range(-(-n // size)):

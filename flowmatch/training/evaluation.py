@@ -88,6 +88,13 @@ class Evaluator:
         it trains, so the compilation uses the core its train step leaves idle."""
         self.draw.compile_ahead(ema_params, rng.stream(self.key, "samples"), self.labels)
 
+    def close(self) -> None:
+        """Waits for the background work (reference draw, compilation); its errors are left to
+        the calls that use it."""
+        if self._references is not None:
+            concurrent.futures.wait([self._references])
+        self.draw.wait()
+
     def __call__(self, step: int, ema_params) -> dict:
         cfg = self.cfg
         out = self.draw(ema_params, rng.stream(self.key, "samples"), self.labels)

@@ -216,7 +216,7 @@ class _Trainer:
         # Evaluation is collective (the samples are split over every device), so every process
         # runs it; only process 0's pictures land in workdir.
         scratch = None if self.main else tempfile.TemporaryDirectory(prefix="flowmatch_eval_")
-        writer = progress = iterator = None
+        writer = progress = iterator = evaluator = None
         try:
             state, meta = self._restore(ckpt)
             self.nonfinite.restore(meta.get("nonfinite"))
@@ -230,7 +230,6 @@ class _Trainer:
                 wandb_project=self.s.wandb_project, wandb_entity=self.s.wandb_entity,
                 run_config=(runs.load_config(self.workdir).to_dict()
                             if self.s.wandb_project and self.main else None))
-            evaluator = None
             if self.s.evaluates:
                 evaluator = evaluation.Evaluator(
                     self.comps, self.plan, self.source, self.workdir if self.main else scratch.name,
@@ -239,6 +238,8 @@ class _Trainer:
             start = int(state.step)
             final = self._loop(state, meta, iterator, ckpt, writer, evaluator, progress)
         finally:
+            if evaluator is not None:  # its background threads, before the process may exit
+                evaluator.close()
             if progress is not None:
                 progress.close()
             if writer is not None:
