@@ -18,9 +18,10 @@ It changes how programs lowered from then on are compiled, never a bit of their 
 known-answer vectors of Random123 and jax's own lowering are checked in tests/test_threefry.py);
 the cost is a larger program (about 100 more fused elementwise operations per draw) for XLA to
 compile, more where XLA copies a hash into several fusions, so the scripts unroll only the
-programs a run executes thousands of times (`unroll_hot_programs`).  A network's init is the
-exception: little but hashes, it compiles faster unrolled, and `training.state.create_state`
-always lowers it so.  GPU and TPU lowerings are untouched.
+programs marked with `hot_program` (`unroll_hot_programs`): the train step, which a run executes
+thousands of times, and a toy source's batches, which XLA:CPU compiles faster unrolled.  A
+network's init compiles faster unrolled too, and `training.state.create_state` always lowers it
+so.  GPU and TPU lowerings are untouched.
 """
 
 from __future__ import annotations
