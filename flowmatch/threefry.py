@@ -128,9 +128,9 @@ def unrolled(enabled: bool = True):
 
 
 def unroll_hot_programs(enabled: bool = True) -> bool:
-    """From now on, lower the programs wrapped by `hot_program` (the train step: a run executes
-    it thousands of times) with the unrolled hash, and leave every other program to jax's rolled
-    loop; returns the previous setting.  The scripts turn this on (`experiments.cli.run`).
+    """From now on, lower the programs wrapped by `hot_program` (the train step, a toy source's
+    batches of a train call) with the unrolled hash, and leave every other program to jax's
+    rolled loop; returns the previous setting.  The scripts turn this on (`experiments.cli.run`).
 
     The unrolled form pays where a program runs many times; elsewhere its compile time is the
     larger cost: XLA:CPU copies a small hash that feeds several fusions into each of them (a toy

@@ -132,8 +132,9 @@ def use_compilation_cache(environ=os.environ) -> str | None:
 def run(main):
     """absl.app.run(main) with actionable errors reported without a traceback, the persistent
     compilation cache on (`use_compilation_cache`) and Threefry lowered unrolled on CPU in the
-    train step (`flowmatch.threefry.unroll_hot_programs`: the same random bits; a 2-D train
-    step's draws 86 -> 14 us; other programs keep jax's loop, quicker to compile)."""
+    train step and its toy batches (`flowmatch.threefry.unroll_hot_programs`: the same random
+    bits; a 2-D train step's draws 86 -> 14 us; other programs keep jax's loop, quicker to
+    compile)."""
 
     def wrapped(argv):
         import logging as pylogging  # pylint: disable=g-import-not-at-top
