@@ -58,6 +58,14 @@ TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a save in progress
 # Written by orbax after the commit (a timestamp); not needed to restore, so not sealed.
 _UNSEALED_FILES = ("_CHECKPOINT_METADATA",)
 _CHUNK = 1 << 22
+# Replicated arrays (every data-parallel layout's parameters) are written cooperatively by their
+# replicas only when each replica's slice is at least this big.  Orbax's default slices every
+# replicated leaf R ways, one dispatched `lax.slice` program per slice and device, which for
+# small leaves costs far more than the bytes it spreads: the first save of the checkerboard
+# smoke MLP (6 leaves x state copies) on 8 simulated CPU devices spent 2.4 s of a 6.3 s run
+# compiling 352 slices; with this threshold the run took 4.6 s (4 devices: 5.0 -> 4.2 s).
+# Large leaves (a U-Net's convolutions, a DiT's blocks) are still split across replicas.
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -187,10 +195,33 @@ def check_manifest(step_dir: str) -> str | None:
     return None
 
 
+_array_handler_set = False
+
+
+def _use_array_handler():
+    """Registers orbax's jax.Array handler with `REPLICA_PARALLEL_MIN_BYTES` (once a process).
+
+    The handler is orbax's own (same files, same metadata store: only which replica writes which
+    bytes changes, so every checkpoint restores as before); orbax keeps one registry per
+    process, so this applies to any orbax save in the process.
+    """
+    global _array_handler_set
+    if _array_handler_set:
+        return
+    # The metadata store is the default handler's (orbax exports no public name for it).
+    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
+            array_metadata_store=array_metadata_store.Store()), override=True)
+    _array_handler_set = True
+
+
 class Checkpointer:
     """A typed wrapper over `orbax.checkpoint.CheckpointManager` (see the module docstring)."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+        _use_array_handler()
         if not isinstance(max_to_keep, (int, np.integer)) or max_to_keep < 1:
             raise ValueError(
                 f"checkpoint max_to_keep must be an integer >= 1, got {max_to_keep!r} "
