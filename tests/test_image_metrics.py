@@ -165,13 +165,21 @@ def test_fd_with_a_bare_feature_function(digits_test):
 # ---------------------------------------------------------------------- Inception network
 
 
-def test_full_inception_shapes_without_compute():
+@pytest.fixture(scope="module")
+def full_inception_trace():
+    """The full FID network's variable shapes and its graph (jax.make_jaxpr) on a [2, 32, 32, 3]
+    batch, resized to 299 x 299 inside: each trace of it takes seconds, so two tests share one."""
     shapes = inc.variable_shapes()
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    return shapes, jax.make_jaxpr(inc.FIDInceptionV3().apply)(shapes, x)
+
+
+def test_full_inception_shapes_without_compute(full_inception_trace):
+    shapes, jaxpr = full_inception_trace
     # torchvision's inception_v3 has 27,161,264 parameters; minus fc (2048 x 1000 + 1000) and
     # AuxLogits (3,326,696) leaves the trunk: the same channel counts as the FID network.
     assert count_params(shapes["params"]) == 27_161_264 - 2_049_000 - 3_326_696
-    out = jax.eval_shape(inc.FIDInceptionV3().apply, shapes,
-                         jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+    (out,) = jaxpr.out_avals
     assert out.shape == (2, inc.FID_FEATURE_DIM) and out.dtype == jnp.float32
     sd = inc.state_dict_shapes()
     assert len(sd) == 94 * 5  # 94 conv+BN units x (weight, bn weight, bias, mean, var)
@@ -182,12 +190,11 @@ def test_full_inception_shapes_without_compute():
     assert sd["Mixed_7c.branch_pool.conv.weight"] == (192, 2048, 1, 1)
 
 
-def test_fid_pooling_layout():
+def test_fid_pooling_layout(full_inception_trace):
     """FID graph: max pools in the stem (2), Mixed_6a, Mixed_7a and Mixed_7c's pool branch;
-    average pools that exclude padding (a window sum of x and one of ones) in 5b-5d, 6b-6e, 7b."""
-    shapes = inc.variable_shapes()
-    jaxpr = jax.make_jaxpr(inc.FIDInceptionV3(resize_to=None).apply)(
-        shapes, jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32))
+    average pools that exclude padding (a window sum of x and one of ones) in 5b-5d, 6b-6e, 7b.
+    (The bilinear resize in front of the network has no window reductions of its own.)"""
+    _, jaxpr = full_inception_trace
     prims = [str(e.primitive) for e in jaxpr.jaxpr.eqns]
     assert prims.count("reduce_window_max") == 5
     assert prims.count("reduce_window_sum") == 2 * 8

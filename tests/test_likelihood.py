@@ -11,6 +11,23 @@ from scipy.stats import norm
 
 from flowmatch import integrators, likelihood, timegrids
 
+# Test programs run once or a few times on tiny inputs, so LLVM's optimisation of them (most of
+# an XLA:CPU compile) buys nothing: backend optimisation level 0 compiles the same jaxpr in about
+# half the CPU time.  Results may differ from the default level in the last bits (a U-Net's init:
+# 564 of 42,884 floats, at most 3e-7 relative), far inside every tolerance here.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn, **kw):
+    """fn as one quickly compiled program (run eagerly, every op outside a solver's loop would be
+    dispatched, and compiled for its shape, on its own)."""
+    return jax.jit(fn, compiler_options=QUICK_COMPILE, **kw)
+
+
+def _ll(v, x, **kw):
+    """likelihood.log_likelihood(v, x, **kw), jitted (v and the keywords closed over)."""
+    return _jit(functools.partial(likelihood.log_likelihood, v, **kw))(x)
+
 # -- test problems ---------------------------------------------------------------------------------
 
 
@@ -65,7 +82,7 @@ def test_gaussian_flow_dopri5_matches_closed_form(dim):
         x = mu + s * _data((8, dim))
         ll = jax.jit(functools.partial(likelihood.log_likelihood, gauss_flow(mu, s),
                                        method="dopri5", rtol=1e-6, atol=1e-6,
-                                       return_solution=True))
+                                       return_solution=True), compiler_options=QUICK_COMPILE)
         res = ll(x)
         assert res.logp.shape == (8,) and res.logp.dtype == jnp.float64
         assert bool(res.success) and int(res.status) == integrators.SUCCESS
@@ -80,13 +97,13 @@ def test_gaussian_flow_rk4_fixed_grid():
         mu, s = jnp.array([[1.0, -0.5]]), jnp.array([[0.5, 1.3]])
         x = mu + s * _data((6, 2))
         v = gauss_flow(mu, s)
-        res = likelihood.log_likelihood(v, x, method="rk4", num_steps=64, return_solution=True)
+        res = _ll(v, x, method="rk4", num_steps=64, return_solution=True)
         np.testing.assert_allclose(res.logp, gauss_logpdf(x, mu, s), atol=1e-4, rtol=0)
         assert int(res.nfe) == integrators.nfe_for("rk4", 64)
         # Any decreasing grid from 1 to 0 works too.
         grid = timegrids.uniform(64, 1.0, 0.0)
         np.testing.assert_allclose(
-            likelihood.log_likelihood(v, x, method="rk4", time_grid=grid), res.logp, rtol=1e-12)
+            _ll(v, x, method="rk4", time_grid=grid), res.logp, rtol=1e-12)
 
 
 def test_image_shaped_gaussian_flow():
@@ -97,14 +114,15 @@ def test_image_shaped_gaussian_flow():
         x = mu + s * _data((4, 2, 3, 3))
         v = gauss_flow(mu, s)
         want = gauss_logpdf(x, mu, s)
-        logp = likelihood.log_likelihood(v, x, method="rk4", num_steps=32)
+        logp = _ll(v, x, method="rk4", num_steps=32)
         assert logp.shape == (4,)
         np.testing.assert_allclose(logp, want, atol=1e-4, rtol=0)
         # Jitted adaptive Hutchinson with a traced key; Rademacher probes are exact for a
         # diagonal Jacobian (eps_d^2 = 1).
         hut = jax.jit(lambda x, key: likelihood.log_likelihood(
             v, x, method="dopri5", rtol=1e-6, atol=1e-6, divergence="hutchinson", key=key,
-            num_probes=2, return_solution=True))(x, jax.random.key(0))
+            num_probes=2, return_solution=True), compiler_options=QUICK_COMPILE)(
+                x, jax.random.key(0))
         assert bool(hut.success) and hut.z.shape == x.shape
         np.testing.assert_allclose(hut.logp, want, atol=1e-4, rtol=0)
 
@@ -112,8 +130,7 @@ def test_image_shaped_gaussian_flow():
 def test_float32_and_chunked_exact():
     mu, s = jnp.array([[0.5, -1.0, 2.0]]), jnp.array([[0.7, 1.1, 0.4]])
     x = mu + s * _data((5, 3), dtype=jnp.float32)
-    logp = likelihood.log_likelihood(gauss_flow(mu, s), x, method="rk4", num_steps=32,
-                                     chunk_size=2)
+    logp = _ll(gauss_flow(mu, s), x, method="rk4", num_steps=32, chunk_size=2)
     assert logp.dtype == jnp.float32
     np.testing.assert_allclose(logp, gauss_logpdf(x, mu, s), atol=2e-3, rtol=0)
 
@@ -126,7 +143,7 @@ def test_exact_divergence_is_jacobian_trace_on_images():
         x = _data((3, 4, 4, 3))
         v = mlp_flow(48)
 
-        @jax.jit
+        @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
         def check(x):
             dx, div = likelihood.velocity_and_divergence(v, 0.3, x)
             jac = jax.vmap(jax.jacfwd(lambda y: v(0.3, y[None])[0].reshape(-1)))(x)
@@ -149,9 +166,9 @@ def test_hutchinson_is_unbiased():
         v = mlp_flow(dim)
         x = _data((4, dim))
         kw = dict(method="rk4", num_steps=8)
-        exact = likelihood.log_likelihood(v, x, **kw)
+        exact = _ll(v, x, **kw)
 
-        @functools.partial(jax.jit, static_argnums=(1, 2))
+        @functools.partial(jax.jit, static_argnums=(1, 2), compiler_options=QUICK_COMPILE)
         def estimates(keys, probe, num_probes):  # [K, B]
             return jax.vmap(lambda key: likelihood.log_likelihood(
                 v, x, divergence="hutchinson", key=key, probe=probe, num_probes=num_probes,
@@ -185,8 +202,8 @@ def test_differentiable_on_fixed_grid():
                                                      num_steps=64))
 
         mu = jnp.array([[0.2, -0.4]])
-        np.testing.assert_allclose(jax.grad(total)(mu), jnp.sum((x - mu) / s**2, axis=0)[None],
-                                   atol=1e-4)
+        np.testing.assert_allclose(_jit(jax.grad(total))(mu),
+                                   jnp.sum((x - mu) / s**2, axis=0)[None], atol=1e-4)
 
 
 # -- errors and failures ---------------------------------------------------------------------------
@@ -205,13 +222,12 @@ def test_log_prior_for_a_non_normal_source():
 
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.PRNGKey(3), (64, dim), jnp.float64) * 2.0
-        logp = likelihood.log_likelihood(v, x, method="dopri5", rtol=1e-10, atol=1e-10,
-                                         log_prior=mixture)
+        logp = _ll(v, x, method="dopri5", rtol=1e-10, atol=1e-10, log_prior=mixture)
         np.testing.assert_allclose(logp, mixture(x * math.exp(-c)) - c * dim, rtol=1e-7,
                                    atol=1e-7)
     x = np.asarray(x, np.float32)
     p0 = sources.from_config(dict(name="8gaussians"), (2,))
-    logp = likelihood.log_likelihood(v, x, method="rk4", num_steps=64, log_prior=p0.log_prob)
+    logp = _ll(v, x, method="rk4", num_steps=64, log_prior=p0.log_prob)
     np.testing.assert_allclose(logp, p0.log_prob(x * math.exp(-c)) - c * dim, rtol=1e-4,
                                atol=1e-4)
     with pytest.raises(ValueError, match="one log-density per example"):
@@ -245,8 +261,7 @@ def test_argument_errors():
 
 def test_failed_solve_gives_nan_and_status():
     v, x = (lambda t, x: jnp.sin(5 * t) * x), jnp.ones((3, 2))
-    res = likelihood.log_likelihood(v, x, method="dopri5", rtol=1e-7, atol=1e-7, max_steps=2,
-                                    return_solution=True)
+    res = _ll(v, x, method="dopri5", rtol=1e-7, atol=1e-7, max_steps=2, return_solution=True)
     assert int(res.status) == integrators.MAX_STEPS_REACHED and not bool(res.success)
     assert jnp.all(jnp.isnan(res.logp))
     with pytest.raises(RuntimeError, match="max_steps"):
@@ -288,14 +303,16 @@ def test_bits_per_dim_matches_hand_computation():
         k = jax.random.randint(jax.random.key(5), (6, 3), 0, 256).astype(jnp.uint8)
         key = jax.random.key(9)
         kw = dict(method="rk4", num_steps=32, dtype=jnp.float64)
-        bpd, res = likelihood.bits_per_dim(gauss_flow(mu, s), k, key, return_solution=True, **kw)
+        bpd, res = _jit(lambda k: likelihood.bits_per_dim(gauss_flow(mu, s), k, key,
+                                                          return_solution=True, **kw))(k)
         u = jax.random.uniform(jax.random.split(key)[0], k.shape, jnp.float64)
         xq = (k + u) / 128 - 1
         hand = -(gauss_logpdf(xq, mu, s) + 3 * math.log(2 / 256)) / (3 * math.log(2))
         assert bpd.shape == (6,) and bool(res.success)
         np.testing.assert_allclose(bpd, hand, atol=1e-5)
         # Diagonal Jacobian: Rademacher Hutchinson is exact; the same key gives the same u.
-        hut = likelihood.bits_per_dim(gauss_flow(mu, s), k, key, divergence="hutchinson", **kw)
+        hut = _jit(lambda k: likelihood.bits_per_dim(gauss_flow(mu, s), k, key,
+                                                     divergence="hutchinson", **kw))(k)
         np.testing.assert_allclose(hut, bpd, rtol=1e-10)
 
 
@@ -311,7 +328,7 @@ def test_bits_per_dim_on_uniform_data():
         k = jax.random.randint(jax.random.key(11), (n, d), 0, 256)
         bpd_fn = jax.jit(lambda s: likelihood.bits_per_dim(
             gauss_flow(jnp.zeros((1, d)), s), k, jax.random.key(12), method="rk4", num_steps=32,
-            dtype=jnp.float64))
+            dtype=jnp.float64), compiler_options=QUICK_COMPILE)
         for scale in (0.2, 0.6, 2.0):
             bpd = bpd_fn(jnp.full((1, d), scale))
             mean, se = float(jnp.mean(bpd)), float(jnp.std(bpd)) / math.sqrt(n)
@@ -334,7 +351,8 @@ def test_discretized_gaussian_is_a_distribution_over_levels():
     from scipy.stats import norm
     with jax.enable_x64(True):
         levels = jnp.arange(256, dtype=jnp.float64) / 127.5 - 1.0
-        loglik = jax.jit(likelihood.discretized_gaussian_log_likelihood)
+        loglik = jax.jit(likelihood.discretized_gaussian_log_likelihood,
+                         compiler_options=QUICK_COMPILE)
         for mean, log_scale in ((0.1, -2.0), (-0.97, -5.0), (0.999, -6.0), (3.0, -1.0)):
             lp = loglik(levels, jnp.float64(mean), jnp.float64(log_scale))
             np.testing.assert_allclose(jnp.sum(jnp.exp(lp)), 1.0, rtol=1e-10)
@@ -375,7 +393,8 @@ def test_vlb_of_a_point_mass_oracle_is_prior_plus_decoder(prediction):
 
     model, obj = _ddpm_model(T, prediction, apply)
     x = jnp.broadcast_to(c, (3, 4))
-    out = jax.jit(lambda x, k: likelihood.vlb_bits_per_dim(model, None, x, k))(
+    out = jax.jit(lambda x, k: likelihood.vlb_bits_per_dim(model, None, x, k),
+                  compiler_options=QUICK_COMPILE)(
         x, jax.random.PRNGKey(0))
     assert out.nfe == T and out.terms.shape == (3, T - 1)
     np.testing.assert_allclose(out.kl, 0.0, atol=1e-6 if prediction == "x0" else 1e-3)
@@ -399,7 +418,8 @@ def test_vlb_monte_carlo_subset_is_the_weighted_sum_of_the_same_terms():
                     jnp.float32)
     key = jax.random.PRNGKey(4)
     vlb = jax.jit(lambda x, k, num_terms: likelihood.vlb_bits_per_dim(
-        model, None, x, k, variance="fixed_large", num_terms=num_terms), static_argnums=2)
+        model, None, x, k, variance="fixed_large", num_terms=num_terms), static_argnums=2,
+        compiler_options=QUICK_COMPILE)
     full = vlb(x, key, None)
     np.testing.assert_array_equal(full.term_index, np.arange(1, T))
     assert np.all(full.terms > 0)

@@ -22,6 +22,11 @@ MODEL = DiT(**TINY, num_classes=3, qk_norm=True, dropout=0.1)
 X_SHAPE = (4, 8, 8, 1)
 TIMES = jnp.array([0.1, 0.4, 0.6, 0.9])
 LABELS = jnp.array([0, 1, 2, 3], jnp.int32)   # 3 is the null class
+# Test programs run once or a few times on tiny inputs, so LLVM's optimisation of them (most of
+# an XLA:CPU compile) buys nothing: backend optimisation level 0 compiles the same jaxpr in about
+# half the CPU time.  Results may differ from the default level in the last bits (a U-Net's init:
+# 564 of 42,884 floats, at most 3e-7 relative), far inside every tolerance here.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _abstract_params(model, x_shape, conditional):
@@ -36,10 +41,11 @@ def _abstract_params(model, x_shape, conditional):
 @functools.lru_cache(maxsize=None)
 def _init_params():
     """MODEL's real initial parameters (jitted: an eager init dispatches op by op, slowly; with
-    Threefry unrolled, as `training.state.create_state` compiles an init: the same bits, half
-    the compile time)."""
+    Threefry unrolled, as `training.state.create_state` compiles an init: half the compile time
+    of jax's rolled hash, the same random bits)."""
     with threefry.unrolled(True):
-        return jax.jit(MODEL.init)(jax.random.key(0), jnp.zeros(X_SHAPE), TIMES, LABELS)["params"]
+        init = jax.jit(MODEL.init, compiler_options=QUICK_COMPILE)
+        return init(jax.random.key(0), jnp.zeros(X_SHAPE), TIMES, LABELS)["params"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +65,7 @@ def _x(seed=1, shape=X_SHAPE):
     return jax.random.normal(jax.random.key(seed), shape)
 
 
-@jax.jit
+@functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
 def _forward_suite(params):
     """Every forward pass of MODEL that the tests look at, in one program (each compilation
     costs seconds on CPU): with `params` at the times TIMES and labels LABELS, unless changed."""
@@ -249,7 +255,7 @@ def test_remat_and_scan_same_outputs_and_gradients():
                 "scan+dots": MODEL.clone(remat="dots", scan_blocks=True)}
 
     # One program for every variant: each compilation costs seconds on CPU.
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def value_and_grads(p):
         out = {}
         for name, model in variants.items():
@@ -308,7 +314,7 @@ def test_flow_matching_loss_decreases():
     def loss_fn(p, key):
         return objective.loss(lambda x_t, t: MODEL.apply({"params": p}, x_t, t), x1, key)[0]
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def train(p):
         def step(carry, i):
             p, opt_state = carry
