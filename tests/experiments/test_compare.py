@@ -15,6 +15,7 @@ from flowmatch.checks import ConfigError
 from flowmatch.data import toy2d
 from flowmatch.experiments import compare, sample
 from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+from runs_util import untrained_run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "compare_integrators.py")
@@ -25,9 +26,10 @@ BUDGETS = (4, 64, 1024)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    training.train_and_evaluate(load_config("checkerboard"), workdir)
-    return workdir
+    # The smoke model's initial parameters (what a 4-step smoke training's EMA parameters are,
+    # up to the init key), without compiling a train step: the comparison, not training, is
+    # under test here.
+    return untrained_run(load_config("checkerboard"), str(tmp_path_factory.mktemp("run")))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,10 @@ def test_same_samples_as_the_sample_script(run_dir, result, tmp_path):
 def test_chunks_and_nll(run_dir, tmp_path):
     chunked = compare.compare_integrators(run_dir, str(tmp_path), methods=["euler"],
                                           nfe_budgets=(64,), num_samples=64, tolerances=(),
-                                          chunk_size=25, nll=True, path_metrics=False)
+                                          chunk_size=25, nll=True, path_metrics=False,
+                                          reference_tol=1e-5)
+    # (reference_tol 1e-5: its NLL is within 1e-4 nats of 1e-7's, at ~1/10 of the steps; the
+    # default's float32-limited reference NLL costs ~3 s of CPU per chunk)
     # Chunks of 25 (25 + 25 + 14, the last one padded) draw the noise as sample.draw does.
     run = training.restore(run_dir)
     drawn = sample.draw(run, 64, seed=0, chunk_size=25, method="euler", num_steps=64)
@@ -129,7 +134,8 @@ def test_solver_and_sde_methods_on_the_same_footing(run_dir, tmp_path):
     samples; no path metrics or NLL, which belong to an ODE solve."""
     methods = ["heun", "dpmpp_2m", "sde_euler"]
     rows = compare.compare_integrators(run_dir, str(tmp_path), methods=methods, nfe_budgets=(8,),
-                                       num_samples=64, tolerances=(), chunk_size=25, nll=True)
+                                       num_samples=64, tolerances=(), chunk_size=25, nll=True,
+                                       reference_tol=1e-5)
     fixed = {(r["method"], r["metric"]): r for r in rows if r["kind"] == "fixed"}
     assert set(fixed) == {(m, k) for m in methods for k in ("tv", "w2")} | {("heun", "nll")}
     run = training.restore(run_dir)
@@ -233,15 +239,18 @@ def _script(*args):
 
 def test_script(run_dir, tmp_path):
     out = tmp_path / "cli"
+    # 25 samples (one chunk) and heun at 8 NFE: test_solver_and_sde_methods_on_the_same_footing's
+    # chunk shape and heun solve (their programs come from the session's compilation cache),
+    # and the script's 1e-7 reference NLL over 25 points, not 64.
     proc = _script(f"--workdir={run_dir}", f"--output={out}", "--methods=euler,heun",
-                   "--nfe=4", "--num_samples=64", "--tolerances=", "--nll")
+                   "--nfe=8", "--num_samples=25", "--tolerances=", "--nll")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for ext in ("json", "csv", "png"):
         assert (out / f"integrators.{ext}").exists()
     with open(out / "integrators.json") as f:
         rows = json.load(f)
     assert {(r["method"], r["nfe"], r["num_steps"]) for r in rows if r["kind"] == "fixed"} == {
-        ("euler", 4, 4), ("heun", 4, 2)}
+        ("euler", 8, 8), ("heun", 8, 4)}
     assert {r["metric"] for r in rows} == {"tv", "w2", "nll"}
     assert "traj_error" in proc.stdout  # the printed table
 
