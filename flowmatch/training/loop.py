@@ -21,7 +21,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Callable
 
@@ -88,37 +87,6 @@ def make_iterator(source, d: settings_lib.DataSettings, train: settings_lib.Trai
             worker_count=d.worker_count, prefetch=d.prefetch, random_flip=d.random_flip,
             skip_bad=d.skip_bad, verify_checksums=d.verify_checksums, **common)
     return data_lib.BatchIterator(source, train.batch_size, train.seed, **common)
-
-
-def _compile_in_background(program, *args) -> threading.Thread:
-    """program.lower(*args).compile() in a daemon thread: jit's cache then serves the call with
-    the same argument types, shapes and shardings (args may be jax.ShapeDtypeStruct with
-    shardings).  An error in the thread is dropped: the call compiles and raises it itself."""
-
-    def compile_program():
-        try:
-            program.lower(*args).compile()
-        except Exception:  # noqa: BLE001 -- the call itself reports it
-            pass
-
-    thread = threading.Thread(target=compile_program, name="flowmatch-compile-step", daemon=True)
-    thread.start()
-    return thread
-
-
-def abstract_batches(iterator, k: int, plan: parallel_lib.Plan):
-    """The global batches `plan.put_batches(iterator.next_batches(k))` returns, as
-    jax.ShapeDtypeStruct with their shardings (mode "sharding"), or None where the iterator
-    cannot tell without reading data (grain)."""
-    if plan.mode != "sharding" or not hasattr(iterator, "batches"):
-        return None
-    # A toy source's batches are traced, not drawn; a finite set's are read (one call's worth).
-    local = jax.eval_shape(lambda: iterator.batches(0, k))
-    sharding = plan.batch_sharding(1)
-    return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((a.shape[0], a.shape[1] * jax.process_count(),
-                                        *a.shape[2:]), a.dtype, sharding=sharding,
-                                       weak_type=a.weak_type), local)
 
 
 def _barrier(name: str):
@@ -228,9 +196,10 @@ class _Trainer:
                 metrics_lib.truncate_metrics(metrics_path, step0)
         return state, meta
 
-    def _iterator(self):
-        """The data iterator at the start of the stream (a resumed run restores its position)."""
+    def _iterator(self, meta):
         it = make_iterator(self.source, self.comps.settings.data, self.s)
+        if meta:
+            it.restore(meta["data"])
         rows = (it.process_index * it.local_batch_size,
                 (it.process_index + 1) * it.local_batch_size)
         if self.plan.process_rows(self.s.batch_size) != rows:
@@ -247,14 +216,11 @@ class _Trainer:
         # Evaluation is collective (the samples are split over every device), so every process
         # runs it; only process 0's pictures land in workdir.
         scratch = None if self.main else tempfile.TemporaryDirectory(prefix="flowmatch_eval_")
-        writer = progress = iterator = evaluator = ahead = None
+        writer = progress = iterator = evaluator = None
         try:
-            iterator = self._iterator()
-            multi_step, ahead = self._start_compiling(iterator)
             state, meta = self._restore(ckpt)
             self.nonfinite.restore(meta.get("nonfinite"))
-            if meta:
-                iterator.restore(meta["data"])
+            iterator = self._iterator(meta)
             skipped = getattr(iterator, "num_skipped", 0)
             if skipped and self.main:
                 print(f"flowmatch: left out {skipped} damaged record(s) of {iterator!r} "
@@ -270,11 +236,8 @@ class _Trainer:
                     self.eval_key, self.comps.settings.data.name)
             progress = self._progress(int(state.step))
             start = int(state.step)
-            final = self._loop(multi_step, state, meta, iterator, ckpt, writer, evaluator,
-                               progress)
+            final = self._loop(state, meta, iterator, ckpt, writer, evaluator, progress)
         finally:
-            if ahead is not None:  # before the process may exit
-                ahead.join()
             if evaluator is not None:  # its background threads, before the process may exit
                 evaluator.close()
             if progress is not None:
@@ -354,26 +317,10 @@ class _Trainer:
             progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         return _Window(values={}, start=step)
 
-    def _start_compiling(self, iterator):
-        """(multi_step, thread or None): the compiled train call (`step.make_multi_step`), its
-        program for a first call of steps_per_call steps compiling in a background thread while
-        the state is created or restored.  Only shapes and shardings are needed: the state's
-        from `state.abstract_state`, the batches' from `abstract_batches` (mode "sharding"; pmap
-        and grain runs compile at the first call, as a call of another size does)."""
-        c, plan = self.comps, self.plan
-        abstract = state_lib.abstract_state(c.model, c.tx, c.spec.example_shape, c.conditional,
-                                            plan)
-        multi_step = step_lib.make_multi_step(c, plan, jax.tree.map(lambda a: a.sharding,
-                                                                    abstract))
-        k = min(self.s.steps_per_call, self.s.num_train_steps)
-        batches = abstract_batches(iterator, k, plan)
-        if batches is None:
-            return multi_step, None
-        return multi_step, _compile_in_background(multi_step, abstract, batches,
-                                                  plan.replicate(self.train_key))
-
-    def _loop(self, multi_step, state, meta, iterator, ckpt, writer, evaluator, progress):
+    def _loop(self, state, meta, iterator, ckpt, writer, evaluator, progress):
         s, plan = self.s, self.plan
+        multi_step = step_lib.make_multi_step(self.comps, plan,
+                                              jax.tree.map(lambda a: a.sharding, state))
         in_pmap = plan.mode == "pmap"
         device_key = plan.replicate(self.train_key)
         run_state = plan.stack(state) if in_pmap else state
