@@ -564,7 +564,8 @@ def worker(out):
 @pytest.fixture(scope="module")
 def eight_device_pairs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("pairs"))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+               "--xla_force_host_platform_device_count=8".strip(),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps({"out": out})],

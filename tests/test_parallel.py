@@ -81,7 +81,8 @@ def worker(spec):
 
 
 def spawn(spec, num_devices):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+               f"--xla_force_host_platform_device_count={num_devices}".strip(),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), json.dumps(spec)],

@@ -54,7 +54,9 @@ def test_vmap_solves_each_example():
     assert batched.x.shape == (3, 2) and batched.nfe.shape == (3,)
     for i in range(3):
         single = jax.jit(one)(x0s[i])
-        np.testing.assert_allclose(batched.x[i], single.x, rtol=1e-6)
+        # Round-off only (vmapped and single programs vectorise differently; one coordinate
+        # ends near 0, where a relative bound alone is meaningless): same steps, same NFE.
+        np.testing.assert_allclose(batched.x[i], single.x, rtol=1e-6, atol=1e-6)
         assert int(batched.nfe[i]) == int(single.nfe)
         np.testing.assert_allclose(batched.x[i], gauss_x1(np.asarray(x0s[i])), atol=1e-4)
     fixed = jax.jit(jax.vmap(lambda x: integrators.solve(gauss_v, x, method="rk4", num_steps=8)))
