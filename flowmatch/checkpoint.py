@@ -201,9 +201,10 @@ _array_handler_set = False
 def _use_array_handler():
     """Registers orbax's jax.Array handler with `REPLICA_PARALLEL_MIN_BYTES` (once a process).
 
-    The handler is orbax's own (same files, same metadata store: only which replica writes which
-    bytes changes, so every checkpoint restores as before); orbax keeps one registry per
-    process, so this applies to any orbax save in the process.
+    The handler is orbax's own class with its default metadata store: only which replica writes
+    which part of a small replicated leaf changes (the values written are the same, and
+    checkpoints written either way restore alike).  Orbax keeps one registry per process, so
+    this applies to any orbax save in the process.
     """
     global _array_handler_set
     if _array_handler_set:
