@@ -1,4 +1,5 @@
-"""Loading configs/*.py by path, as config_flags does, for the tests."""
+"""Loading configs/*.py by path, as config_flags does, for the tests; and the environment of a
+subprocess on simulated CPU devices."""
 
 import importlib.util
 import os
@@ -13,3 +14,14 @@ def load_config(name, variant="smoke"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def simulated_devices_env(num_devices: int) -> dict:
+    """os.environ for a subprocess with `num_devices` simulated CPU devices: the device count
+    added to XLA_FLAGS (keeping the suite's flags, tests/conftest.py), the repository on
+    PYTHONPATH, the CPU platform."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return dict(os.environ,
+                XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={num_devices}".strip(),
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                JAX_PLATFORMS="cpu")

@@ -13,8 +13,10 @@ cache already named in the environment (JAX_COMPILATION_CACHE_DIR) is used as is
 XLA:CPU's backend (LLVM) optimisation level 1 instead of its default, for the pytest process,
 its workers and the subprocesses that inherit XLA_FLAGS: the suite's programs run a few times on
 small inputs, so most of their cost is compilation, and LLVM's heavier passes were about an
-eighth of it (tests/training/test_loop.py: 172 -> 149 s of CPU).  It changes no HLO, and only
-float round-off where it changes anything; a test that needs the default sets XLA_FLAGS itself.
+eighth of it (tests/training/test_loop.py: 172 -> 149 s of CPU).  It is a code-generation
+setting: results may differ in float round-off (one vmapped-vs-single comparison did, by 8e-8),
+never in what a test checks.  The simulated-device subprocesses keep it
+(`configs_util.simulated_devices_env`); a test that needs the default sets XLA_FLAGS itself.
 """
 import atexit
 import os

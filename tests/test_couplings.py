@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.optimize
-from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+from configs_util import load_config, simulated_devices_env  # noqa: E402  (tests/ on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -564,12 +564,9 @@ def worker(out):
 @pytest.fixture(scope="module")
 def eight_device_pairs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("pairs"))
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-               "--xla_force_host_platform_device_count=8".strip(),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps({"out": out})],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=simulated_devices_env(8), capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     with np.load(os.path.join(out, "pairs.npz")) as f:
         return dict(f)

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+from configs_util import load_config, simulated_devices_env  # noqa: E402  (tests/ on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -81,12 +81,9 @@ def worker(spec):
 
 
 def spawn(spec, num_devices):
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-               f"--xla_force_host_platform_device_count={num_devices}".strip(),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), json.dumps(spec)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=ROOT, env=simulated_devices_env(num_devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 

@@ -96,14 +96,10 @@ print(float(jnp.max(jnp.abs(out - ref))))
 
 def test_chunks_on_sharded_rows():
     """Rows split over 4 (simulated) devices: the chunked sampler gives the one-device samples."""
-    import os
     import subprocess
     import sys
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-               "--xla_force_host_platform_device_count=4".strip())
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, cwd=root,
+    from configs_util import ROOT, simulated_devices_env
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], env=simulated_devices_env(4), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.strip().splitlines()[-1]) < 1e-5
