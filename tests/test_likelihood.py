@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from configs_util import QUICK_COMPILE  # noqa: E402  (tests/ on sys.path)
 from flowmatch import integrators, likelihood, timegrids
-
-# Test programs run once or a few times on tiny inputs, so LLVM's optimisation of them (most of
-# an XLA:CPU compile) buys nothing: backend optimisation level 0 compiles the same jaxpr in about
-# half the CPU time.  Results may differ from the default level in the last bits (a U-Net's init:
-# 564 of 42,884 floats, at most 3e-7 relative), far inside every tolerance here.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _jit(fn, **kw):

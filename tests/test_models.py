@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs_util import QUICK_COMPILE  # noqa: E402  (tests/ on sys.path)
 from flowmatch.models import (MLP, MODELS, FourierFeatures, TimeEmbedding, UNet, build_model,
                               count_params, sinusoidal_embedding)
 
@@ -22,13 +23,6 @@ UNET_CASES = {
     "cifar32": (dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                      attn_resolutions=(16,), num_groups=4, dropout=0.1), (2, 32, 32, 3)),
 }
-
-
-# Test programs run once or a few times on tiny inputs, so LLVM's optimisation of them (most of
-# an XLA:CPU compile) buys nothing: backend optimisation level 0 compiles the same jaxpr in about
-# half the CPU time.  Results may differ from the default level in the last bits (a U-Net's init:
-# 564 of 42,884 floats, at most 3e-7 relative), far inside every tolerance here.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @functools.lru_cache(maxsize=None)

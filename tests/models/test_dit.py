@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs_util import QUICK_COMPILE  # noqa: E402  (tests/ on sys.path)
 from flowmatch import objectives, paths, threefry
 from flowmatch.models import build_model, count_params
 from flowmatch.models.dit import (DiT, dit_preset, memory_estimate, param_logical_axes,
@@ -22,11 +23,6 @@ MODEL = DiT(**TINY, num_classes=3, qk_norm=True, dropout=0.1)
 X_SHAPE = (4, 8, 8, 1)
 TIMES = jnp.array([0.1, 0.4, 0.6, 0.9])
 LABELS = jnp.array([0, 1, 2, 3], jnp.int32)   # 3 is the null class
-# Test programs run once or a few times on tiny inputs, so LLVM's optimisation of them (most of
-# an XLA:CPU compile) buys nothing: backend optimisation level 0 compiles the same jaxpr in about
-# half the CPU time.  Results may differ from the default level in the last bits (a U-Net's init:
-# 564 of 42,884 floats, at most 3e-7 relative), far inside every tolerance here.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _abstract_params(model, x_shape, conditional):
