@@ -212,11 +212,30 @@ def _use_array_handler():
         return
     # The metadata store is the default handler's (orbax exports no public name for it).
     from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(
-            min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
-            array_metadata_store=array_metadata_store.Store()), override=True)
+    handler = ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
+        array_metadata_store=array_metadata_store.Store())
+    # Orbax logs a WARNING for every override, which would be the first line a user sees on
+    # every run; the override is deliberate, so that one message is filtered out (only while
+    # registering, only on absl's logger, which orbax logs through).
+    absl_logger = logging.get_absl_logger()
+    quiet = _DropMessages("overriding")
+    absl_logger.addFilter(quiet)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.removeFilter(quiet)
     _array_handler_set = True
+
+
+class _DropMessages:
+    """A `logging` filter dropping the records whose message contains `text`."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
 
 
 class Checkpointer:

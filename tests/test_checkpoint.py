@@ -133,3 +133,21 @@ def test_all_finite_reads_cpu_arrays_in_place_with_the_device_reductions_answer(
             assert not ckpt_lib.all_finite(broken) and not bool(ckpt_lib._finite(broken))
     assert ckpt_lib.all_finite({"n": jnp.asarray(2**31 - 1, jnp.int32)})
     assert ckpt_lib.all_finite({})
+
+
+def test_array_handler_gets_its_floor_without_a_warning_on_the_terminal(monkeypatch, caplog):
+    # Orbax warns on every handler override; a run's first terminal line was that warning.
+    import logging  # pylint: disable=g-import-not-at-top
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    monkeypatch.setattr(ckpt_lib, "_array_handler_set", False)
+    with caplog.at_level(logging.WARNING):
+        ckpt_lib._use_array_handler()  # pylint: disable=protected-access
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    assert (handler._min_slice_bytes_for_replica_parallel  # pylint: disable=protected-access
+            == ckpt_lib.REPLICA_PARALLEL_MIN_BYTES)
+    # Only the registration is quiet: orbax's other warnings still reach the logs.
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    with caplog.at_level(logging.WARNING):
+        absl_logging.warning("Type handler registry overriding (a later message)")
+    assert [r for r in caplog.records if "later message" in r.getMessage()]
