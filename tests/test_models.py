@@ -117,6 +117,23 @@ def test_mlp_shapes_and_scalar_time(cond_mlp):
     assert np.all(np.abs(np.asarray(y) - np.asarray(y_other)).sum(axis=-1) > 1e-4)
 
 
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_mlp_embeds_a_scalar_time_once_for_all_rows(num_classes):
+    """A scalar t without labels (a sampler's call): the time embedding and its projection run
+    on one row, not on B: the compiled call has at least (B - 1) x the projection's FLOPs less."""
+    model = MLP(hidden_sizes=(32, 32), num_classes=num_classes, time_embed_dim=16)
+    b = 64
+    x = jnp.zeros((b, 2))
+    params = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros(b))["params"]
+
+    def flops(t):
+        f = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+        return f.lower(params, x, t).compile().cost_analysis()["flops"]
+
+    projection = 2 * 16 * (32 + 32)  # embed_proj: [16] -> [64] per row
+    assert flops(jnp.zeros(b)) - flops(jnp.zeros(())) >= (b - 1) * projection
+
 def test_mlp_class_conditioning(cond_mlp):
     model, params, x = cond_mlp
     apply = _apply(model)

@@ -303,7 +303,7 @@ def noise_scaled_model(model: sampling.ModelFn, scale: float) -> sampling.ModelF
         return scale_noise(model.velocity_fn(params, cond), model.path, scale)(t, x)
 
     return sampling.ModelFn(apply=apply, path=model.path, prediction="velocity",
-                            t_end=model.t_end)
+                            t_end=model.t_end, scalar_time=model.scalar_time)
 
 
 def time_shift_schedule(grid, t_eff, max_shift: float = DEFAULT_MAX_SHIFT) -> np.ndarray:

@@ -58,7 +58,7 @@ def model_of(net: MLP, seed: int = 0):
     """(ModelFn of `net` as a velocity model on the cond-OT path, its params)."""
     params = net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2)), jnp.zeros((1,)))
     model = sampling.ModelFn(apply=lambda p, x, t, c: net.apply(p, x, t, c),
-                             path=paths.make_path("cond_ot"))
+                             path=paths.make_path("cond_ot"), scalar_time=True)
     return model, params
 
 

@@ -70,12 +70,16 @@ class MLP(nn.Module):
         h = x.reshape(batch, -1)
         data_dim = h.shape[-1]
 
+        # One time for every row (a sampler's call) and no labels: the rows share their
+        # embedding and its projection, computed once ([1, ...]) and broadcast to the rows.
+        shared = jnp.ndim(t) == 0 and cond is None
+        rows = 1 if shared else batch
         emb = TimeEmbedding(self.time_embed_dim, self.time_embed_dim, kind=self.time_embedding,
                             time_scale=self.time_scale,
                             activation=self.activation, dtype=self.dtype,
-                            name="time_embed")(batch_times(t, batch))
+                            name="time_embed")(batch_times(t, rows))
         if self.num_classes > 0 or cond is not None:
-            labels = class_labels(cond, batch, self.num_classes)
+            labels = class_labels(cond, rows, self.num_classes)
             emb = emb + nn.Embed(self.num_classes + 1, self.time_embed_dim, dtype=self.dtype,
                                  name="class_embed")(labels)
         emb = act(emb)

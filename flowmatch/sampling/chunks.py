@@ -15,6 +15,7 @@ keeps each device's rows on that device in every chunk, so no chunk gathers acro
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -37,18 +38,18 @@ def num_chunks(n: int, chunk_rows: int | None) -> int:
 
 
 def apply_rows(apply, params, x, t, cond, chunk_rows: int | None):
-    """apply(params, x [B, ...], t [B], cond [B] or None) -> [B, ...], in row chunks.
+    """apply(params, x [B, ...], t [B] or scalar, cond [B] or None) -> [B, ...], in row chunks.
 
     With k = num_chunks(B, chunk_rows) > 1: the rows are padded to k m (m = ceil(B / k), so at
     most k - 1 padded rows, copies of row 0), strided into [k, m, ...] (chunk c = rows c, c + k,
-    ...), mapped with lax.map and put back in order.
+    ...), mapped with lax.map and put back in order.  A scalar t goes to every chunk as it is.
     """
     n = x.shape[0]
     k = num_chunks(n, chunk_rows)
     if k == 1:
         return apply(params, x, t, cond)
     m = -(-n // k)
-    args = (x, t) if cond is None else (x, t, cond)
+    rows = {"x": x, "cond": cond} if jnp.ndim(t) == 0 else {"x": x, "t": t, "cond": cond}
 
     def split(a):
         if k * m > n:  # pad with copies of the first row: any valid input will do
@@ -56,8 +57,7 @@ def apply_rows(apply, params, x, t, cond, chunk_rows: int | None):
         return jnp.swapaxes(a.reshape(m, k, *a.shape[1:]), 0, 1)
 
     def one(chunk):
-        xc, tc = chunk[0], chunk[1]
-        return apply(params, xc, tc, chunk[2] if cond is not None else None)
+        return apply(params, chunk["x"], chunk.get("t", t), chunk["cond"])
 
-    out = lax.map(one, tuple(split(a) for a in args))  # [k, m, ...]
+    out = lax.map(one, jax.tree.map(split, rows))  # [k, m, ...]
     return jnp.swapaxes(out, 0, 1).reshape(k * m, *out.shape[2:])[:n]

@@ -58,6 +58,12 @@ class ModelFn:
     (`chunks.apply_rows`: same results to float round-off; e.g. `chunks.CHUNK_ROWS`); None (the
     default) evaluates the whole batch at once, which measured as fast or faster on this
     project's CPU (docs/sampling.md, "Speed").  `make_sampler(..., chunk_rows=...)` sets it.
+
+    scalar_time: apply also takes a scalar t, meaning every row at that time; an unguided
+    evaluation at one time then passes it as a scalar, so a network can do its time's work once
+    for all rows (flowmatch's MLP embeds it once: the default 3 x 256 network's forward pass
+    on 10,000 rows took 12.4 ms instead of 20.0 ms, the same outputs, docs/sampling.md "Speed").
+    False (the default): t always reaches apply as [B].
     """
 
     apply: Apply
@@ -68,6 +74,7 @@ class ModelFn:
     guidance_interval: tuple[float, float] | None = None
     null_label: int | None = None
     chunk_rows: int | None = None
+    scalar_time: bool = False
 
     def __post_init__(self):
         chunks.check_chunk_rows(self.chunk_rows)
@@ -80,11 +87,12 @@ class ModelFn:
                                tuple(float(v) for v in self.guidance_interval))
 
     @classmethod
-    def from_objective(cls, apply: Apply, objective, **guidance) -> "ModelFn":
+    def from_objective(cls, apply: Apply, objective, **options) -> "ModelFn":
         """The model of a training objective (`flowmatch.objectives`): its path, its
-        parametrisation and its t_end; guidance: guidance_scale, guidance_interval, null_label."""
+        parametrisation and its t_end; options: guidance_scale, guidance_interval, null_label,
+        chunk_rows, scalar_time."""
         return cls(apply=apply, path=objective.path, prediction=objective.parametrisation,
-                   t_end=objective.t_end, **guidance)
+                   t_end=objective.t_end, **options)
 
     @property
     def guided(self) -> bool:
@@ -112,9 +120,11 @@ class ModelFn:
         times [t, t], combined as (1 - w) pred_u + w pred_c over the whole prediction, w =
         guidance_scale where t lies in guidance_interval, else 1.  cond [B] int is then required.
         """
-        tb = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        t = jnp.asarray(t, x.dtype)
+        tb = jnp.broadcast_to(t, (x.shape[0],))
         if not self.guided:
-            return self._apply(params, x, tb, cond).astype(x.dtype), tb
+            t_in = t if self.scalar_time else tb
+            return self._apply(params, x, t_in, cond).astype(x.dtype), tb
         if cond is None:
             raise ValueError("guidance (guidance_scale set) needs class labels: pass cond [B]")
         cond = jnp.broadcast_to(jnp.asarray(cond), (x.shape[0],))

@@ -122,7 +122,8 @@ class Components(NamedTuple):
         null = self.model.num_classes if self.conditional else None
         return sampling.ModelFn.from_objective(
             lambda params, x, t, cond: self.apply(params, x, t, cond), self.objective,
-            guidance_scale=guidance_scale, guidance_interval=guidance_interval, null_label=null)
+            guidance_scale=guidance_scale, guidance_interval=guidance_interval, null_label=null,
+            scalar_time=True)  # every network here takes a scalar t (embeddings.batch_times)
 
     def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None, *,
                      guidance_scale=None, guidance_interval=None, **options):

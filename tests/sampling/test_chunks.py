@@ -35,6 +35,43 @@ def test_apply_rows_is_rowwise_and_ordered():
     assert chunks.num_chunks(10, 3) == 4 and chunks.num_chunks(10, None) == 1
 
 
+
+def test_apply_rows_passes_a_scalar_time_to_every_chunk():
+    def apply(p, x, t, c):
+        assert jnp.ndim(t) == 0
+        return x * p + t
+    x = jnp.arange(20, dtype=jnp.float32).reshape(10, 2)
+    for size in (3, 4, None):
+        np.testing.assert_array_equal(chunks.apply_rows(apply, 2.0, x, jnp.float32(0.25), None,
+                                                        size), x * 2.0 + 0.25)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 64])
+def test_scalar_time_reaches_the_network_only_when_the_model_says_it_takes_one(chunk_rows):
+    """ModelFn.scalar_time: an unguided evaluation passes t as a scalar (flowmatch's networks
+    then share the time's work across rows); without it apply always sees t [B].  The samples
+    agree either way."""
+    net = models.MLP(hidden_sizes=(32, 32), activation="relu", time_scale=10.0)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    seen = []
+
+    def apply(p, x, t, c):
+        seen.append(jnp.shape(t))
+        return net.apply(p, x, t, c)
+
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (301, 2))
+    outs = {}
+    for scalar in (False, True):
+        seen.clear()
+        model = sampling.ModelFn(apply=apply, path=paths.make_path("cond_ot"),
+                                 scalar_time=scalar, chunk_rows=chunk_rows)
+        sampler = sampling.make_sampler(model, "heun", num_steps=4)
+        outs[scalar] = jax.jit(lambda p, x, s=sampler: s(p, x, None))(params, x0)
+        rows = x0.shape[0] if chunk_rows is None else -(-x0.shape[0] // 5)
+        assert set(seen) == ({()} if scalar else {(rows,)}), seen
+    np.testing.assert_allclose(outs[True].x, outs[False].x, rtol=0, atol=1e-6)
+    assert int(outs[True].nfe) == int(outs[False].nfe) == 8
+
 @pytest.mark.parametrize("method,settings", [
     ("rk4", dict(num_steps=4)), ("heun", dict(num_steps=5)), ("euler", dict(num_steps=3)),
     ("dopri5", dict(rtol=1e-5, atol=1e-5)), ("sde_euler", dict(num_steps=5))])
