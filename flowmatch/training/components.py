@@ -123,7 +123,7 @@ class Components(NamedTuple):
         return sampling.ModelFn.from_objective(
             lambda params, x, t, cond: self.apply(params, x, t, cond), self.objective,
             guidance_scale=guidance_scale, guidance_interval=guidance_interval, null_label=null,
-            scalar_time=True)  # every network here takes a scalar t (embeddings.batch_times)
+            scalar_time=True)  # the networks take t [B] or a scalar (flowmatch.models contract)
 
     def make_sampler(self, method=None, num_steps=None, rtol=None, atol=None, *,
                      guidance_scale=None, guidance_interval=None, **options):
