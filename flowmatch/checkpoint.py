@@ -219,23 +219,13 @@ def _use_array_handler():
     # every run; the override is deliberate, so that one message is filtered out (only while
     # registering, only on absl's logger, which orbax logs through).
     absl_logger = logging.get_absl_logger()
-    quiet = _DropMessages("overriding")
+    quiet = lambda record: "overriding" not in record.getMessage()  # noqa: E731
     absl_logger.addFilter(quiet)
     try:
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
     finally:
         absl_logger.removeFilter(quiet)
     _array_handler_set = True
-
-
-class _DropMessages:
-    """A `logging` filter dropping the records whose message contains `text`."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def filter(self, record) -> bool:
-        return self.text not in record.getMessage()
 
 
 class Checkpointer:
