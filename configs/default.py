@@ -21,7 +21,9 @@ Keys (what the training loop reads):
                'arrayrecord' with path = a directory from scripts/prepare_data.py streams its
                shards through grain: split, worker_count, prefetch, verify_checksums)
   model.*      name ('mlp' | 'unet' | 'dit'), dtype ('float32' | 'bfloat16'), and the network's
-               own fields (unet_model / dit_model below give the image networks' sections);
+               own fields (unet_model / dit_model below give the image networks' sections; the
+               MLP's matmul_dtype 'bfloat16' rounds its products' operands to bfloat16 and keeps
+               their results and all else in float32: flowmatch/models/precision.py);
                num_classes > 0 trains class-conditionally on the data's labels (image classes;
                the 2-D sets' natural labels, flowmatch/data/toy2d.py: 8gaussians 8, moons 2,
                checkerboard 8, circles 2, spirals 2, swissroll 4)
@@ -93,8 +95,9 @@ def get_config():
         skip_bad=False, split="train", worker_count=0, prefetch=2, verify_checksums=False))
 
     c.model = ml_collections.ConfigDict(dict(
-        name="mlp", dtype="float32", hidden_sizes=(256, 256, 256), activation="relu",
-        time_embedding="sinusoidal", time_scale=10.0, time_embed_dim=64, num_classes=0))
+        name="mlp", dtype="float32", matmul_dtype="float32", hidden_sizes=(256, 256, 256),
+        activation="relu", time_embedding="sinusoidal", time_scale=10.0, time_embed_dim=64,
+        num_classes=0))
 
     c.path = ml_collections.ConfigDict(dict(schedule="cond_ot", sigma_min=0.0, exponent=2.0))
 

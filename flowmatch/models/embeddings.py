@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowmatch.models import precision
+
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
@@ -181,7 +183,8 @@ class TimeEmbedding(nn.Module):
     DiT uses normal(0.02)).
 
     Call: t [B] -> [B, hidden] in `dtype` (features in float32, Dense layers compute in `dtype`,
-    parameters float32).
+    parameters float32; their products' operands in `matmul_dtype`, as
+    `flowmatch.models.precision` describes).
     """
     dim: int
     hidden: int
@@ -191,16 +194,18 @@ class TimeEmbedding(nn.Module):
     time_scale: float = 1000.0
     dtype: Any = jnp.float32
     kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
+    matmul_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
         check_time_embedding(self.kind)
         act = get_activation(self.activation)
+        product = precision.product_fn(self.matmul_dtype)
         if self.kind == "sinusoidal":
             emb = sinusoidal_embedding(t, self.dim, scale=self.time_scale)
         else:
             emb = FourierFeatures(self.dim, scale=self.fourier_scale)(t)
         emb = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=self.kernel_init,
-                       name="dense_0")(emb)
+                       dot_general=product, name="dense_0")(emb)
         return nn.Dense(self.hidden, dtype=self.dtype, kernel_init=self.kernel_init,
-                        name="dense_1")(act(emb))
+                        dot_general=product, name="dense_1")(act(emb))

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowmatch.models import precision
 from flowmatch.models.embeddings import (TimeEmbedding, batch_times, check_time_embedding,
                                          class_labels, get_activation)
 
@@ -34,8 +35,11 @@ class MLP(nn.Module):
 
     Call: (x [B, ...], t [B] or scalar in [0, 1], cond [B] int32 or None, train)
       -> float32 with x's shape.
-    Compute runs in `dtype`; parameters are float32. `train` is accepted for the shared signature
-    (this network has no dropout).
+    Compute runs in `dtype`; parameters are float32. matmul_dtype="bfloat16" rounds the operands
+    of every product (the Dense layers, the time embedding's included) to bfloat16 and keeps
+    their results, and all else, in float32 (`flowmatch.models.precision`): on CPUs with AMX,
+    GPUs and TPUs the products run several times faster. `train` is accepted for the shared
+    signature (this network has no dropout).
     """
     hidden_sizes: Sequence[int] = (256, 256, 256)
     activation: str = "silu"
@@ -44,10 +48,12 @@ class MLP(nn.Module):
     time_embed_dim: int = 64
     num_classes: int = 0
     dtype: Any = jnp.float32
+    matmul_dtype: Any = "float32"
 
     def __post_init__(self):
         super().__post_init__()
         get_activation(self.activation)
+        precision.check_matmul_dtype(self.matmul_dtype)
         if self.time_embedding != CONCAT:
             check_time_embedding(self.time_embedding)
         if not self.hidden_sizes or any(int(w) <= 0 for w in self.hidden_sizes):
@@ -64,8 +70,9 @@ class MLP(nn.Module):
                  train: bool = False) -> jax.Array:
         del train
         act = get_activation(self.activation)
+        product = precision.product_fn(self.matmul_dtype)
         if self.time_embedding == CONCAT:
-            return self._concat(x, t, cond, act)
+            return self._concat(x, t, cond, act, product)
         batch, shape = x.shape[0], x.shape
         h = x.reshape(batch, -1)
         data_dim = h.shape[-1]
@@ -77,7 +84,7 @@ class MLP(nn.Module):
         emb = TimeEmbedding(self.time_embed_dim, self.time_embed_dim, kind=self.time_embedding,
                             time_scale=self.time_scale,
                             activation=self.activation, dtype=self.dtype,
-                            name="time_embed")(batch_times(t, rows))
+                            matmul_dtype=self.matmul_dtype, name="time_embed")(batch_times(t, rows))
         if self.num_classes > 0 or cond is not None:
             labels = class_labels(cond, rows, self.num_classes)
             emb = emb + nn.Embed(self.num_classes + 1, self.time_embed_dim, dtype=self.dtype,
@@ -85,16 +92,16 @@ class MLP(nn.Module):
         emb = act(emb)
 
         widths = [int(w) for w in self.hidden_sizes]
-        emb_proj = nn.Dense(sum(widths), dtype=self.dtype, name="embed_proj")(emb)
+        emb_proj = nn.Dense(sum(widths), dtype=self.dtype, dot_general=product, name="embed_proj")(emb)
         start = 0
         for i, width in enumerate(widths):
-            h = nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h)
+            h = nn.Dense(width, dtype=self.dtype, dot_general=product, name=f"hidden_{i}")(h)
             h = act(h + emb_proj[:, start:start + width])
             start += width
-        out = nn.Dense(data_dim, dtype=self.dtype, name="out")(h)
+        out = nn.Dense(data_dim, dtype=self.dtype, dot_general=product, name="out")(h)
         return out.astype(jnp.float32).reshape(shape)
 
-    def _concat(self, x, t, cond, act):
+    def _concat(self, x, t, cond, act, product):
         """torchcfm's network: h_0 = [x, t (, class embedding)], h_{i+1} = act(Dense(h_i))."""
         batch, shape = x.shape[0], x.shape
         inputs = [x.reshape(batch, -1).astype(self.dtype),
@@ -106,6 +113,6 @@ class MLP(nn.Module):
         h = jnp.concatenate(inputs, axis=-1)
         data_dim = inputs[0].shape[-1]
         for i, width in enumerate(int(w) for w in self.hidden_sizes):
-            h = act(nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h))
-        out = nn.Dense(data_dim, dtype=self.dtype, name="out")(h)
+            h = act(nn.Dense(width, dtype=self.dtype, dot_general=product, name=f"hidden_{i}")(h))
+        out = nn.Dense(data_dim, dtype=self.dtype, dot_general=product, name="out")(h)
         return out.astype(jnp.float32).reshape(shape)
