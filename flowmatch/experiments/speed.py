@@ -266,17 +266,19 @@ def report_train_steps(config, quick: bool) -> dict:
     from flowmatch.experiments import cli  # pylint: disable=g-import-not-at-top
     from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
     out = {}
+    mlp = config.model.get("name", "mlp") == "mlp"
     cases = (("torchcfm example (64 x 3, batch 256)",
-              cli.load_config_file("configs/torchcfm_moons.py"), 100, None),
+              cli.load_config_file("configs/torchcfm_moons.py"), 100, None, ()),
              (f"this config ({'x'.join(map(str, config.model.hidden_sizes))}, batch "
-              f"{config.batch_size})", config, config.steps_per_call, False))
+              f"{config.batch_size})", config, config.steps_per_call, False,
+              ("bfloat16",) if mlp and config.model.get("matmul_dtype") == "float32" else ()))
     print("\ntrain steps/s (median of interleaved compiled calls; best call in brackets):")
-    for label, c, k, torchcfm in cases:
+    for label, c, k, torchcfm, matmul_dtypes in cases:
         rows = speed_process.train_step_comparison(c, steps_per_call=k, rounds=5 if quick else 20,
-                                                   torchcfm=torchcfm)
+                                                   torchcfm=torchcfm, matmul_dtypes=matmul_dtypes)
         print(f"  {label}, {k} steps per call:")
         for r in rows:
-            print(f"    {r['label']:<14} {r['steps_per_sec']:>8,.0f} ({r['best']:,.0f})  "
+            print(f"    {r['label']:<33} {r['steps_per_sec']:>8,.0f} ({r['best']:,.0f})  "
                   f"{r['vs_plain']:.2f}x the plain-JAX loop")
             out[f"train_steps_per_sec[{label}, {r['label']}]"] = r["steps_per_sec"]
         steps = c.num_train_steps
@@ -328,13 +330,25 @@ def report_process(quick: bool) -> dict:
 
 
 def report_evaluation(config) -> dict:
-    """Prints and returns the evaluation's seconds beside its sampling's."""
+    """Prints and returns the evaluation's seconds beside its sampling's; for an MLP with
+    float32 products, the same again with bfloat16 products (model.matmul_dtype)."""
     from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
-    e = speed_process.evaluation_vs_sampling(config)
-    scored = "tv, w2" if config.eval.get("w2_in_training") else "tv"
-    print(f"\nevaluation ({e['num_samples']:,} samples, {scored}, picture) {e['evaluation']:.2f} s "
-          f"vs its sampling alone {e['sampling']:.2f} s: {e['ratio']:.2f}x")
-    return {"eval_seconds": e["evaluation"], "eval_sampling_seconds": e["sampling"]}
+    out = {}
+    variants = [("", config)]
+    if config.model.get("name", "mlp") == "mlp" and config.model.get("matmul_dtype") == "float32":
+        c = config.copy_and_resolve_references()
+        c.model.matmul_dtype = "bfloat16"
+        variants.append((", bfloat16 products", c))
+    for suffix, c in variants:
+        e = speed_process.evaluation_vs_sampling(c)
+        scored = "tv, w2" if c.eval.get("w2_in_training") else "tv"
+        print(f"\nevaluation{suffix} ({e['num_samples']:,} samples, {scored}, picture) "
+              f"{e['evaluation']:.2f} s vs its sampling alone {e['sampling']:.2f} s: "
+              f"{e['ratio']:.2f}x")
+        key = suffix.strip(", ").replace(" ", "_")
+        out[f"eval_seconds{'[' + key + ']' if key else ''}"] = e["evaluation"]
+        out[f"eval_sampling_seconds{'[' + key + ']' if key else ''}"] = e["sampling"]
+    return out
 
 
 def report_scope(config, quick: bool) -> dict:

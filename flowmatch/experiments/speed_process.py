@@ -92,13 +92,20 @@ def torchcfm_runner(batch_size: int, width: int, steps_per_call: int, seed: int 
 
 
 def train_step_comparison(config, *, steps_per_call: int = 100, rounds: int = 20,
-                          torchcfm: bool | None = None) -> list[dict]:
+                          torchcfm: bool | None = None, matmul_dtypes=()) -> list[dict]:
     """Steps/s of the trainer's step, the plain-JAX loop of the same network and (torchcfm:
     None = when importable) torchcfm's loop (width config.model.hidden_sizes[0], batch
-    config.batch_size), interleaved.  Rows: label, steps_per_sec (median call), best (fastest
-    call), vs_plain (median / the plain loop's median)."""
+    config.batch_size), interleaved; for each of `matmul_dtypes` also the trainer and the
+    plain loop with the network's model.matmul_dtype set to it.  Rows: label, steps_per_sec
+    (median call), best (fastest call), vs_plain (median / the plain loop's median, the
+    config's own network)."""
     runners = {"flowmatch": _trainer_runner(config, steps_per_call),
                PLAIN_ROW: plain_jax_runner(config, steps_per_call)}
+    for dtype in matmul_dtypes:
+        c = config.copy_and_resolve_references()
+        c.model.matmul_dtype = dtype
+        runners[f"flowmatch, {dtype} products"] = _trainer_runner(c, steps_per_call)
+        runners[f"{PLAIN_ROW}, {dtype} products"] = plain_jax_runner(c, steps_per_call)
     if torchcfm is None:
         torchcfm = coupling_speed.torchcfm_available()
     if torchcfm:

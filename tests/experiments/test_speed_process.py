@@ -24,8 +24,11 @@ def test_the_plain_loop_learns_and_the_comparison_has_its_rows():
     first, later = np.asarray(run()), np.asarray(run())
     assert first.shape == (50,) and np.all(np.isfinite(later))
     assert later[-10:].mean() < first[:10].mean()  # it trains: the same batches, lower loss
-    rows = speed_process.train_step_comparison(c, steps_per_call=2, rounds=2, torchcfm=False)
-    assert [r["label"] for r in rows] == ["flowmatch", speed_process.PLAIN_ROW]
+    rows = speed_process.train_step_comparison(c, steps_per_call=2, rounds=2, torchcfm=False,
+                                               matmul_dtypes=("bfloat16",))
+    plain = speed_process.PLAIN_ROW
+    assert [r["label"] for r in rows] == ["flowmatch", plain, "flowmatch, bfloat16 products",
+                                          f"{plain}, bfloat16 products"]
     assert rows[1]["vs_plain"] == 1.0
     assert all(r["steps_per_sec"] > 0 and r["best"] >= r["steps_per_sec"] for r in rows)
 
