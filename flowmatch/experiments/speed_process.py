@@ -33,6 +33,7 @@ from flowmatch import threefry
 from flowmatch import training
 from flowmatch.experiments import coupling_speed
 from flowmatch.experiments import speed
+from flowmatch.models import precision
 from flowmatch.training import evaluation
 from flowmatch.training import loop as loop_lib
 from flowmatch.training import runs as runs_lib
@@ -49,7 +50,9 @@ def plain_jax_runner(config, steps_per_call: int) -> Callable[[], object]:
     to x1 - x0, Adam (lr 1e-3), under one jitted lax.scan with the state donated; the batches
     are the config's first steps_per_call batches, made once (as `speed.make_trainer`'s).
     Compiled with jax's own lowering of Threefry (a loop on CPU, whatever the process's
-    `flowmatch.threefry` setting): the loop a researcher would write with jax as it comes."""
+    `flowmatch.threefry` setting): the loop a researcher would write with jax as it comes.  The
+    network's gradient is taken as the trainer takes it (`precision.gradient_products`: the
+    same products when model.matmul_dtype is bfloat16)."""
     settings = training.read_settings(config)
     source = loop_lib.load_data(settings.data)
     comps = training.build(settings, runs_lib.spec_of_source(source, settings.data.name))
@@ -67,7 +70,8 @@ def plain_jax_runner(config, steps_per_call: int) -> Callable[[], object]:
         x0 = sample_source(key_x0, x1.shape[0])
         x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
         loss_fn = lambda p: jnp.mean(jnp.square(model.apply(p, x_t, t) - (x1 - x0)))  # noqa
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        with precision.gradient_products():  # the network's own gradient, as the trainer's
+            loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, key), loss
 

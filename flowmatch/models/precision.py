@@ -13,15 +13,20 @@ around every elementwise operation; here only the products' operands are rounded
 network's values differ from float32 by the rounding of its products' inputs alone (relative
 error about 2^-8 per operand, accumulated in float32).
 
-The gradient is written out (a custom VJP) because jax's own transpose of a product with
-bfloat16 operands and a float32 result takes the float32 cotangent against a bfloat16 operand,
-which XLA runs as a float32 product; and the residuals kept for the backward pass are the
-bfloat16 operands, half the memory of float32 ones.
+Gradients: jax's own transpose of a product with bfloat16 operands and a float32 result takes
+the float32 cotangent against a bfloat16 operand, which XLA runs as a float32 product. Inside
+`gradient_products()` (the train step's gradient is taken there) the products differentiate by
+a written-out VJP instead, whose two products also take bfloat16 operands (the cotangent rounded)
+and whose residuals are the bfloat16 operands, half the memory of float32 ones. A custom VJP has
+no forward mode, so everywhere else (sampling, `jax.linearize` for likelihoods, `jacfwd` through
+an integrator) the products are jax's own: the same values, every kind of derivative.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 from typing import Any, Callable
 
 import jax
@@ -95,6 +100,22 @@ def _rows_product_cpu(x2, g2):
 _mixed_product.defvjp(_mixed_forward, _mixed_backward)
 
 
+_traced = threading.local()
+
+
+@contextlib.contextmanager
+def gradient_products():
+    """Within (while a program is traced, on this thread): low-precision products differentiate
+    by the written-out VJP (reverse mode only; the module's docstring).  The train step takes
+    its gradient here."""
+    previous = getattr(_traced, "written_out", False)
+    _traced.written_out = True
+    try:
+        yield
+    finally:
+        _traced.written_out = previous
+
+
 def check_matmul_dtype(matmul_dtype: Any):
     """The dtype of a network's `matmul_dtype` ("float32", "bfloat16", a dtype or None);
     ValueError naming the choices for anything else."""
@@ -112,8 +133,8 @@ def check_matmul_dtype(matmul_dtype: Any):
 
 def product_fn(matmul_dtype: Any) -> Callable | None:
     """A `dot_general` for flax's Dense layers whose products take `matmul_dtype` operands and
-    return float32 (see the module's docstring); None (flax's own product, in the layer's
-    dtype) for None or float32."""
+    return float32, differentiated as the module's docstring says (`gradient_products`); None
+    (flax's own product, in the layer's dtype) for None or float32."""
     dtype = check_matmul_dtype(matmul_dtype)
     if dtype is None or dtype == jnp.float32:
         return None
@@ -121,6 +142,8 @@ def product_fn(matmul_dtype: Any) -> Callable | None:
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
         del precision, preferred_element_type       # the product's own: float32 accumulation
         k = _contracted(lhs.ndim, dimension_numbers)
-        return _mixed_product(lhs, rhs, k, dtype)
+        if getattr(_traced, "written_out", False):
+            return _mixed_product(lhs, rhs, k, dtype)
+        return _product(lhs.astype(dtype), rhs.astype(dtype), k)
 
     return dot_general

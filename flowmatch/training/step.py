@@ -29,6 +29,7 @@ from flowmatch import objectives as objectives_lib
 from flowmatch import parallel as parallel_lib
 from flowmatch import rng
 from flowmatch import threefry
+from flowmatch.models import precision
 
 # A step's randomness.  All the rows' scalar draws and their noise come from ONE uniform draw
 # U = uniform(step_key, [batch_size, NUM_SCALARS + row size]) over the global batch, of which row
@@ -207,6 +208,11 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def gradients(params, batch, indices, step_key):
+        # Low-precision products (model.matmul_dtype) by their written-out VJP.
+        with precision.gradient_products():
+            return accumulated(params, batch, indices, step_key)
+
+    def accumulated(params, batch, indices, step_key):
         if grad_accum_steps == 1:
             return grad_fn(params, batch, indices, step_key)
         micro = split_micro((batch, indices))

@@ -1,5 +1,6 @@
 """flowmatch.models.precision: products of bfloat16-rounded operands, summed in float32, in the
-forward pass and in both products of the gradient; the networks' `matmul_dtype`."""
+forward pass and (inside `gradient_products`, as the train step takes its gradient) in both
+products of the gradient; jax's own derivatives elsewhere; the networks' `matmul_dtype`."""
 import re
 
 import flax.linen as nn
@@ -31,7 +32,8 @@ def test_products_and_their_gradients_sum_rounded_operands_in_float32(features, 
     w = params["params"]["kernel"]
     y = layer.apply(params, x)
     c = jax.random.normal(kc, y.shape)               # the cotangent of y
-    _, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)
+    with precision.gradient_products():
+        _, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)
     dparams, dx = vjp(c)
     dw = dparams["params"]["kernel"]
     assert y.dtype == dx.dtype == dw.dtype == jnp.float32
@@ -68,7 +70,8 @@ def test_cpu_weight_gradient_is_a_row_major_bfloat16_product():
     x = jnp.ones((128, 32))
     params = layer.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x))), argnums=(0, 1)))
-    hlo = grad.lower(params, x).compile().as_text()
+    with precision.gradient_products():
+        hlo = grad.lower(params, x).compile().as_text()
     dots = re.findall(r"= (\w+)\[[\d,]*\]\{[\d,]*\} dot\(([^)]*)\), lhs_contracting_dims=\{(\d)\}",
                       hlo)
     assert len(dots) == 3, dots
@@ -98,3 +101,26 @@ def test_mlp_matmul_dtype():
             np.testing.assert_allclose(b, a, rtol=0.1, atol=0.05 * float(jnp.max(jnp.abs(a))))
     with pytest.raises(ValueError, match="matmul_dtype must be one of float32, bfloat16; got 'fp8'"):
         MLP(matmul_dtype="fp8")
+
+
+def test_outside_gradient_products_every_derivative_is_jaxs_own():
+    """Forward mode (jax.linearize, as the likelihood takes it) works, and reverse mode gives
+    the written-out gradient up to the cotangent's rounding; the values are the same."""
+    layer = nn.Dense(5, dot_general=precision.product_fn("bfloat16"))
+    x = jax.random.normal(jax.random.key(0), (6, 3))
+    params = layer.init(jax.random.key(1), x)
+    f = lambda x: jnp.sin(layer.apply(params, x))  # noqa: E731
+    y, jvp = jax.linearize(f, x)
+    u = jax.random.normal(jax.random.key(2), x.shape)
+    w = _rounded(params["params"]["kernel"])
+    z = _rounded(x) @ w + np.asarray(params["params"]["bias"], np.float64)
+    np.testing.assert_allclose(y, np.sin(z), rtol=1e-5, atol=1e-6)
+    # the tangent of the rounded product: cos(z) * (round(u) w), u rounded as x is
+    np.testing.assert_allclose(jvp(u), np.cos(z) * (_rounded(u) @ w), rtol=1e-5, atol=1e-5)
+    loss = lambda x: jnp.sum(f(x) ** 2)  # noqa: E731
+    own = jax.grad(loss)(x)
+    with precision.gradient_products():
+        written = jax.grad(loss)(x)
+    np.testing.assert_array_equal(jax.jit(loss)(x), loss(x))
+    np.testing.assert_allclose(written, own, rtol=0.02, atol=0.02 * float(jnp.max(jnp.abs(own))))
+    assert not np.array_equal(np.asarray(written), np.asarray(own))

@@ -152,3 +152,30 @@ def test_the_batched_loss_is_the_per_row_loss(objective):
     with pytest.raises(ValueError, match="x0 and times"):
         step_lib.batch_loss(apply, obj, True, params, {"x": batch["x"], "label": batch["label"]},
                             idx, KEY, per_row=False)
+
+
+def test_the_step_takes_bfloat16_products_gradient_written_out():
+    """With model.matmul_dtype bfloat16 the step's gradient is `precision.gradient_products`':
+    on XLA:CPU no product of the compiled step contracts its left operand's rows (jax's own
+    gradient of the weights does), and the step trains."""
+    import optax  # pylint: disable=g-import-not-at-top
+    from flowmatch.training import state as state_lib  # pylint: disable=g-import-not-at-top
+    net = models.MLP(hidden_sizes=(16, 16), time_embed_dim=8, matmul_dtype="bfloat16")
+    apply = lambda prm, x, t, cond, train=False, dropout_key=None: net.apply(  # noqa: E731
+        {"params": prm}, x, t, cond)
+    obj = objectives.FlowMatching(paths.make_path())
+    tx = optax.adam(1e-2)
+    state = state_lib.init_state(net, tx, (2,), False, jax.random.PRNGKey(0))
+    step = step_lib.make_train_step(apply=apply, objective=obj, conditional=False, tx=tx,
+                                    lr_schedule=lambda s: 1e-2, ema_decay=0.9, ema_warmup=False,
+                                    draw=_draw(obj, 64), per_row=False)
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(1), (64, 2)) + 3.0,
+             "label": jnp.zeros((64,), jnp.int32)}
+    jitted = jax.jit(step)
+    hlo = jitted.lower(state, batch, KEY).compile().as_text()
+    assert " dot(" in hlo and "lhs_contracting_dims={0}" not in hlo
+    losses = []
+    for _ in range(30):
+        state, metrics = jitted(state, batch, KEY)
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
