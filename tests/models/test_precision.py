@@ -62,23 +62,22 @@ def test_float32_is_flax_own_product_and_other_dtypes_are_refused():
                                          (((1,), (1,)), ((0,), (0,))))
 
 
-def test_cpu_weight_gradient_is_a_row_major_bfloat16_product():
-    """On XLA:CPU the weight gradient's product runs on the transposed rows (no product
-    contracts its left operand's leading axis, which XLA:CPU runs slowly), and the forward
-    product and the input gradient keep bfloat16 operands."""
+def test_cpu_gradient_products_are_row_major_with_bfloat16_operands():
+    """On XLA:CPU every product of the gradient keeps bfloat16 operands and contracts its left
+    operand's last axis: the weight gradient runs on the transposed rows (XLA:CPU runs a product
+    that contracts its left operand's rows slowly, and widens its operands to float32)."""
     layer = nn.Dense(64, dot_general=precision.product_fn("bfloat16"))
     x = jnp.ones((128, 32))
     params = layer.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x))), argnums=(0, 1)))
     with precision.gradient_products():
         hlo = grad.lower(params, x).compile().as_text()
-    dots = re.findall(r"= (\w+)\[[\d,]*\]\{[\d,]*\} dot\(([^)]*)\), lhs_contracting_dims=\{(\d)\}",
-                      hlo)
-    assert len(dots) == 3, dots
-    assert all(lhs_axis == "1" for _, _, lhs_axis in dots), dots
-    bf16_products = [c for c in hlo.split("\n\n") if " dot(" in c
-                     and len(re.findall(r"bf16\[[\d,]+\]\{[\d,]+\} parameter", c)) == 2]
-    assert len(bf16_products) >= 2, hlo
+    products = [c for c in hlo.split("\n\n") if " dot(" in c]
+    # forward, input gradient, weight gradient (in both branches of its conditional)
+    assert len(products) == 4, hlo
+    for c in products:
+        assert re.search(r"dot\([^)]*\), lhs_contracting_dims=\{1\}", c), c
+        assert len(re.findall(r"bf16\[[\d,]+\]\{[\d,]+\} parameter", c)) == 2, c
 
 
 def test_mlp_matmul_dtype():
