@@ -8,7 +8,8 @@ Expected: tv 0.0913 (floor 0.0668), w2 0.2195 (floor 0.2027) with sample.py's de
 (16,000 steps at a median 134-139 steps/s, then a 13.9-14.2 s final evaluation; tv 0.0886,
 measured 2026-12-04); 297 s on the earlier sessions' slower 2-core machine (tv 0.086 there).
 With --config.model.matmul_dtype=bfloat16 (products with bfloat16 operands, on that Xeon's AMX):
-97-99 s with a fresh compilation cache, tv 0.0872; sample.py tv 0.0884, w2 0.2182.
+84 s with a fresh compilation cache, tv 0.0896; sample.py tv 0.0910, w2 0.2324 (seed 1: tv
+0.0904, w2 0.2156; float32's seed 1: tv 0.0921, w2 0.2107).
 Smoke variant (tests): --config=configs/checkerboard.py:smoke
 """
 
