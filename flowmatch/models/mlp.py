@@ -37,9 +37,10 @@ class MLP(nn.Module):
       -> float32 with x's shape.
     Compute runs in `dtype`; parameters are float32. matmul_dtype="bfloat16" rounds the operands
     of every product (the Dense layers, the time embedding's included) to bfloat16 and keeps
-    their results, and all else, in float32 (`flowmatch.models.precision`): on CPUs with AMX,
-    GPUs and TPUs the products run several times faster. `train` is accepted for the shared
-    signature (this network has no dropout).
+    their results, and all else, in float32 (`flowmatch.models.precision`; on the project's
+    2-core CPU with AMX the quickstart's train step ran 1.6x and its sampling 2x faster,
+    docs/speed.md). `train` is accepted for the shared signature (this network has no
+    dropout).
     """
     hidden_sizes: Sequence[int] = (256, 256, 256)
     activation: str = "silu"
@@ -92,7 +93,8 @@ class MLP(nn.Module):
         emb = act(emb)
 
         widths = [int(w) for w in self.hidden_sizes]
-        emb_proj = nn.Dense(sum(widths), dtype=self.dtype, dot_general=product, name="embed_proj")(emb)
+        emb_proj = nn.Dense(sum(widths), dtype=self.dtype, dot_general=product,
+                            name="embed_proj")(emb)
         start = 0
         for i, width in enumerate(widths):
             h = nn.Dense(width, dtype=self.dtype, dot_general=product, name=f"hidden_{i}")(h)

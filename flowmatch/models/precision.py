@@ -5,7 +5,8 @@ operands are rounded to `matmul_dtype` (bfloat16), the product accumulates and r
 float32, and so do the two products of its gradient (the cotangent is rounded to bfloat16 too).
 Everything between the products (biases, activations, the loss, the optimizer) stays in the
 layer's `dtype`. This is the arithmetic a TPU applies to float32 matmuls at jax's default
-precision, and what CPUs with bfloat16 matrix units (AMX) and GPUs' tensor cores run fastest.
+precision, and the one bfloat16 matrix units (a TPU's, GPU tensor cores, a CPU's AMX) are built
+for.
 
 Against `dtype=bfloat16` (flax's compute dtype): that rounds every activation to bfloat16 and
 returns the products in bfloat16, which halves activation memory but, on XLA:CPU, converts

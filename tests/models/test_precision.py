@@ -55,7 +55,8 @@ def test_products_and_their_gradients_sum_rounded_operands_in_float32(features, 
 def test_float32_is_flax_own_product_and_other_dtypes_are_refused():
     assert precision.product_fn(None) is None
     assert precision.product_fn("float32") is None
-    with pytest.raises(ValueError, match="matmul_dtype must be one of float32, bfloat16; got .float16."):
+    with pytest.raises(ValueError,
+                       match="matmul_dtype must be one of float32, bfloat16; got .float16."):
         precision.product_fn("float16")
     with pytest.raises(ValueError, match="no batch axes"):
         precision.product_fn("bfloat16")(jnp.ones((2, 3)), jnp.ones((2, 3)),
@@ -98,7 +99,8 @@ def test_mlp_matmul_dtype():
         for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
             assert b.dtype == jnp.float32
             np.testing.assert_allclose(b, a, rtol=0.1, atol=0.05 * float(jnp.max(jnp.abs(a))))
-    with pytest.raises(ValueError, match="matmul_dtype must be one of float32, bfloat16; got 'fp8'"):
+    with pytest.raises(ValueError,
+                       match="matmul_dtype must be one of float32, bfloat16; got 'fp8'"):
         MLP(matmul_dtype="fp8")
 
 
