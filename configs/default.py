@@ -22,8 +22,9 @@ Keys (what the training loop reads):
                shards through grain: split, worker_count, prefetch, verify_checksums)
   model.*      name ('mlp' | 'unet' | 'dit'), dtype ('float32' | 'bfloat16'), and the network's
                own fields (unet_model / dit_model below give the image networks' sections; the
-               MLP's matmul_dtype 'bfloat16' rounds its products' operands to bfloat16 and keeps
-               their results and all else in float32: flowmatch/models/precision.py);
+               MLP's and the DiT's matmul_dtype 'bfloat16' rounds their products' operands to
+               bfloat16 and keeps the results and all else in float32:
+               flowmatch/models/precision.py);
                num_classes > 0 trains class-conditionally on the data's labels (image classes;
                the 2-D sets' natural labels, flowmatch/data/toy2d.py: 8gaussians 8, moons 2,
                checkerboard 8, circles 2, spirals 2, swissroll 4)
@@ -176,8 +177,8 @@ def dit_model(preset="S/2", **fields):
     dit_preset: "S/2" ... "XL/8") with DiT's other choices, then `fields`; e.g.
     dit_model("XL/2", num_classes=1000, remat="full")."""
     from flowmatch.models.dit import dit_preset  # pylint: disable=g-import-not-at-top
-    model = dict(name="dit", dtype="float32", **dit_preset(preset), mlp_ratio=4.0,
-                 qk_norm=False, dropout=0.0, num_classes=0, time_freq_dim=256,
+    model = dict(name="dit", dtype="float32", matmul_dtype="float32", **dit_preset(preset),
+                 mlp_ratio=4.0, qk_norm=False, dropout=0.0, num_classes=0, time_freq_dim=256,
                  time_scale=1000.0, remat="none", scan_blocks=False)
     model.update(fields)
     return ml_collections.ConfigDict(model)

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowmatch.models import precision
 from flowmatch.models.embeddings import (TimeEmbedding, batch_times, class_labels,
                                          sincos_2d_embedding)
 
@@ -245,20 +246,23 @@ class Attention(nn.Module):
     num_heads: int
     qk_norm: bool = False
     dtype: Any = jnp.float32
+    matmul_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         head_dim = width // self.num_heads
+        product = precision.product_fn(self.matmul_dtype)
         qkv = nn.DenseGeneral((3, self.num_heads, head_dim), kernel_init=_xavier,
-                              dtype=self.dtype, name="qkv")(x)       # [B, T, 3, N, d]
+                              dtype=self.dtype, dot_general=product,
+                              name="qkv")(x)                         # [B, T, 3, N, d]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]           # [B, T, N, d]
         if self.qk_norm:
             q = nn.RMSNorm(epsilon=LN_EPS, dtype=self.dtype, name="q_norm")(q)
             k = nn.RMSNorm(epsilon=LN_EPS, dtype=self.dtype, name="k_norm")(k)
         h = jax.nn.dot_product_attention(q, k, v, implementation=None)
         return nn.DenseGeneral(width, axis=(-2, -1), kernel_init=_xavier, dtype=self.dtype,
-                               name="proj")(h)
+                               dot_general=product, name="proj")(h)
 
 
 class MLPBlock(nn.Module):
@@ -270,12 +274,16 @@ class MLPBlock(nn.Module):
     dropout: float = 0.0
     deterministic: bool = True
     dtype: Any = jnp.float32
+    matmul_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.Dense(self.hidden, kernel_init=_xavier, dtype=self.dtype, name="fc1")(x)
+        product = precision.product_fn(self.matmul_dtype)
+        h = nn.Dense(self.hidden, kernel_init=_xavier, dtype=self.dtype, dot_general=product,
+                     name="fc1")(x)
         h = nn.Dropout(self.dropout, deterministic=self.deterministic)(nn.gelu(h, approximate=True))
-        return nn.Dense(x.shape[-1], kernel_init=_xavier, dtype=self.dtype, name="fc2")(h)
+        return nn.Dense(x.shape[-1], kernel_init=_xavier, dtype=self.dtype, dot_general=product,
+                        name="fc2")(h)
 
 
 class DiTBlock(nn.Module):
@@ -292,17 +300,20 @@ class DiTBlock(nn.Module):
     dropout: float = 0.0
     deterministic: bool = True
     dtype: Any = jnp.float32
+    matmul_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         width = x.shape[-1]
         mod = nn.Dense(6 * width, kernel_init=_zeros, dtype=self.dtype,
+                       dot_general=precision.product_fn(self.matmul_dtype),
                        name="adaLN_modulation")(nn.silu(c))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod[:, None, :], 6, -1)
-        h = Attention(self.num_heads, self.qk_norm, self.dtype, name="attn")(
+        h = Attention(self.num_heads, self.qk_norm, self.dtype, self.matmul_dtype, name="attn")(
             modulate(_layer_norm(x, self.dtype), shift_a, scale_a))
         x = x + gate_a * nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
-        h = MLPBlock(self.mlp_hidden, self.dropout, self.deterministic, self.dtype, name="mlp")(
+        h = MLPBlock(self.mlp_hidden, self.dropout, self.deterministic, self.dtype,
+                     self.matmul_dtype, name="mlp")(
             modulate(_layer_norm(x, self.dtype), shift_m, scale_m))
         return x + gate_m * h
 
@@ -315,14 +326,17 @@ class FinalLayer(nn.Module):
     """
     features: int
     dtype: Any = jnp.float32
+    matmul_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        mod = nn.Dense(2 * x.shape[-1], kernel_init=_zeros, dtype=self.dtype,
+        product = precision.product_fn(self.matmul_dtype)
+        mod = nn.Dense(2 * x.shape[-1], kernel_init=_zeros, dtype=self.dtype, dot_general=product,
                        name="adaLN_modulation")(nn.silu(c))
         shift, scale = jnp.split(mod[:, None, :], 2, -1)
         h = modulate(_layer_norm(x, self.dtype), shift, scale)
-        return nn.Dense(self.features, kernel_init=_zeros, dtype=self.dtype, name="linear")(h)
+        return nn.Dense(self.features, kernel_init=_zeros, dtype=self.dtype, dot_general=product,
+                        name="linear")(h)
 
 
 class DiT(nn.Module):
@@ -345,6 +359,10 @@ class DiT(nn.Module):
         [depth] axis) instead of a Python loop (blocks_{i}/...): the same function, a program
         compiled once per block instead of depth times (faster compiles for deep models).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32, output is float32.
+      matmul_dtype: "bfloat16" rounds the operands of every Dense product (patch embedding,
+        time embedding, attention projections, MLPs, adaLN, final layer) to bfloat16 and keeps
+        their results in float32 (`flowmatch.models.precision`); attention's own q.k and
+        softmax.v products stay in `dtype`.
 
     Call: (x [B, H, W, C], t [B] or scalar in [0, 1], cond [B] int32 or None, train)
       -> float32 [B, H, W, out_channels or C].
@@ -363,9 +381,11 @@ class DiT(nn.Module):
     remat: str = "none"
     scan_blocks: bool = False
     dtype: Any = jnp.float32
+    matmul_dtype: Any = "float32"
 
     def __post_init__(self):
         super().__post_init__()
+        precision.check_matmul_dtype(self.matmul_dtype)
         sizes = dict(width=self.width, depth=self.depth, num_heads=self.num_heads,
                      patch_size=self.patch_size, time_freq_dim=self.time_freq_dim)
         bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or v <= 0}
@@ -412,21 +432,23 @@ class DiT(nn.Module):
         p = self.patch_size
         out_channels = self.out_channels or channels
 
-        h = nn.Dense(self.width, kernel_init=_xavier, dtype=self.dtype, name="patch_embed")(
+        h = nn.Dense(self.width, kernel_init=_xavier, dtype=self.dtype,
+                     dot_general=precision.product_fn(self.matmul_dtype), name="patch_embed")(
             patchify(x.astype(self.dtype), p))
         pos = sincos_2d_embedding(height // p, width // p, self.width)
         h = h + jnp.asarray(pos, h.dtype)[None]
 
         c = TimeEmbedding(self.time_freq_dim, self.width, activation="silu",
                           time_scale=self.time_scale, dtype=self.dtype, kernel_init=_normal_002,
-                          name="time_embed")(batch_times(t, batch))
+                          matmul_dtype=self.matmul_dtype, name="time_embed")(batch_times(t, batch))
         if self.num_classes > 0 or cond is not None:
             labels = class_labels(cond, batch, self.num_classes)
             c = c + nn.Embed(self.num_classes + 1, self.width, dtype=self.dtype,
                              embedding_init=_normal_002, name="class_embed")(labels)
 
         h = self._blocks(h, c, train)
-        h = FinalLayer(p * p * out_channels, self.dtype, name="final_layer")(h, c)
+        h = FinalLayer(p * p * out_channels, self.dtype, self.matmul_dtype,
+                       name="final_layer")(h, c)
         return unpatchify(h, p, height, width).astype(jnp.float32)
 
     def _blocks(self, h: jax.Array, c: jax.Array, train: bool) -> jax.Array:
@@ -438,7 +460,7 @@ class DiT(nn.Module):
             block = nn.remat(DiTBlock, policy=REMAT_POLICIES[self.remat],
                              prevent_cse=not self.scan_blocks)
         args = (self.num_heads, int(self.mlp_ratio * self.width), self.qk_norm, self.dropout,
-                not train, self.dtype)
+                not train, self.dtype, self.matmul_dtype)
         if not self.scan_blocks:
             for i in range(self.depth):
                 h = block(*args, name=f"blocks_{i}")(h, c)

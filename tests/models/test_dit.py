@@ -11,7 +11,7 @@ import pytest
 
 from configs_util import QUICK_COMPILE  # noqa: E402  (tests/ on sys.path)
 from flowmatch import objectives, paths, threefry
-from flowmatch.models import build_model, count_params
+from flowmatch.models import build_model, count_params, precision
 from flowmatch.models.dit import (DiT, dit_preset, memory_estimate, param_logical_axes,
                                   patchify, unpatchify)
 from flowmatch.models.embeddings import sincos_2d_embedding
@@ -268,6 +268,45 @@ def test_remat_and_scan_same_outputs_and_gradients():
         # Scanning changes the order of some sums: equal up to float32 rounding.
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
             a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()), grads_r, want)
+
+
+def test_bfloat16_products_under_loop_remat_and_scan():
+    """matmul_dtype="bfloat16" (every Dense product with bfloat16 operands, float32 results):
+    the output within bfloat16 rounding of float32's, and the train step's written-out gradient
+    (`precision.gradient_products`) the same through the block loop, nn.remat and nn.scan, and
+    close to float32's gradient."""
+    params, x = _random_params(), _x()
+
+    def loss(model, p):
+        y = model.apply({"params": p}, x, TIMES, LABELS)
+        return jnp.sum(jnp.square(y - x))
+
+    mixed = MODEL.clone(matmul_dtype="bfloat16")
+    variants = {"float32": MODEL, "none": mixed, "full": mixed.clone(remat="full"),
+                "scan+dots": mixed.clone(remat="dots", scan_blocks=True)}
+
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
+    def value_and_grads(p):
+        out = {}
+        with precision.gradient_products():
+            for name, model in variants.items():
+                value, grads = jax.value_and_grad(functools.partial(loss, model))(
+                    _stack_blocks(p) if model.scan_blocks else p)
+                out[name] = value, grads
+        return out
+    results = value_and_grads(params)
+    value, grads = results["none"]
+    value32, grads32 = results["float32"]
+    assert 0 < abs(float(value) - float(value32)) < 0.02 * abs(float(value32))
+    for name in ("full", "scan+dots"):
+        value_r, grads_r = results[name]
+        np.testing.assert_allclose(value_r, value, rtol=1e-5)
+        want = _stack_blocks(grads) if name.startswith("scan") else grads
+        # A float32 sum in another order can round to the other bfloat16 neighbour.
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+            a, b, rtol=0, atol=1e-2 * np.abs(b).max()), grads_r, want)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=0, atol=0.1 * np.abs(b).max()), grads, grads32)
 
 
 def test_logical_axes_cover_every_parameter():
