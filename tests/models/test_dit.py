@@ -1,6 +1,7 @@
 """Tests for flowmatch.models.dit: published sizes and FLOPs (abstract shapes only, nothing big
 is allocated), the zero output at init, the position embedding's closed form, conditioning,
 dtypes, rematerialisation, input checks, and a few steps of flow matching on a tiny model."""
+import contextlib
 import functools
 
 import jax
@@ -240,26 +241,30 @@ def _stack_blocks(params):
     return {**rest, "blocks": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *loop)}
 
 
-def test_remat_and_scan_same_outputs_and_gradients():
+def _values_and_grads(variants, gradient_context=contextlib.nullcontext):
+    """{name: (loss, gradients)} of each model in `variants` at _random_params(), in one
+    program (each compilation costs seconds on CPU); scan_blocks models take the parameters
+    stacked.  Gradients are taken inside `gradient_context()`."""
     params, x = _random_params(), _x()
 
     def loss(model, p):
         y = model.apply({"params": p}, x, TIMES, LABELS)
         return jnp.sum(jnp.square(y - x))
 
-    variants = {"none": MODEL, "full": MODEL.clone(remat="full"),
-                "scan+dots": MODEL.clone(remat="dots", scan_blocks=True)}
-
-    # One program for every variant: each compilation costs seconds on CPU.
     @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def value_and_grads(p):
         out = {}
-        for name, model in variants.items():
-            value, grads = jax.value_and_grad(functools.partial(loss, model))(
-                _stack_blocks(p) if model.scan_blocks else p)
-            out[name] = value, grads
+        with gradient_context():
+            for name, model in variants.items():
+                out[name] = jax.value_and_grad(functools.partial(loss, model))(
+                    _stack_blocks(p) if model.scan_blocks else p)
         return out
-    results = value_and_grads(params)
+    return value_and_grads(params)
+
+
+def test_remat_and_scan_same_outputs_and_gradients():
+    results = _values_and_grads({"none": MODEL, "full": MODEL.clone(remat="full"),
+                                 "scan+dots": MODEL.clone(remat="dots", scan_blocks=True)})
     value, grads = results["none"]
     for name in ("full", "scan+dots"):
         value_r, grads_r = results[name]
@@ -275,26 +280,10 @@ def test_bfloat16_products_under_loop_remat_and_scan():
     the output within bfloat16 rounding of float32's, and the train step's written-out gradient
     (`precision.gradient_products`) the same through the block loop, nn.remat and nn.scan, and
     close to float32's gradient."""
-    params, x = _random_params(), _x()
-
-    def loss(model, p):
-        y = model.apply({"params": p}, x, TIMES, LABELS)
-        return jnp.sum(jnp.square(y - x))
-
     mixed = MODEL.clone(matmul_dtype="bfloat16")
-    variants = {"float32": MODEL, "none": mixed, "full": mixed.clone(remat="full"),
-                "scan+dots": mixed.clone(remat="dots", scan_blocks=True)}
-
-    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
-    def value_and_grads(p):
-        out = {}
-        with precision.gradient_products():
-            for name, model in variants.items():
-                value, grads = jax.value_and_grad(functools.partial(loss, model))(
-                    _stack_blocks(p) if model.scan_blocks else p)
-                out[name] = value, grads
-        return out
-    results = value_and_grads(params)
+    results = _values_and_grads({"float32": MODEL, "none": mixed, "full": mixed.clone(remat="full"),
+                                 "scan+dots": mixed.clone(remat="dots", scan_blocks=True)},
+                                precision.gradient_products)
     value, grads = results["none"]
     value32, grads32 = results["float32"]
     assert 0 < abs(float(value) - float(value32)) < 0.02 * abs(float(value32))
