@@ -266,12 +266,11 @@ def report_train_steps(config, quick: bool) -> dict:
     from flowmatch.experiments import cli  # pylint: disable=g-import-not-at-top
     from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
     out = {}
-    mlp = config.model.get("name", "mlp") == "mlp"
     cases = (("torchcfm example (64 x 3, batch 256)",
               cli.load_config_file("configs/torchcfm_moons.py"), 100, None, ()),
              (f"this config ({'x'.join(map(str, config.model.hidden_sizes))}, batch "
               f"{config.batch_size})", config, config.steps_per_call, False,
-              ("bfloat16",) if mlp and config.model.get("matmul_dtype") == "float32" else ()))
+              ("bfloat16",) if _float32_products(config) else ()))
     print("\ntrain steps/s (median of interleaved compiled calls; best call in brackets):")
     for label, c, k, torchcfm, matmul_dtypes in cases:
         rows = speed_process.train_step_comparison(c, steps_per_call=k, rounds=5 if quick else 20,
@@ -334,21 +333,26 @@ def report_evaluation(config) -> dict:
     float32 products, the same again with bfloat16 products (model.matmul_dtype)."""
     from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
     out = {}
-    variants = [("", config)]
-    if config.model.get("name", "mlp") == "mlp" and config.model.get("matmul_dtype") == "float32":
+    variants = [("", "", config)]  # (printed label, key suffix, config)
+    if _float32_products(config):
         c = config.copy_and_resolve_references()
         c.model.matmul_dtype = "bfloat16"
-        variants.append((", bfloat16 products", c))
-    for suffix, c in variants:
+        variants.append((", bfloat16 products", "[bfloat16_products]", c))
+    for label, key, c in variants:
         e = speed_process.evaluation_vs_sampling(c)
         scored = "tv, w2" if c.eval.get("w2_in_training") else "tv"
-        print(f"\nevaluation{suffix} ({e['num_samples']:,} samples, {scored}, picture) "
+        print(f"\nevaluation{label} ({e['num_samples']:,} samples, {scored}, picture) "
               f"{e['evaluation']:.2f} s vs its sampling alone {e['sampling']:.2f} s: "
               f"{e['ratio']:.2f}x")
-        key = suffix.strip(", ").replace(" ", "_")
-        out[f"eval_seconds{'[' + key + ']' if key else ''}"] = e["evaluation"]
-        out[f"eval_sampling_seconds{'[' + key + ']' if key else ''}"] = e["sampling"]
+        out[f"eval_seconds{key}"] = e["evaluation"]
+        out[f"eval_sampling_seconds{key}"] = e["sampling"]
     return out
+
+
+def _float32_products(config) -> bool:
+    """Whether config's network has float32 products and could take bfloat16 ones
+    (model.matmul_dtype: the MLP and the DiT)."""
+    return config.model.get("matmul_dtype") == "float32"
 
 
 def report_scope(config, quick: bool) -> dict:
