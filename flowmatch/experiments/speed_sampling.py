@@ -37,7 +37,13 @@ from flowmatch.models.mlp import MLP
 
 ROOFLINE_SIZES = (256, 2_048, 10_000, 100_000)
 TORCH_SIZES = (256, 10_000)
-PEAK_SIZE = 2048  # [n, n] float32 matmul of the peak (as roofline.measure_cpu_peaks)
+PEAK_SIZE = 2048  # [n, n] float32 matmul of the peak on CPU (as roofline.measure_cpu_peaks)
+ACCELERATOR_PEAK_SIZE = 8192  # on a GPU / TPU, where [2048]^2 is too small to fill the chip
+
+
+def peak_size() -> int:
+    """The [n, n] size of the peak's matmul on this backend."""
+    return PEAK_SIZE if jax.default_backend() == "cpu" else ACCELERATOR_PEAK_SIZE
 
 # Kutta's (1901) 3/8 rule, torchdiffeq's "rk4" (torchdiffeq/_impl/rk_common.py rk4_alt_step_func).
 RK4_38 = integrators.ButcherTableau(
@@ -94,7 +100,8 @@ def roofline_fraction(sizes: Sequence[int] = ROOFLINE_SIZES, *, method: str = "r
     (chunked vs unchunked samples)}.  Large sizes take fewer steps so one solve stays under
     budget_flops (num_steps in the row)."""
     model, params = model_of(default_network())
-    a = jnp.ones((PEAK_SIZE, PEAK_SIZE), jnp.float32)
+    size = peak_size()
+    a = jnp.ones((size, size), jnp.float32)
     mm = jax.jit(jnp.matmul)
     rows = []
     for n in sizes:
@@ -107,7 +114,7 @@ def roofline_fraction(sizes: Sequence[int] = ROOFLINE_SIZES, *, method: str = "r
                  True: solve_program(model, params, x0, method, steps, chunk_rows)}
         diff = float(jnp.max(jnp.abs(calls[True]() - calls[False]())))
         t = interleaved(calls, repeats)
-        peak = {s: 2.0 * PEAK_SIZE ** 3 / t["peak"][s] for s in ("median", "best")}
+        peak = {s: 2.0 * size ** 3 / t["peak"][s] for s in ("median", "best")}
         flops = per_eval * sampling.nfe(method, steps)
         for chunked in (False, True):
             tm, tb = t[chunked]["median"], t[chunked]["best"]
@@ -120,10 +127,18 @@ def roofline_fraction(sizes: Sequence[int] = ROOFLINE_SIZES, *, method: str = "r
     return rows
 
 
-def torch_twin(params):
+def torch_device() -> str:
+    """Where the torch side of a comparison runs: "cuda" when jax runs on a GPU and torch sees
+    one (the same chip for both), else "cpu".  Needs torch."""
+    import torch  # pylint: disable=g-import-not-at-top
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_twin(params, device: str = "cpu"):
     """torchcfm's MLP (Linear + SELU, t appended to the input) as a torch.nn.Sequential holding
     the flax params of `default_network(concat=True)` (flax kernels are [in, out], torch weights
-    [out, in]).  Needs torch."""
+    [out, in]), on `device`.  Needs torch."""
     import torch  # pylint: disable=g-import-not-at-top
 
     p = params["params"]
@@ -136,16 +151,18 @@ def torch_twin(params):
             lin.weight.copy_(torch.from_numpy(kernel.T.copy()))
             lin.bias.copy_(torch.from_numpy(np.array(p[name]["bias"])))
         layers += [lin, torch.nn.SELU()]
-    return torch.nn.Sequential(*layers[:-1]).eval()
+    return torch.nn.Sequential(*layers[:-1]).eval().to(device)
 
 
-def torch_rk4(net, x0: np.ndarray, num_steps: int) -> Callable[[], np.ndarray]:
-    """() -> torchdiffeq's rk4 solve of dx/dt = net([x, t]) from 0 to 1 with step 1/num_steps."""
+def torch_rk4(net, x0: np.ndarray, num_steps: int,
+              device: str = "cpu") -> Callable[[], np.ndarray]:
+    """() -> torchdiffeq's rk4 solve of dx/dt = net([x, t]) from 0 to 1 with step 1/num_steps,
+    on `device` (the result copied to the host, which waits for a GPU's work)."""
     import torch  # pylint: disable=g-import-not-at-top
     import torchdiffeq  # pylint: disable=g-import-not-at-top
 
-    x = torch.from_numpy(np.array(x0, np.float32))
-    ts = torch.tensor([0.0, 1.0])
+    x = torch.from_numpy(np.array(x0, np.float32)).to(device)
+    ts = torch.tensor([0.0, 1.0], device=device)
 
     def f(t, y):
         return net(torch.cat([y, t.expand(y.shape[0], 1)], dim=-1))
@@ -153,7 +170,7 @@ def torch_rk4(net, x0: np.ndarray, num_steps: int) -> Callable[[], np.ndarray]:
     def run():
         with torch.no_grad():
             return torchdiffeq.odeint(f, x, ts, method="rk4",
-                                      options=dict(step_size=1.0 / num_steps))[-1].numpy()
+                                      options=dict(step_size=1.0 / num_steps))[-1].cpu().numpy()
 
     return run
 
@@ -164,32 +181,48 @@ def torchdiffeq_ratio(sizes: Sequence[int] = TORCH_SIZES, *, num_steps: int = 8,
     (median / median), "best_speedup", "velocity_diff" (max |v_torch - v_flowmatch| at t = 0.3),
     "solution_diff" (max |x_torchdiffeq - x_flowmatch| with the same 3/8-rule tableau),
     "rk4_vs_38_diff" (flowmatch's classic rk4 vs the 3/8 rule: truncation, not round-off),
-    "torch_threads"}; None when torch or torchdiffeq is not importable."""
+    "torch_threads", "torch_device"}; None when torch or torchdiffeq is not importable.
+
+    On a GPU both run on it (`torch_device`), and torch's float32 products are allowed TF32 as
+    jax's are at its default precision, so that both do the same arithmetic."""
     try:
         import torch  # pylint: disable=g-import-not-at-top
         import torchdiffeq  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
         return None
+    device = torch_device()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = device == "cuda"
+    try:
+        return _torchdiffeq_rows(sizes, num_steps, repeats, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _torchdiffeq_rows(sizes, num_steps: int, repeats: int, device: str) -> list[dict]:
+    import torch  # pylint: disable=g-import-not-at-top
+
     net = default_network(concat=True)
     model, params = model_of(net)
-    twin = torch_twin(params)
+    twin = torch_twin(params, device)
     rows = []
     for n in sizes:
         x0 = jax.random.normal(jax.random.PRNGKey(1), (n, 2), jnp.float32)
         t = jnp.float32(0.3)
         v_fm = np.asarray(model.velocity_fn(params)(t, x0))
         with torch.no_grad():
-            xt = torch.from_numpy(np.array(x0))
-            v_t = twin(torch.cat([xt, torch.full((n, 1), 0.3)], -1)).numpy()
+            xt = torch.from_numpy(np.array(x0)).to(device)
+            v_t = twin(torch.cat([xt, torch.full((n, 1), 0.3, device=device)], -1)).cpu().numpy()
         v38 = model.velocity_fn(params)
         x38 = jax.jit(lambda x: integrators.solve(v38, x, method=RK4_38,
                                                   num_steps=num_steps).x)(x0)
         calls = {"flowmatch": solve_program(model, params, x0, "rk4", num_steps, ...),
-                 "torch": torch_rk4(twin, np.asarray(x0), num_steps)}
+                 "torch": torch_rk4(twin, np.asarray(x0), num_steps, device)}
         x_t, x_fm = calls["torch"](), calls["flowmatch"]()
         tm = interleaved(calls, repeats)
         rows.append({
             "n": n, "num_steps": num_steps, "torch_threads": torch.get_num_threads(),
+            "torch_device": device,
             "torch_seconds": tm["torch"]["median"], "flowmatch_seconds": tm["flowmatch"]["median"],
             "best_torch_seconds": tm["torch"]["best"],
             "best_flowmatch_seconds": tm["flowmatch"]["best"],
@@ -215,7 +248,7 @@ def report(*, quick: bool = False, roofline_sizes: Sequence[int] = ROOFLINE_SIZE
         return report(**QUICK)
     rows = roofline_fraction(roofline_sizes, num_steps=num_steps, repeats=repeats)
     print(f"fixed-grid sampling of the default 2-D MLP (3 x 256, relu) vs the float32 "
-          f"[{PEAK_SIZE}]^2 matmul peak, same run, interleaved ({repeats} rounds; XLA default "
+          f"[{peak_size()}]^2 matmul peak, same run, interleaved ({repeats} rounds; XLA default "
           f"threads)")
     print("      n  steps  chunked   median ms  GFLOP/s  peak  fraction |  best ms  GFLOP/s  "
           "peak  fraction  max|diff|")
@@ -228,8 +261,10 @@ def report(*, quick: bool = False, roofline_sizes: Sequence[int] = ROOFLINE_SIZE
     if torch_rows is None:
         print("torchdiffeq comparison skipped: torch / torchdiffeq not importable")
     else:
+        where = (f"torch {torch_rows[0]['torch_threads']} threads" if
+                 torch_rows[0]["torch_device"] == "cpu" else "both on the GPU, TF32 products")
         print(f"rk4, {num_steps} steps, torchcfm's MLP (concat t, SELU, 3 x 256), same weights; "
-              f"torch {torch_rows[0]['torch_threads']} threads, XLA default; interleaved")
+              f"{where}, XLA default; interleaved")
         print("      n  torchdiffeq ms  flowmatch ms  speedup | best: torch  flowmatch  speedup"
               "  |dv|     |dx| (3/8 rule)  |rk4 - 3/8|")
         for r in torch_rows:

@@ -26,6 +26,7 @@ import numpy as np
 
 from flowmatch import training
 from flowmatch.data import images as images_lib
+from flowmatch.diagnostics import trace
 from flowmatch.experiments import speed
 from flowmatch.training import loop as loop_lib
 from flowmatch.training import state as state_lib
@@ -55,6 +56,9 @@ PEAK_TFLOPS = {
 }
 
 
+PEAK_MATMUL_SIZE = 8192  # the measured peak's [n, n] product (`matmul_peak`)
+
+
 def peak_flops(device_kind: str, dtype: str) -> tuple[str, float] | None:
     """(chip name, peak FLOP/s per chip) for a jax device_kind, or None if not in the table."""
     kind = device_kind.lower()
@@ -71,11 +75,11 @@ def example_shape(config) -> tuple:
     """[H, W, C] of the config's image data set, without loading it."""
     d = config.data
     info = images_lib.IMAGE_DATASETS.get(d.name)
-    if info is None or not (info.image_size or d.image_size):
+    size = (info.image_size if info is not None else None) or d.get("image_size")
+    if not size:
         raise ValueError(f"the U-Net benchmark needs an image data set with a known size, got "
                          f"data.name={d.name!r}; pass image_shape=(H, W, C)")
-    size = info.image_size or d.image_size
-    return (size, size, _CHANNELS.get(d.name, d.channels))
+    return (size, size, _CHANNELS.get(d.name, d.get("channels", 3)))
 
 
 def _step_config(config, data_axis_size: int, batch_size: int, **overrides):
@@ -91,6 +95,9 @@ def _step_config(config, data_axis_size: int, batch_size: int, **overrides):
     c.batch_size = batch_size
     c.parallel.data_axis_size = data_axis_size
     c.parallel.fsdp_axis_size = 1
+    for key in ("tensor_axis_size", "num_slices"):  # a pod config's mesh: data parallel here
+        if key in c.parallel:
+            c.parallel[key] = 1
     return c
 
 
@@ -128,9 +135,32 @@ def lower_step(config, image_shape, batch_size: int):
     return jax.jit(step).lower(abstract, batch, key)
 
 
-def step_flops(config, image_shape, batch_size: int) -> float:
-    """XLA's FLOP count of one train step (`lower_step`), after compilation."""
-    return _flops(lower_step(config, image_shape, batch_size).compile())
+def step_flops(config, image_shape, batch_size: int, *, compiled: bool = False) -> float:
+    """XLA's FLOP count of one train step (`lower_step`): of the program as traced (the
+    default; no compilation, which for a large U-Net on a GPU takes as long as the trainer's
+    own) or, compiled=True, after XLA's optimizations (configs/cifar10.py's U-Net at batch 4:
+    35.24 against 35.49 GFLOP per example on CPU; the convolutions and products are the
+    same)."""
+    lowered = lower_step(config, image_shape, batch_size)
+    return _flops(lowered.compile() if compiled else lowered)
+
+
+def matmul_peak(dtype: str, n: int = 8192, repeats: int = 10) -> float:
+    """Measured FLOP/s of this device's [n, n] x [n, n] product in `dtype` (float32 at jax's
+    default precision: TF32 on recent NVIDIA GPUs, bfloat16 passes on TPUs), random normal
+    operands (zeros run faster on some chips), the fastest of `repeats` timed calls after a
+    warm-up: the ceiling the step's MFU is also put against."""
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
+    mm = jax.jit(jnp.matmul)
+    jax.block_until_ready(mm(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best
 
 
 def random_batches(batch_size: int, image_shape, steps_per_call: int = 1, seed: int = 0) -> dict:
@@ -141,8 +171,10 @@ def random_batches(batch_size: int, image_shape, steps_per_call: int = 1, seed: 
 
 
 def measure(config, *, num_devices: int, batch_size: int, image_shape,
-            steps_per_call: int = 1, repeats: int = 5) -> dict:
-    """FLOPs and seconds of one train step of `config` on the first `num_devices` devices."""
+            steps_per_call: int = 1, repeats: int = 5, profile_dir: str | None = None) -> dict:
+    """FLOPs and seconds of one train step of `config` on the first `num_devices` devices.
+    profile_dir: also trace two more calls there with jax's profiler and add their
+    `diagnostics.trace.device_summary` as "profile"."""
     image_shape = tuple(image_shape)
     trainer = speed.make_trainer(
         _step_config(config, num_devices, batch_size), steps_per_call=steps_per_call,
@@ -155,10 +187,16 @@ def measure(config, *, num_devices: int, batch_size: int, image_shape,
         jax.block_until_ready(trainer.call()["loss"])
         times.append((time.perf_counter() - start) / steps_per_call)
     step = statistics.median(times)
-    return {"devices": num_devices, "batch_size": batch_size,
-            "flops_per_step": step_flops(config, image_shape, batch_size),
-            "step_seconds": step, "examples_per_sec": batch_size / step,
-            "examples_per_sec_per_device": batch_size / step / num_devices}
+    out = {"devices": num_devices, "batch_size": batch_size, "steps_per_call": steps_per_call,
+           "flops_per_step": step_flops(config, image_shape, batch_size),
+           "step_seconds": step, "examples_per_sec": batch_size / step,
+           "examples_per_sec_per_device": batch_size / step / num_devices}
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(2):
+                jax.block_until_ready(trainer.call()["loss"])
+        out["profile"] = trace.device_summary(profile_dir)
+    return out
 
 
 def cpu_scaling(config, device_counts, batch_per_device, image_shape, repeats) -> list:
@@ -193,20 +231,27 @@ def _report_accelerator(out: dict, n: int, batch: int) -> None:
           f"examples/s ({out['examples_per_sec_per_device']:,.0f} per device)")
     if out["chip"]:
         print(f"  MFU: {out['mfu']:.1%} of {n} x {out['peak_flops_per_device'] / 1e12:.0f} "
-              f"TFLOP/s ({out['chip']}, {out['model_dtype']})")
+              f"TFLOP/s ({out['chip']}, {out['model_dtype']}, data sheet)")
     else:
         print(f"  MFU: unknown peak for {out['device_kind']!r}; add it to PEAK_TFLOPS")
+    print(f"  against the measured [{PEAK_MATMUL_SIZE}]^2 {out['model_dtype']} product, "
+          f"{out['measured_peak_flops'] / 1e12:.0f} TFLOP/s per device: "
+          f"{out['mfu_of_measured_peak']:.1%}")
+    if "profile" in out:
+        print(trace.format_summary(out["profile"]))
 
 
 def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: int | None = None,
-                       image_shape=None, repeats: int = 5, steps_per_call: int = 1) -> dict:
+                       image_shape=None, repeats: int = 5, steps_per_call: int = 1,
+                       profile_dir: str | None = None) -> dict:
     """Prints and returns the train-step figures of `config` (a U-Net config such as
     configs/cifar10.py; its data set is not needed, only its image shape, or `image_shape`).
 
     GPU / TPU: all devices, global batch config.batch_size (or batch_per_device x devices):
     flops_per_step, step_seconds, examples_per_sec and mfu (None for a chip missing from
-    `PEAK_TFLOPS`).  CPU: one row per entry of device_counts at batch_per_device (default 2)
-    examples per simulated device.
+    `PEAK_TFLOPS`), measured_peak_flops (`matmul_peak` in the model's dtype) and
+    mfu_of_measured_peak; with profile_dir, "profile" (`measure`).  CPU: one row per entry of
+    device_counts at batch_per_device (default 2) examples per simulated device.
     """
     image_shape = tuple(image_shape or example_shape(config))
     backend = jax.default_backend()
@@ -220,11 +265,14 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
     n = jax.device_count()
     batch = batch_per_device * n if batch_per_device else config.batch_size
     r = measure(config, num_devices=n, batch_size=batch, image_shape=image_shape,
-                steps_per_call=steps_per_call, repeats=repeats)
+                steps_per_call=steps_per_call, repeats=repeats, profile_dir=profile_dir)
     out.update(r)
     peak = peak_flops(out["device_kind"], config.model.dtype)
     out["chip"], out["peak_flops_per_device"] = peak if peak else (None, None)
-    out["mfu"] = (r["flops_per_step"] / r["step_seconds"] / (n * peak[1])) if peak else None
+    achieved = r["flops_per_step"] / r["step_seconds"] / n
+    out["mfu"] = achieved / peak[1] if peak else None
+    out["measured_peak_flops"] = matmul_peak(config.model.dtype, PEAK_MATMUL_SIZE)
+    out["mfu_of_measured_peak"] = achieved / out["measured_peak_flops"]
     _report_accelerator(out, n, batch)
     return out
 
