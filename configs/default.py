@@ -24,7 +24,8 @@ Keys (what the training loop reads):
                own fields (unet_model / dit_model below give the image networks' sections; the
                MLP's and the DiT's matmul_dtype 'bfloat16' rounds their products' operands to
                bfloat16 and keeps the results and all else in float32:
-               flowmatch/models/precision.py);
+               flowmatch/models/precision.py; the DiT's attention 'auto' | 'xla' | 'cudnn'
+               picks its attention kernel, 'auto' cuDNN's fused one on a GPU in bfloat16);
                num_classes > 0 trains class-conditionally on the data's labels (image classes;
                the 2-D sets' natural labels, flowmatch/data/toy2d.py: 8gaussians 8, moons 2,
                checkerboard 8, circles 2, spirals 2, swissroll 4)
@@ -179,7 +180,7 @@ def dit_model(preset="S/2", **fields):
     from flowmatch.models.dit import dit_preset  # pylint: disable=g-import-not-at-top
     model = dict(name="dit", dtype="float32", matmul_dtype="float32", **dit_preset(preset),
                  mlp_ratio=4.0, qk_norm=False, dropout=0.0, num_classes=0, time_freq_dim=256,
-                 time_scale=1000.0, remat="none", scan_blocks=False)
+                 time_scale=1000.0, remat="none", scan_blocks=False, attention="auto")
     model.update(fields)
     return ml_collections.ConfigDict(model)
 

@@ -106,8 +106,12 @@ def _spec(config, image_shape) -> training.RunSpec:
                             num_classes=int(config.model.get("num_classes", 0) or 0))
 
 
-def _flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
+def _flops(program) -> float:
+    """XLA's FLOP count of a lowered or compiled program; a lowered one whose backend has no
+    cost analysis before compilation (the GPU's, jax 0.11) is compiled for it."""
+    analysis = program.cost_analysis()
+    if analysis is None and hasattr(program, "compile"):
+        analysis = program.compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
         analysis = analysis[0]
     return float(analysis.get("flops", float("nan")))
@@ -116,8 +120,15 @@ def _flops(compiled) -> float:
 def lower_step(config, image_shape, batch_size: int):
     """The lowered (traced, not compiled) train step of `config` on one device for a global
     batch of batch_size images, without the scan (XLA's cost analysis counts a loop body once)
-    and without gradient accumulation."""
+    and without gradient accumulation; lowered for the CPU whatever this process's backend,
+    so that XLA counts every convolution and product: the GPU's count after compilation leaves
+    out those it hands to cuDNN and cuBLAS as library calls (on an H200, jax 0.11.2: 2.4 of
+    configs/cifar10_gpu8.py's 35.2 GFLOP per example, 141 of DiT-B/2's 644).  A DiT's
+    attention is counted as XLA's (the same arithmetic as cuDNN's fused kernel, a library call
+    no cost analysis sees)."""
     c = _step_config(config, 1, batch_size, grad_accum_steps=1, **{"parallel.mode": "sharding"})
+    if "attention" in c.model:  # the DiT: XLA's attention, the same arithmetic, lowers for CPU
+        c.model.attention = "xla"
     settings = training.read_settings(c)
     comps = training.build(settings, _spec(config, image_shape))
     s, plan = settings.train, loop_lib.make_plan(settings)
@@ -132,13 +143,13 @@ def lower_step(config, image_shape, batch_size: int):
     batch = {"x": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32),
              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a PRNGKey's shape: only shapes matter
-    return jax.jit(step).lower(abstract, batch, key)
+    return jax.jit(step).trace(abstract, batch, key).lower(lowering_platforms=("cpu",))
 
 
 def step_flops(config, image_shape, batch_size: int, *, compiled: bool = False) -> float:
     """XLA's FLOP count of one train step (`lower_step`): of the program as traced (the
-    default; no compilation, which for a large U-Net on a GPU takes as long as the trainer's
-    own) or, compiled=True, after XLA's optimizations (configs/cifar10.py's U-Net at batch 4:
+    default; no compilation where the backend counts a lowered program, as XLA:CPU does) or,
+    compiled=True, after XLA's optimizations (configs/cifar10.py's U-Net at batch 4:
     35.24 against 35.49 GFLOP per example on CPU; the convolutions and products are the
     same)."""
     lowered = lower_step(config, image_shape, batch_size)

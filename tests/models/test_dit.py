@@ -13,6 +13,7 @@ import pytest
 from configs_util import QUICK_COMPILE  # noqa: E402  (tests/ on sys.path)
 from flowmatch import objectives, paths, threefry
 from flowmatch.models import build_model, count_params, precision
+from flowmatch.models import dit as dit_lib
 from flowmatch.models.dit import (DiT, dit_preset, memory_estimate, param_logical_axes,
                                   patchify, unpatchify)
 from flowmatch.models.embeddings import sincos_2d_embedding
@@ -324,8 +325,69 @@ def test_input_and_construction_errors():
         build_model("dit", remat="some")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         DiT(dropout=1.0)
+    with pytest.raises(ValueError, match="unknown attention 'flash'; choose one of: auto, xla, "
+                                         "cudnn"):
+        build_model("dit", attention="flash")
     with pytest.raises(ValueError, match="num_classes=0"):
         jax.eval_shape(DiT(**TINY).init, jax.random.key(0), _x(), 0.5, jnp.zeros(4, jnp.int32))
+
+
+def _qkv(dtype, head_dim=16):
+    keys = jax.random.split(jax.random.key(3), 3)
+    return [jax.random.normal(k, (2, 16, 2, head_dim), jnp.float32).astype(dtype) for k in keys]
+
+
+def test_attention_is_softmax_of_scaled_scores_and_auto_is_jax_default_off_gpu():
+    q, k, v = _qkv(jnp.float32)
+    scores = jnp.einsum("btnd,bsnd->bnts", q, k) / jnp.sqrt(16.0)
+    expected = jnp.einsum("bnts,bsnd->btnd", jax.nn.softmax(scores, axis=-1), v)
+    for implementation in ("auto", "xla"):
+        out = dit_lib.dot_product_attention(q, k, v, implementation)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # Off a GPU "auto" is exactly jax's own choice, the network's attention before this option.
+    np.testing.assert_array_equal(dit_lib.dot_product_attention(q, k, v),
+                                  jax.nn.dot_product_attention(q, k, v))
+
+
+def test_auto_attention_tries_cudnn_only_where_it_may_apply_and_falls_back(monkeypatch):
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def spy(q, k, v, implementation=None):
+        calls.append(implementation)
+        return real(q, k, v, implementation=implementation)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    bf16 = _qkv(jnp.bfloat16)
+    dit_lib.dot_product_attention(*bf16)
+    assert calls == [None]  # the CPU: jax's choice, cuDNN not tried
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    calls.clear()
+    out = dit_lib.dot_product_attention(*bf16)  # as on a GPU: cuDNN first; this CPU refuses it
+    assert calls == ["cudnn", None]
+    np.testing.assert_array_equal(out, real(*bf16))
+    for q, k, v in (_qkv(jnp.float32), _qkv(jnp.bfloat16, head_dim=12),
+                    _qkv(jnp.bfloat16, head_dim=256)):
+        calls.clear()
+        dit_lib.dot_product_attention(q, k, v)
+        assert calls == [None]  # float32, d not a multiple of 8, d > 128: not tried
+    with pytest.raises(RuntimeError):
+        dit_lib.dot_product_attention(*bf16, implementation="cudnn")  # asked for: jax's error
+
+
+def test_the_attention_setting_reaches_every_block():
+    seen = []
+    real = dit_lib.dot_product_attention
+
+    def spy(q, k, v, implementation="auto"):
+        seen.append(implementation)
+        return real(q, k, v, "xla")
+
+    model = DiT(**{**TINY, "attention": "cudnn"})
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(dit_lib, "dot_product_attention", spy)
+        jax.eval_shape(model.init, jax.random.key(0), _x(), 0.5)
+    assert seen == ["cudnn"] * TINY["depth"]
 
 
 # ----------------------------------------------------------------------------- training
