@@ -42,6 +42,9 @@ per multiply-add; tests/configs/test_imagenet64_dit_tpu.py recomputes the 64x64 
 At an assumed 40% MFU: v5e (197 TFLOP/s): 123 images/s per chip (64x64), 569 (latents);
 v4 (275 TFLOP/s): 171 and 794.  64 v5e chips: about 7,900 images/s, 0.13 s per step of 1024,
 100K steps in about 3.6 hours (64x64).  Measure with scripts/benchmark.py on the slice.
+Measured on one GPU (an H200, 2026-12-04, docs/speed.md "On one GPU"; blocks unrolled, no remat,
+32 images a step, 64x64): 54.8 ms a step with cuDNN's fused attention (model.attention "auto"
+takes it on a GPU), 375 TFLOP/s, MFU 38% of the H200's data sheet; 101.9 ms with XLA's.
 Memory per chip (dit.memory_estimate with fsdp 4, bfloat16 activations, remat "full", 32 rows;
 an upper bound, as the tensor axis splits further): 64x64: params 0.12 GiB, AdamW 0.24, EMA
 0.12, grads 0.12, activations 3.8 = 4.5 GiB (remat "none": 39 GiB, does not fit 16 GiB);

@@ -26,10 +26,10 @@ import os
 import re
 
 # Kernel names of matrix products and convolutions: cuBLAS / cuBLASLt (gemm, nvjet), CUTLASS,
-# cuDNN (xmma, implicit_gemm, fprop / dgrad / wgrad), XLA's own Triton gemm fusions, TPU
-# convolution and dot fusions.
+# cuDNN (xmma, implicit_gemm, fprop / dgrad / wgrad, fmha), XLA's own Triton gemm fusions, TPU
+# convolution and dot fusions.  Not a bare "conv": XLA names its type conversions "convert".
 MATMUL_PATTERN = re.compile(
-    r"gemm|xmma|cutlass|nvjet|cudnn|conv|wgrad|dgrad|fprop|dot|matmul|triton_gemm|wgmma",
+    r"gemm|xmma|cutlass|nvjet|cudnn|fmha|flash|convolution|wgrad|dgrad|fprop|dot|matmul|wgmma",
     re.IGNORECASE)
 COPY_PATTERN = re.compile(r"copy|transpose|memcpy|memset|concatenate|slice", re.IGNORECASE)
 KINDS = ("matmul/conv", "copy/transpose", "other")

@@ -47,6 +47,8 @@ def test_kinds_by_kernel_name():
     assert trace.kind_of("convolution.12") == "matmul/conv"
     assert trace.kind_of("copy_fusion.3") == "copy/transpose"
     assert trace.kind_of("loop_multiply_fusion") == "other"
+    assert trace.kind_of("loop_convert_multiply_fusion_11") == "other"  # a type conversion
+    assert trace.kind_of("cudnn_fmha_fwd_bf16") == "matmul/conv"
 
 
 def test_a_trace_file_is_read_and_a_cpu_trace_has_no_device_rows(tmp_path):
