@@ -13,28 +13,34 @@
 #              beside the plain-JAX loop, the 100,000-sample evaluation beside its sampling,
 #              sampling FLOP/s beside the measured float32 (TF32) product and rk4 beside
 #              torchdiffeq's on the same GPU (when torch and torchdiffeq import).
+#   unet256    the same U-Net step at 256 examples per device (does a larger batch fill the
+#              GPU's idle time between kernels?).
 #   dit        configs/imagenet64_dit_tpu.py's DiT-B/2 (64x64, bfloat16) train step on one
-#              device, blocks unrolled and not rematerialised (so XLA's FLOP count sees every
-#              block), 32 examples: FLOPs, step time, MFU, profile.
+#              device, blocks unrolled and not rematerialised, 32 examples, with
+#              model.attention "auto" (cuDNN's fused kernel on a GPU) and "xla": FLOPs, step
+#              time, MFU, profile of each.
 #   couplings  the OT-coupled train steps beside the uncoupled one.
 #
-# Environment: PYTHON (default python3), SECTIONS (default "unet mlp dit couplings"), QUICK=1
+# Environment: PYTHON (default python3), SECTIONS (default "unet mlp dit couplings unet256"),
+# QUICK=1
 # (the benchmark's --quick and smaller settings: a check that the script runs, on any machine).
 set -u
 out=${1:?usage: scripts/gpu_benchmark.sh OUT_DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.." || exit 2
 py=${PYTHON:-python3}
-sections=${SECTIONS:-unet mlp dit couplings}
+sections=${SECTIONS:-unet mlp dit couplings unet256}
 quick=()
 unet_config=configs/cifar10_gpu8.py
 unet_batch=64
+unet_big_batch=256
 dit_batch=32
 limit() { echo "$1"; }
 if [ "${QUICK:-0}" = 1 ]; then
   quick=(--quick)
   unet_config=configs/cifar10_gpu8.py:smoke
   unet_batch=2
+  unet_big_batch=4
   dit_batch=1
   limit() { echo $(($1 * 3)); }
 fi
@@ -62,26 +68,35 @@ print(jax.devices())"
 for s in $sections; do
   case $s in
     unet)
-      section unet 180 "$py" scripts/benchmark.py --sections= "${quick[@]}" \
+      section unet 210 "$py" scripts/benchmark.py --sections= "${quick[@]}" \
         --unet_config="$unet_config" --unet_batch_per_device="$unet_batch" \
         --unet_steps_per_call=10 --unet_profile_dir="$profiles/unet" --output="$out/unet.json"
+      ;;
+    unet256)
+      section unet256 150 "$py" scripts/benchmark.py --sections= "${quick[@]}" \
+        --unet_config="$unet_config" --unet_batch_per_device="$unet_big_batch" \
+        --unet_steps_per_call=10 --output="$out/unet256.json"
       ;;
     mlp)
       section mlp 180 "$py" scripts/benchmark.py --sections=train,eval,sampling "${quick[@]}" \
         --output="$out/mlp.json"
       ;;
     dit)
-      section dit 110 "$py" - "$out" "$dit_batch" "${QUICK:-0}" "$profiles/dit" <<'EOF'
+      section dit 220 "$py" - "$out" "$dit_batch" "${QUICK:-0}" "$profiles/dit" <<'EOF'
 import sys
 from flowmatch import fileio
 from flowmatch.experiments import cli, speed_unet
 out, batch, quick = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-config = cli.load_config_file("configs/imagenet64_dit_tpu.py" + (":smoke" if quick else ""))
-config.model.scan_blocks, config.model.remat = False, "none"  # XLA counts every block's FLOPs
-figures = speed_unet.run_unet_benchmark(
-    config, batch_per_device=batch, repeats=2 if quick else 5, device_counts=(1,),
-    profile_dir=sys.argv[4])
-fileio.write_json(f"{out}/dit.json", figures, indent=2)
+figures = {}
+for attention in ("auto", "xla"):
+    config = cli.load_config_file("configs/imagenet64_dit_tpu.py" + (":smoke" if quick else ""))
+    config.model.scan_blocks, config.model.remat = False, "none"  # unrolled: a plain profile
+    config.model.attention = attention
+    print(f"model.attention={attention}:", flush=True)
+    figures[attention] = speed_unet.run_unet_benchmark(
+        config, batch_per_device=batch, repeats=2 if quick else 5, device_counts=(1,),
+        profile_dir=f"{sys.argv[4]}_{attention}")
+    fileio.write_json(f"{out}/dit.json", figures, indent=2)
 EOF
       ;;
     couplings)
@@ -89,7 +104,7 @@ EOF
         --output="$out/couplings.json"
       ;;
     *)
-      echo "unknown section $s (choose from: unet mlp dit couplings)" | tee -a "$log"
+      echo "unknown section $s (choose from: unet mlp dit couplings unet256)" | tee -a "$log"
       exit 2
       ;;
   esac
