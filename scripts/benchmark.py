@@ -51,8 +51,9 @@ def main(argv):
     from flowmatch.experiments import speed  # pylint: disable=g-import-not-at-top
     unet_config = cli.load_config_file(FLAGS.unet_config) if FLAGS.unet_config else None
     for name in ("unet_batch_per_device", "unet_steps_per_call"):
-        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
-            raise cli.ConfigError(f"--{name} must be a positive integer, got {getattr(FLAGS, name)}")
+        value = getattr(FLAGS, name)
+        if value is not None and value < 1:
+            raise cli.ConfigError(f"--{name} must be a positive integer, got {value}")
     sections = speed.SECTIONS if FLAGS.sections is None else FLAGS.sections
     unknown = sorted(set(sections) - set(speed.SECTIONS))
     if unknown:

@@ -33,6 +33,7 @@ MATMUL_PATTERN = re.compile(
     re.IGNORECASE)
 COPY_PATTERN = re.compile(r"copy|transpose|memcpy|memset|concatenate|slice", re.IGNORECASE)
 KINDS = ("matmul/conv", "copy/transpose", "other")
+DEVICE_PREFIXES = ("/device:GPU", "/device:TPU")  # the trace's process names of accelerators
 
 
 def kind_of(name: str) -> str:
@@ -69,7 +70,7 @@ def summarize_events(events, top: int = 20) -> dict:
     """The summary of `device_summary` from a list of Chrome trace events."""
     devices = {e["pid"]: e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "process_name"
-               and str(e.get("args", {}).get("name", "")).startswith(("/device:GPU", "/device:TPU"))}
+               and str(e.get("args", {}).get("name", "")).startswith(DEVICE_PREFIXES)}
     kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") in devices
                and float(e.get("dur", 0)) > 0]
     if not kernels:
