@@ -38,6 +38,10 @@ def test_a_workdir_with_a_different_config_is_refused_and_nothing_is_touched(tmp
     assert workdir_lib.check_workdir(moons(progress_bar=True, log_every_steps=4,
                                           **{"eval.num_tv_samples": 10}), wd) == "none"
     assert workdir_lib.check_workdir(moons(num_train_steps=40), wd) == "none"
+    # The DiT's attention kernel is the same function (a GPU run resumes where cuDNN is absent).
+    assert workdir_lib.config_differences({"model": {"attention": "cudnn", "width": 8}},
+                                          {"model": {"attention": "xla", "width": 8}}) == []
+    assert workdir_lib.config_differences({"model": {"width": 8}}, {"model": {"width": 16}})
     # --resume keeps the old config beside the new one; --overwrite moves the run aside.
     assert workdir_lib.check_workdir(new, wd, "resume") == "keep_old_config"
     assert workdir_lib.check_workdir(new, wd, "overwrite") == "move_aside"
