@@ -25,7 +25,7 @@ configs/cifar10.py itself (the same command; batch 128 = 16 per GPU).
 Speed: one train step is 35.2 GFLOP per example (XLA's count), 18.0 TFLOP at batch 512.  Measured
 on one H200 at this config's 64 images per GPU (2026-12-04, docs/speed.md "On one GPU"): 13.46 ms
 a step, 4,755 images/s, MFU 16.8% of the data sheet's bfloat16 peak (the GPU idles between kernels
-a quarter of the time; half its kernel time is XLA's fusions around the convolutions); 8 GPUs
+a quarter of the time; about half its kernel time is XLA's fusions around the convolutions); 8 GPUs
 not measured.  Measure with
   scripts/gpu_benchmark.sh OUT    (or scripts/benchmark.py --unet_config=configs/cifar10_gpu8.py)
 Expected: not yet measured (see configs/cifar10.py for the single-accelerator reference).
