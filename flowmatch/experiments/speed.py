@@ -341,7 +341,8 @@ def report_evaluation(config) -> dict:
     for label, key, c in variants:
         e = speed_process.evaluation_vs_sampling(c)
         scored = "tv, w2" if c.eval.get("w2_in_training") else "tv"
-        print(f"\nevaluation{label} ({e['num_samples']:,} samples, {scored}, picture) "
+        print(f"\nevaluation{label} ({e['num_samples']:,} samples, {scored}; its picture drawn "
+              f"in the background) "
               f"{e['evaluation']:.2f} s vs its sampling alone {e['sampling']:.2f} s: "
               f"{e['ratio']:.2f}x")
         out[f"eval_seconds{key}"] = e["evaluation"]

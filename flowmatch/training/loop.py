@@ -237,6 +237,8 @@ class _Trainer:
             progress = self._progress(int(state.step))
             start = int(state.step)
             final = self._loop(state, meta, iterator, ckpt, writer, evaluator, progress)
+            if evaluator is not None:
+                evaluator.finish_pictures()  # the last picture is on disk; a failed one raises
         finally:
             if evaluator is not None:  # its background threads, before the process may exit
                 evaluator.close()

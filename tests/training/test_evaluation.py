@@ -1,0 +1,69 @@
+"""The evaluation draws its picture off its path: the call returns once the samples are scored,
+the picture follows in a background thread, and a picture that fails raises its own error."""
+import os
+import threading
+
+import pytest
+from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
+
+from flowmatch import plotting, rng, training
+from flowmatch.training import evaluation
+from flowmatch.training import loop as loop_lib
+from flowmatch.training import runs as runs_lib
+from flowmatch.training import state as state_lib
+
+
+def _evaluator(workdir):
+    c = load_config("moons")
+    c.eval.num_tv_samples = c.eval.chunk_size = 500
+    c.eval.num_plot_samples = 100
+    c.sampling.num_steps = 2
+    settings = training.read_settings(c)
+    plan = loop_lib.make_plan(settings)
+    source = loop_lib.load_data(settings.data)
+    comps = training.build(settings, runs_lib.spec_of_source(source, settings.data.name))
+    params = state_lib.create_state(comps.model, comps.tx, comps.spec.example_shape,
+                                    comps.conditional, rng.seed_stream(0, "init"), plan).params
+    ev = evaluation.Evaluator(comps, plan, source, str(workdir), rng.seed_stream(0, "eval"),
+                              settings.data.name)
+    return ev, params
+
+
+def test_the_evaluation_returns_before_its_picture_is_drawn(tmp_path, monkeypatch):
+    ev, params = _evaluator(tmp_path)
+    release, drawn = threading.Event(), []
+    real = plotting.plot_2d
+
+    def slow_plot(samples, path, **kwargs):
+        assert release.wait(60)  # held until the evaluation has returned
+        real(samples, path, **kwargs)
+        drawn.append(path)
+
+    monkeypatch.setattr(plotting, "plot_2d", slow_plot)
+    try:
+        row = ev(3, params)  # would block forever if the picture were on the path
+        assert 0 <= row["tv"] <= 1 and row["eval_nfe"] > 0 and drawn == []
+        release.set()
+        ev.finish_pictures()
+        assert drawn == [os.path.join(str(tmp_path), "samples_3.png")]
+        assert os.path.getsize(drawn[0]) > 0
+    finally:
+        release.set()
+        ev.close()
+
+
+def test_a_failed_picture_raises_its_error(tmp_path, monkeypatch):
+    ev, params = _evaluator(tmp_path)
+
+    def broken_plot(samples, path, **kwargs):
+        raise ZeroDivisionError("a bug in the picture")
+
+    monkeypatch.setattr(plotting, "plot_2d", broken_plot)
+    try:
+        ev(1, params)
+        with pytest.raises(ZeroDivisionError, match="a bug in the picture"):
+            ev.finish_pictures()
+        ev.finish_pictures()  # raised once; nothing left pending
+    finally:
+        ev.close()
+    assert not os.path.exists(tmp_path / "samples_1.png")
