@@ -59,8 +59,9 @@ class Evaluator:
     The picture (samples_<step>.png) is drawn by a background thread, off the evaluation's
     path: the call returns once the samples are drawn and scored, and training goes on while
     matplotlib renders (0.13 s of a 2-D evaluation's 1.86 s on this project's CPU, more of the
-    evaluation on a GPU: docs/speed.md).  Pictures are drawn one at a time in step order; `finish_pictures` waits for
-    them and raises a failed one's error, `close` waits for them too.
+    evaluation on a GPU: docs/speed.md).  Pictures are drawn one at a time in step order;
+    `finish_pictures` waits for them and raises a failed one's error, `close` waits for them
+    too.
     """
 
     def __init__(self, comps, plan, source, workdir: str, eval_key, data_name: str):
