@@ -197,21 +197,27 @@ def startup(config_path: str = "configs/torchcfm_moons.py") -> dict:
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def evaluation_vs_sampling(config, repeats: int = 3) -> dict:
-    """Seconds of the trainer's evaluation (`training.evaluation.Evaluator`: sampling with the
-    config's sampler, tv, w2 when eval.w2_in_training; the picture is drawn in the background,
-    as in training, and not timed) and of its sampling alone,
-    on the config's initial network (the work does not depend on the weights, except w2's),
-    each the median of `repeats` after a compiling call."""
+def initial_evaluator(config, workdir: str, key):
+    """(the trainer's `training.evaluation.Evaluator` of `config` writing to workdir, with eval
+    key `key`; the config's initial parameters, drawn from seed 0's "init" stream)."""
     settings = training.read_settings(config)
     plan = loop_lib.make_plan(settings)
     source = loop_lib.load_data(settings.data)
     comps = training.build(settings, runs_lib.spec_of_source(source, settings.data.name))
     params = state_lib.create_state(comps.model, comps.tx, comps.spec.example_shape,
                                     comps.conditional, rng.seed_stream(0, "init"), plan).params
+    return evaluation.Evaluator(comps, plan, source, workdir, key, settings.data.name), params
+
+
+def evaluation_vs_sampling(config, repeats: int = 3) -> dict:
+    """Seconds of the trainer's evaluation (`training.evaluation.Evaluator`: sampling with the
+    config's sampler, tv, w2 when eval.w2_in_training; the picture is drawn in the background,
+    as in training, and not timed) and of its sampling alone,
+    on the config's initial network (the work does not depend on the weights, except w2's),
+    each the median of `repeats` after a compiling call."""
     key = rng.seed_stream(0, "eval")
     with tempfile.TemporaryDirectory() as tmp:
-        evaluator = evaluation.Evaluator(comps, plan, source, tmp, key, settings.data.name)
+        evaluator, params = initial_evaluator(config, tmp, key)
         sample = lambda: evaluator.draw(params, rng.stream(key, "samples"), None)  # noqa
         whole = lambda: evaluator(0, params)  # noqa: E731
         seconds = {}
@@ -226,7 +232,8 @@ def evaluation_vs_sampling(config, repeats: int = 3) -> dict:
             seconds[label] = statistics.median(times)
         evaluator.close()  # before the directory goes
     return dict(seconds, ratio=seconds["evaluation"] / seconds["sampling"],
-                num_samples=evaluator.num_samples, sampler=dict(settings.sampling))
+                num_samples=evaluator.num_samples,
+                sampler=dict(training.read_settings(config).sampling))
 
 
 def _torchcfm_main(batch_size: int, width: int, steps: int) -> None:

@@ -107,11 +107,8 @@ def _spec(config, image_shape) -> training.RunSpec:
 
 
 def _flops(program) -> float:
-    """XLA's FLOP count of a lowered or compiled program; a lowered one whose backend has no
-    cost analysis before compilation (the GPU's, jax 0.11) is compiled for it."""
+    """XLA's FLOP count of a lowered (for CPU: `lower_step`) or compiled program."""
     analysis = program.cost_analysis()
-    if analysis is None and hasattr(program, "compile"):
-        analysis = program.compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
         analysis = analysis[0]
     return float(analysis.get("flops", float("nan")))

@@ -102,27 +102,27 @@ class Evaluator:
     def _draw(self, plot, *args, **kwargs) -> None:
         """plot(*args, **kwargs) in the picture thread, after raising the error of any earlier
         picture that failed (a bug in plotting keeps its traceback)."""
-        self._raise_failed(done_only=True)
+        self._settle(wait=False, raise_first=True)
         self._drawn.append(self._pictures.submit(plot, *args, **kwargs))
 
-    def _raise_failed(self, done_only: bool) -> None:
-        """Forgets the finished pictures (with done_only=False: waits for all) and raises the
-        first failed one's error, its traceback included."""
+    def _settle(self, wait: bool, raise_first: bool) -> None:
+        """Forgets the finished pictures (wait: waits for all first); of the failed ones, raises
+        the first's error, traceback included (raise_first), and logs the others."""
         pending, failed = [], []
         for future in self._drawn:
-            if done_only and not future.done():
+            if not wait and not future.done():
                 pending.append(future)
             elif future.exception() is not None:
                 failed.append(future)
         self._drawn = pending
-        for future in failed[1:]:
+        for future in failed[1 if raise_first else 0:]:
             logging.error("drawing an evaluation picture failed: %r", future.exception())
-        if failed:
+        if failed and raise_first:
             failed[0].result()
 
     def finish_pictures(self) -> None:
         """Waits for the pictures still being drawn; raises the error of one that failed."""
-        self._raise_failed(done_only=False)
+        self._settle(wait=True, raise_first=True)
 
     def close(self) -> None:
         """Waits for the background work (reference draw, compilation, pictures); errors are left
@@ -131,10 +131,7 @@ class Evaluator:
             concurrent.futures.wait([self._references])
         self.draw.wait()
         self._pictures.shutdown(wait=True)
-        for future in self._drawn:
-            if future.exception() is not None:
-                logging.error("drawing an evaluation picture failed: %r", future.exception())
-        self._drawn = []
+        self._settle(wait=True, raise_first=False)
 
     def __call__(self, step: int, ema_params) -> dict:
         cfg = self.cfg

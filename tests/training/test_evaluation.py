@@ -6,11 +6,8 @@ import threading
 import pytest
 from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 
-from flowmatch import plotting, rng, training
-from flowmatch.training import evaluation
-from flowmatch.training import loop as loop_lib
-from flowmatch.training import runs as runs_lib
-from flowmatch.training import state as state_lib
+from flowmatch import plotting, rng
+from flowmatch.experiments import speed_process
 
 
 def _evaluator(workdir):
@@ -18,15 +15,7 @@ def _evaluator(workdir):
     c.eval.num_tv_samples = c.eval.chunk_size = 500
     c.eval.num_plot_samples = 100
     c.sampling.num_steps = 2
-    settings = training.read_settings(c)
-    plan = loop_lib.make_plan(settings)
-    source = loop_lib.load_data(settings.data)
-    comps = training.build(settings, runs_lib.spec_of_source(source, settings.data.name))
-    params = state_lib.create_state(comps.model, comps.tx, comps.spec.example_shape,
-                                    comps.conditional, rng.seed_stream(0, "init"), plan).params
-    ev = evaluation.Evaluator(comps, plan, source, str(workdir), rng.seed_stream(0, "eval"),
-                              settings.data.name)
-    return ev, params
+    return speed_process.initial_evaluator(c, str(workdir), rng.seed_stream(0, "eval"))
 
 
 def test_the_evaluation_returns_before_its_picture_is_drawn(tmp_path, monkeypatch):
