@@ -134,7 +134,6 @@ def get_config():
 def smoke(c):
     """Shrinks a config to seconds on a CPU: for tests, not for results."""
     c.num_train_steps = 4
-    # Image configs keep their one step per call: a scanned U-Net step compiles for minutes on CPU.
     c.steps_per_call = min(c.steps_per_call, 2)
     c.log_every_steps = 2
     c.eval_every_steps = 4
@@ -186,10 +185,11 @@ def dit_model(preset="S/2", **fields):
 
 
 def for_images(c, num_samples: int):
-    """Settings every image config shares: uniform training times, one train step per jitted
-    call (train.py does not loop a single step: XLA on CPU runs convolutions in a loop many times
-    slower), and `num_samples` images per evaluation, plotted and sampled in one chunk."""
-    c.steps_per_call = 1
+    """Settings every image config shares: uniform training times, ten train steps per jitted
+    call (as the 2-D configs; the U-Net's convolution gradients are written out so that XLA:CPU
+    runs them fast inside the loop of steps: flowmatch.models.convolution), and `num_samples`
+    images per evaluation, plotted and sampled in one chunk."""
+    c.steps_per_call = 10
     c.objective.time_sampling = "uniform"
     c.objective.logit_normal_loc = 0.0
     c.eval.num_image_samples = num_samples

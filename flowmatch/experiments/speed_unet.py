@@ -220,6 +220,40 @@ def cpu_scaling(config, device_counts, batch_per_device, image_shape, repeats) -
                     image_shape=image_shape, repeats=repeats) for n in counts]
 
 
+def loop_rows(config, image_shape, steps_per_call: int, repeats: int) -> list:
+    """The train step of `config` at its own batch size on one device, one step per call (a
+    plain jitted step, no loop) and `steps_per_call` steps per call (a lax.scan of steps), the
+    calls interleaved: [{"steps_per_call", "step_seconds" (median), "examples_per_sec"}]."""
+    batch = int(config.batch_size)
+    image_shape = tuple(image_shape)
+    trainers = {k: speed.make_trainer(_step_config(config, 1, batch), steps_per_call=k,
+                                      spec=_spec(config, image_shape),
+                                      batches=random_batches(batch, image_shape, k))
+                for k in (1, steps_per_call)}
+    times = {k: [] for k in trainers}
+    for k, trainer in trainers.items():
+        jax.block_until_ready(trainer.call()["loss"])  # compile
+    for _ in range(repeats):
+        for k, trainer in trainers.items():
+            start = time.perf_counter()
+            jax.block_until_ready(trainer.call()["loss"])
+            times[k].append((time.perf_counter() - start) / k)
+    return [{"steps_per_call": k, "batch_size": batch, "step_seconds": statistics.median(t),
+             "examples_per_sec": batch / statistics.median(t)} for k, t in times.items()]
+
+
+def _report_loop(out: dict) -> None:
+    rows = out["loop"]
+    print(f"flowmatch U-Net train step on CPU at the config's batch ({rows[0]['batch_size']}), "
+          f"one device, calls interleaved:")
+    print(f"  {'steps/call':>10} {'ms/step':>9} {'examples/s':>11}")
+    for r in rows:
+        print(f"  {r['steps_per_call']:>10} {r['step_seconds'] * 1e3:>9.2f} "
+              f"{r['examples_per_sec']:>11.2f}")
+    print(f"  {rows[-1]['steps_per_call']} steps under lax.scan: "
+          f"{rows[0]['step_seconds'] / rows[-1]['step_seconds']:.2f}x the plain jitted step")
+
+
 def _report_cpu(out: dict, rows: list, per: int) -> None:
     print(f"flowmatch U-Net train step on CPU ({out['model_dtype']}, mode {out['mode']}), "
           f"{per} examples per simulated device:")
@@ -258,8 +292,9 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
     GPU / TPU: all devices, global batch config.batch_size (or batch_per_device x devices):
     flops_per_step, step_seconds, examples_per_sec and mfu (None for a chip missing from
     `PEAK_TFLOPS`), measured_peak_flops (`matmul_peak` in the model's dtype) and
-    mfu_of_measured_peak; with profile_dir, "profile" (`measure`).  CPU: one row per entry of
-    device_counts at batch_per_device (default 2) examples per simulated device.
+    mfu_of_measured_peak; with profile_dir, "profile" (`measure`).  CPU: "scaling", one row per
+    entry of device_counts at batch_per_device (default 2) examples per simulated device, and
+    "loop" (`loop_rows`), one step per call against steps_per_call (or the config's) per call.
     """
     image_shape = tuple(image_shape or example_shape(config))
     backend = jax.default_backend()
@@ -269,6 +304,10 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
         per = batch_per_device or 2
         out["scaling"] = cpu_scaling(config, device_counts, per, image_shape, repeats)
         _report_cpu(out, out["scaling"], per)
+        loop_k = steps_per_call if steps_per_call > 1 else int(config.steps_per_call)
+        if loop_k > 1:
+            out["loop"] = loop_rows(config, image_shape, loop_k, repeats)
+            _report_loop(out)
         return out
     n = jax.device_count()
     batch = batch_per_device * n if batch_per_device else config.batch_size

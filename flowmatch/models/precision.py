@@ -123,6 +123,11 @@ def gradient_products():
         _traced.written_out = previous
 
 
+def gradients_written_out() -> bool:
+    """Whether the program being traced on this thread is inside `gradient_products()`."""
+    return getattr(_traced, "written_out", False)
+
+
 def check_matmul_dtype(matmul_dtype: Any):
     """The dtype of a network's `matmul_dtype` ("float32", "bfloat16", a dtype or None);
     ValueError naming the choices for anything else."""
@@ -149,7 +154,7 @@ def product_fn(matmul_dtype: Any) -> Callable | None:
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
         del precision, preferred_element_type       # the product's own: float32 accumulation
         k = _contracted(lhs.ndim, dimension_numbers)
-        if getattr(_traced, "written_out", False):
+        if gradients_written_out():
             return _mixed_product(lhs, rhs, k, dtype)
         return _product(lhs.astype(dtype), rhs.astype(dtype), k)
 

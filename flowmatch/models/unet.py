@@ -14,6 +14,7 @@ conv_out are zero-initialised: each block starts as the identity and the network
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -21,10 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowmatch.models import convolution
 from flowmatch.models.embeddings import (TimeEmbedding, batch_times, check_time_embedding,
                                          class_labels)
 
 _zeros = nn.initializers.zeros
+# Every convolution's gradient in the train step is written out so that XLA:CPU runs it fast
+# inside a loop of steps too (models.convolution).
+Conv = functools.partial(nn.Conv, conv_general_dilated=convolution.conv_general_dilated)
 
 
 class ResBlock(nn.Module):
@@ -41,15 +46,15 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_0")(x))
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_0")(h)
+        h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_0")(h)
         emb = nn.Dense(self.out_channels, dtype=self.dtype, name="emb_proj")(nn.silu(emb))
         h = h + emb[:, None, None, :]
         h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_1")(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros, dtype=self.dtype,
+        h = Conv(self.out_channels, (3, 3), kernel_init=_zeros, dtype=self.dtype,
                     name="conv_1")(h)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="skip")(x)
+            x = Conv(self.out_channels, (1, 1), dtype=self.dtype, name="skip")(x)
         return x + h
 
 
@@ -89,7 +94,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.with_conv:
-            return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name="conv")(x)
+            return Conv(x.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name="conv")(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -107,7 +112,7 @@ class Upsample(nn.Module):
         x = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
         x = x.reshape(batch, 2 * height, 2 * width, channels)
         if self.with_conv:
-            x = nn.Conv(channels, (3, 3), dtype=self.dtype, name="conv")(x)
+            x = Conv(channels, (3, 3), dtype=self.dtype, name="conv")(x)
         return x
 
 
@@ -239,7 +244,7 @@ class UNet(nn.Module):
             emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype,
                                  name="class_embed")(labels)
 
-        h = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name="conv_in")(x)
+        h = Conv(self.base_channels, (3, 3), dtype=self.dtype, name="conv_in")(x)
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
@@ -265,6 +270,6 @@ class UNet(nn.Module):
                 h = Upsample(self.resample_with_conv, self.dtype)(h)
 
         h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
-        h = nn.Conv(out_channels, (3, 3), kernel_init=_zeros, dtype=self.dtype,
+        h = Conv(out_channels, (3, 3), kernel_init=_zeros, dtype=self.dtype,
                     name="conv_out")(h)
         return h.astype(jnp.float32)

@@ -261,8 +261,9 @@ def reports_pair_cost(comps) -> bool:
 def steps(step: Callable, state, batches):
     """lax.scan of `step` over the leading axis of `batches`; a plain call when it is 1.
 
-    XLA on CPU runs convolutions inside a loop, even one of length 1, many times slower (a digits
-    U-Net step: 3.2 s in a scan, 76 ms without), so one step per call is not looped.
+    One step per call is not looped: XLA:CPU runs a convolution whose dimension numbers are not
+    its kernel's (jax's transposes of one, unless written out as `models.convolution` does for
+    the U-Net) many times slower inside a loop, even one of length 1.
     """
     if jax.tree.leaves(batches)[0].shape[0] == 1:
         state, metrics = step(state, jax.tree.map(lambda x: x[0], batches))
