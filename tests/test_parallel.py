@@ -48,6 +48,7 @@ def dit_config(overrides=None):
     full learning rate, every step logged, no evaluation."""
     config = load_config("digits_dit")
     config.num_train_steps = DIT_STEPS
+    config.steps_per_call = 1
     config.log_every_steps = 1
     config.eval_every_steps = 0
     config.checkpoint_every_steps = DIT_STEPS

@@ -121,8 +121,8 @@ def lower_step(config, image_shape, batch_size: int):
     so that XLA counts every convolution and product: the GPU's count after compilation leaves
     out those it hands to cuDNN and cuBLAS as library calls (on an H200, jax 0.11.2: 2.4 of
     configs/cifar10_gpu8.py's 35.0 GFLOP per example at batch 64, 141 of DiT-B/2's 642 at
-    32).  A DiT's attention is counted as XLA's (the same arithmetic as cuDNN's fused kernel, a library call
-    no cost analysis sees)."""
+    32).  A DiT's attention is counted as XLA's (the same arithmetic as cuDNN's fused kernel, a
+    library call no cost analysis sees)."""
     c = _step_config(config, 1, batch_size, grad_accum_steps=1, **{"parallel.mode": "sharding"})
     if "attention" in c.model:  # the DiT: XLA's attention, the same arithmetic, lowers for CPU
         c.model.attention = "xla"

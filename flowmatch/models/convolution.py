@@ -59,8 +59,9 @@ def _conv_forward(x, w, spec):
 
 def _conv_backward(spec, residuals, g):
     x, w = residuals
-    dx, dw = lax.platform_dependent(x, w, g, cpu=functools.partial(_canonical_gradients, spec=spec),
-                                    default=functools.partial(_jax_gradients, spec=spec))
+    dx, dw = lax.platform_dependent(
+        x, w, g, cpu=functools.partial(_canonical_gradients, spec=spec),
+        default=functools.partial(_jax_gradients, spec=spec))
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -81,13 +82,13 @@ def _jax_gradients(x, w, g, spec):
 
 
 def _gradient_pads(spec, in_sizes, kernel_sizes, out_sizes):
-    """Per spatial axis: the input gradient's padding (lo, hi) and, for the kernel gradient, the
-    input's padding (lo, hi) with hi < 0 meaning that many trailing positions are cropped (they
-    meet no output).  For a forward pass y[p] = sum_a xpad[s p + d a] w[a] over the input padded
-    by (lo, hi): dx is the cotangent dilated by s and convolved with the flipped kernel (dilation
-    d), padded by (d (k - 1) - lo, n - s (P - 1) - 1 + lo); dw is the padded input correlated with
-    the cotangent dilated by s, at stride d, and d (k - 1) + s (P - 1) + 1 positions of the
-    padded input are read."""
+    """Per spatial axis, for the forward pass y[p] = sum_a xpad[s p + d a] w[a] (stride s, kernel
+    dilation d, kernel size k, input size n padded by (lo, hi), P outputs): the padding of the
+    input gradient's convolution (the cotangent dilated by s against the flipped kernel),
+    (d (k - 1) - lo, n - s (P - 1) - 1 + lo); and the padding of the input in the kernel
+    gradient's convolution (the cotangent dilated by s as its kernel, at stride d),
+    (lo, d (k - 1) + s (P - 1) + 1 - n - lo), whose upper end, when negative, counts trailing
+    input positions that meet no output (cropped instead)."""
     strides, pads, dilation = spec[:3]
     input_pads, kernel_pads = [], []
     for n, k, p, s, d, (lo, _) in zip(in_sizes, kernel_sizes, out_sizes, strides, dilation, pads):

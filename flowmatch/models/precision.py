@@ -113,8 +113,8 @@ _traced = threading.local()
 @contextlib.contextmanager
 def gradient_products():
     """Within (while a program is traced, on this thread): low-precision products differentiate
-    by the written-out VJP (reverse mode only; the module's docstring).  The train step takes
-    its gradient here."""
+    by the written-out VJP (reverse mode only; the module's docstring), and so do the U-Net's
+    convolutions (`models.convolution`).  The train step takes its gradient here."""
     previous = getattr(_traced, "written_out", False)
     _traced.written_out = True
     try:

@@ -45,7 +45,6 @@ def digits_from_shards(path, **overrides):
     config.data.name = "arrayrecord"
     config.data.path = path
     config.model.update(base_channels=8, channel_mult=(1,), attn_resolutions=(8,), num_groups=4)
-    config.update(log_every_steps=1)
     config.update(overrides)
     return config
 
@@ -75,8 +74,8 @@ def test_the_cifar10_config_trains_from_shards_of_a_tiny_generated_set(tmp_path)
     config.data.path = _tiny_cifar_shards(tmp_path)
     config.model.update(base_channels=8, channel_mult=(1,), num_res_blocks=1,
                         attn_resolutions=(), num_groups=4, dropout=0.0)
-    config.update(batch_size=4, num_train_steps=2, log_every_steps=1, eval_every_steps=0,
-                  checkpoint_every_steps=2, progress_bar=False)
+    config.update(batch_size=4, num_train_steps=2, steps_per_call=1, log_every_steps=1,
+                  eval_every_steps=0, checkpoint_every_steps=2, progress_bar=False)
     training.train_and_evaluate(config, str(tmp_path / "run"))
     rows = metrics.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
@@ -92,7 +91,7 @@ def shards(tmp_path_factory):
 def test_a_unet_trains_from_shards_and_resumes_exactly(shards, tmp_path):
     straight = training.train_and_evaluate(digits_from_shards(shards), str(tmp_path / "a"))
     rows = metrics.read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
     assert os.path.exists(tmp_path / "a" / "samples_4.png")
     spec = training.runs.read_spec(str(tmp_path / "a"))
     assert spec.kind == "image" and spec.example_shape == (8, 8, 1) and spec.num_classes == 2
