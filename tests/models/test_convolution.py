@@ -2,7 +2,10 @@
 layout differentiates by a written-out VJP whose gradient convolutions are the ones XLA:CPU runs
 through its fast kernel (canonical dimension numbers) even inside a loop, with jax's gradients'
 values; jax's own convolution and derivatives everywhere else."""
+import json
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from configs_util import ROOT, simulated_devices_env
 from flowmatch.models import UNet, convolution, precision
 
 # (input spatial shape, kernel spatial shape, strides, kernel dilation, padding): 1-D, 2-D and
@@ -184,3 +188,51 @@ def test_a_flax_conv_with_it_has_flax_parameters_and_values():
     assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x))
     with precision.gradient_products():
         np.testing.assert_array_equal(layer.apply(p, x), ours.apply(p, x))
+
+
+# Two scanned gradient steps of a small U-Net, its batch of 16 on one device and split over a
+# data mesh of 8 simulated devices (the train step's data parallelism): the written-out kernel
+# gradient contracts the batch, which the mesh shards.
+_MESH_CHILD = """
+import json, re, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flowmatch.models import UNet, precision
+model = UNet(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+             dropout=0.0, num_groups=4)
+x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1), minval=-1, maxval=1)
+t = jnp.linspace(0.05, 0.95, 16)
+params = model.init(jax.random.key(1), x, t)["params"]
+def loss(p, x, t):
+    return jnp.mean((model.apply({"params": p}, x, t) - x) ** 2)
+def steps(p, x, t):
+    def body(p, _):
+        with precision.gradient_products():
+            g = jax.grad(loss)(p, x, t)
+        return jax.tree.map(lambda a, b: a - 0.1 * b, p, g), None
+    return jax.lax.scan(body, p, None, length=2)[0]
+one = jax.jit(steps)(params, x, t)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+rows, same = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+sharded = jax.jit(steps, out_shardings=same)
+args = (jax.device_put(params, same), jax.device_put(x, rows), jax.device_put(t, rows))
+eight = sharded(*args)
+hlo = sharded.lower(*args).compile().as_text()
+diff = lambda a, b: max(float(jnp.max(jnp.abs(u - v))) for u, v in
+                        zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+print(json.dumps({"devices": jax.device_count(), "difference": diff(one, eight),
+                  "moved": diff(one, params),
+                  "forms": sorted(set(re.findall(r"convolution\\([^)]*\\).*?dim_labels=(\\S+?),", hlo)))}))
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="simulated CPU devices")
+def test_unet_steps_on_a_data_mesh_of_eight_devices_match_one_device():
+    proc = subprocess.run([sys.executable, "-c", _MESH_CHILD], cwd=ROOT,
+                          env=simulated_devices_env(8), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 8
+    assert r["moved"] > 1e-3 and r["difference"] < 1e-6
+    assert r["forms"] == ["b01f_01io->b01f"]
