@@ -39,7 +39,8 @@ flags.DEFINE_string("unet_config", None, "Also benchmark the U-Net train step of
                     "per-device throughput at 1, 2, 4, 8 simulated CPU devices.")
 flags.DEFINE_integer("unet_batch_per_device", None, "U-Net benchmark: examples per device "
                      "(default: the config's batch_size over all devices on GPU/TPU, 2 on CPU).")
-flags.DEFINE_integer("unet_steps_per_call", 1, "U-Net benchmark: train steps per compiled call.")
+flags.DEFINE_integer("unet_steps_per_call", 1, "U-Net benchmark: train steps per compiled call "
+                     "(on CPU: the steps per call timed beside one; default the config's).")
 flags.DEFINE_string("unet_profile_dir", None, "U-Net benchmark on GPU/TPU: trace two calls with "
                     "jax's profiler into this directory and print where the device's time went.")
 FLAGS = flags.FLAGS

@@ -7,8 +7,9 @@ all row-major. Any other form is emitted as a generic loop nest, tens of times s
 its gradient in other forms: the input gradient takes the kernel with its feature axes swapped
 (`01oi`), the kernel gradient exchanges batch and feature (`f01b_i01o->01bf`). XLA's pass that
 rewrites such a convolution as transposes around a canonical one (`ConvCanonicalization`) visits
-the entry computation only, so a gradient taken inside a loop keeps the slow forms: several
-train steps under `lax.scan` ran a digits U-Net step in 3.2 s against 76 ms as one jitted step.
+the entry computation only, so a gradient taken inside a loop keeps the slow forms: train steps
+under `lax.scan` ran configs/digits.py's U-Net step in 216.5 ms against 51.7 ms as one jitted
+step (2 CPU cores, one run; docs/speed.md).
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` in flax's `nn.Conv`
 (`conv_general_dilated=`). Inside `precision.gradient_products()` (the train step takes its
