@@ -86,6 +86,29 @@ def best_seconds(fn: Callable[[], object], repeats: int = 5, min_time: float = 0
     return statistics.median(times)
 
 
+def _fastest(fn, *args, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` timed calls fn(*args) after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_peak(n: int = 2048, dtype="float32", repeats: int = 5) -> float:
+    """Measured FLOP/s of this device's [n, n] x [n, n] product in `dtype` (2 n^3 per product;
+    float32 at jax's default precision: TF32 on recent NVIDIA GPUs, bfloat16 passes on TPUs),
+    random normal operands (zeros run faster on some chips), the fastest of `repeats` timed
+    calls after a warm-up."""
+    n = int(n)
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
+    return 2.0 * n ** 3 / _fastest(jax.jit(jnp.matmul), a, b, repeats=repeats)
+
+
 def measure_cpu_peaks(matmul_size: int = 2048, copy_mib: int = 256, cache_mib: int = 4,
                       repeats: int = 5) -> dict:
     """This device's measured roof: float32 matmul FLOP/s (2 n^3 per [n, n] x [n, n] product)
@@ -94,29 +117,13 @@ def measure_cpu_peaks(matmul_size: int = 2048, copy_mib: int = 256, cache_mib: i
     cache, "cache_bandwidth").  The fastest of `repeats` timed calls (the least disturbed by
     other load; 20 x repeats for the short cache-sized calls)."""
     n = int(matmul_size)
-    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(key_a, (n, n), jnp.float32)
-    b = jax.random.normal(key_b, (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
+    peak = matmul_peak(n, "float32", repeats)
     m = copy_mib * 2**20 // 4
-    x = jnp.ones((m,), jnp.float32)
     axpy = jax.jit(lambda x: 2.0 * x + 1.0)
-
-    def fastest(fn, *args):
-        jax.block_until_ready(fn(*args))
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            best = min(best, time.perf_counter() - t)
-        return best
-
-    t_mm = fastest(mm, a, b)
-    t_copy = fastest(axpy, x)
+    t_copy = _fastest(axpy, jnp.ones((m,), jnp.float32), repeats=repeats)
     mc = cache_mib * 2**20 // 4
-    repeats *= 20
-    t_cache = fastest(axpy, jnp.ones((mc,), jnp.float32))
-    return {"peak_flops": 2.0 * n ** 3 / t_mm, "bandwidth": 2.0 * 4 * m / t_copy,
+    t_cache = _fastest(axpy, jnp.ones((mc,), jnp.float32), repeats=20 * repeats)
+    return {"peak_flops": peak, "bandwidth": 2.0 * 4 * m / t_copy,
             "cache_bandwidth": 2.0 * 4 * mc / t_cache, "matmul_size": n,
             "copy_bytes": 2 * 4 * m, "cache_copy_bytes": 2 * 4 * mc,
             "method": f"fastest timed call: float32 [{n}, {n}] matmul; y = 2x + 1 over "

@@ -26,8 +26,8 @@ import numpy as np
 
 from flowmatch import training
 from flowmatch.data import images as images_lib
-from flowmatch.diagnostics import trace
-from flowmatch.experiments import speed
+from flowmatch.diagnostics import roofline, trace
+from flowmatch.experiments import coupling_speed, speed
 from flowmatch.training import loop as loop_lib
 from flowmatch.training import state as state_lib
 from flowmatch.training import step as step_lib
@@ -56,7 +56,7 @@ PEAK_TFLOPS = {
 }
 
 
-PEAK_MATMUL_SIZE = 8192  # the measured peak's [n, n] product (`matmul_peak`)
+PEAK_MATMUL_SIZE = 8192  # the measured peak's [n, n] product (`roofline.matmul_peak`)
 
 
 def peak_flops(device_kind: str, dtype: str) -> tuple[str, float] | None:
@@ -153,24 +153,6 @@ def step_flops(config, image_shape, batch_size: int, *, compiled: bool = False) 
     return _flops(lowered.compile() if compiled else lowered)
 
 
-def matmul_peak(dtype: str, n: int = 8192, repeats: int = 10) -> float:
-    """Measured FLOP/s of this device's [n, n] x [n, n] product in `dtype` (float32 at jax's
-    default precision: TF32 on recent NVIDIA GPUs, bfloat16 passes on TPUs), random normal
-    operands (zeros run faster on some chips), the fastest of `repeats` timed calls after a
-    warm-up: the ceiling the step's MFU is also put against."""
-    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
-    mm = jax.jit(jnp.matmul)
-    jax.block_until_ready(mm(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(mm(a, b))
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best
-
-
 def random_batches(batch_size: int, image_shape, steps_per_call: int = 1, seed: int = 0) -> dict:
     """{"x": uniform [-1, 1] images [k, B, H, W, C], "label": zeros [k, B]} (host arrays)."""
     gen = np.random.default_rng(seed)
@@ -230,16 +212,11 @@ def loop_rows(config, image_shape, steps_per_call: int, repeats: int) -> list:
                                       spec=_spec(config, image_shape),
                                       batches=random_batches(batch, image_shape, k))
                 for k in (1, steps_per_call)}
-    times = {k: [] for k in trainers}
-    for k, trainer in trainers.items():
-        jax.block_until_ready(trainer.call()["loss"])  # compile
-    for _ in range(repeats):
-        for k, trainer in trainers.items():
-            start = time.perf_counter()
-            jax.block_until_ready(trainer.call()["loss"])
-            times[k].append((time.perf_counter() - start) / k)
-    return [{"steps_per_call": k, "batch_size": batch, "step_seconds": statistics.median(t),
-             "examples_per_sec": batch / statistics.median(t)} for k, t in times.items()]
+    calls = coupling_speed.interleaved_seconds(
+        {k: trainer.call for k, trainer in trainers.items()}, rounds=repeats, warmup=1)
+    step = {k: statistics.median(t) / k for k, t in calls.items()}
+    return [{"steps_per_call": k, "batch_size": batch, "step_seconds": s,
+             "examples_per_sec": batch / s} for k, s in step.items()]
 
 
 def _report_loop(out: dict) -> None:
@@ -291,7 +268,7 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
 
     GPU / TPU: all devices, global batch config.batch_size (or batch_per_device x devices):
     flops_per_step, step_seconds, examples_per_sec and mfu (None for a chip missing from
-    `PEAK_TFLOPS`), measured_peak_flops (`matmul_peak` in the model's dtype) and
+    `PEAK_TFLOPS`), measured_peak_flops (`roofline.matmul_peak` in the model's dtype) and
     mfu_of_measured_peak; with profile_dir, "profile" (`measure`).  CPU: "scaling", one row per
     entry of device_counts at batch_per_device (default 2) examples per simulated device, and
     "loop" (`loop_rows`), one step per call against steps_per_call (or the config's) per call.
@@ -318,7 +295,8 @@ def run_unet_benchmark(config, device_counts=(1, 2, 4, 8), *, batch_per_device: 
     out["chip"], out["peak_flops_per_device"] = peak if peak else (None, None)
     achieved = r["flops_per_step"] / r["step_seconds"] / n
     out["mfu"] = achieved / peak[1] if peak else None
-    out["measured_peak_flops"] = matmul_peak(config.model.dtype, PEAK_MATMUL_SIZE)
+    out["measured_peak_flops"] = roofline.matmul_peak(PEAK_MATMUL_SIZE, config.model.dtype,
+                                                      repeats=10)
     out["mfu_of_measured_peak"] = achieved / out["measured_peak_flops"]
     _report_accelerator(out, n, batch)
     return out
