@@ -403,10 +403,17 @@ class SinkhornPlan:
     iterations: jax.Array
 
 
-# Scalings u, v beyond exp(+-SINKHORN_ABSORB_LOG) are absorbed into the potentials f, g (and the
-# kernel recomputed): far inside float32's range (exp(+-87)), so no product of the iterations
-# under- or overflows, and rarely needed (the start is already close: see `sinkhorn`).
+# When the largest product of scalings u_i v_j passes exp(SINKHORN_ABSORB_LOG), the scalings are
+# absorbed into the potentials f, g and the kernel recomputed: until then a kernel entry that
+# float32 flushes to zero (below exp(-87)) would have carried at most exp(30 - 87) of the plan.
+# The scalings also drift apart without changing the plan (u -> u c, v -> v / c: from the hard
+# c-transforms, log u rises to about +25 while log v falls to about -31 on the benchmark's 256
+# moons vs 8gaussians points); the product criterion ignores that drift, and only a scaling
+# beyond exp(+-SINKHORN_DRIFT_LOG), still inside the updates' clip at exp(+-80), is absorbed for
+# it.  (Absorbing on max |log u|, |log v| > 30 instead recomputed the kernel once in every such
+# batch, about a tenth of the coupling's time.)
 SINKHORN_ABSORB_LOG = 30.0
+SINKHORN_DRIFT_LOG = 60.0
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -442,6 +449,17 @@ def _relaxed(old, fitted, omega):
     return jnp.exp(jnp.clip(log_old + omega * (jnp.log(fitted) - log_old), -80.0, 80.0))
 
 
+def _column_min(x):
+    """min over axis 0 of x [n, m], as pairwise minima of row halves while n is even (the same
+    values: a minimum does not round).  XLA:CPU's reduction over the leading axis took about
+    twice as long: on the benchmark's batches of 256 the whole Sinkhorn coupling ran 8-10%
+    faster this way (410-433 against 457-466 us a batch, three alternating runs)."""
+    while x.shape[0] > 1 and x.shape[0] % 2 == 0:
+        half = x.shape[0] // 2
+        x = jnp.minimum(x[:half], x[half:])
+    return jnp.min(x, axis=0)
+
+
 def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
              relaxation: float = 1.0) -> SinkhornPlan:
     """Entropic OT between uniform weights on rows and columns: stabilised Sinkhorn iterations.
@@ -452,10 +470,12 @@ def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
     each iteration fits the columns, v = (1/m) / (K^T u), then the rows, u = (1/n) / (K v): two
     matrix-vector products.  The potentials start at the hard c-transforms f_i = min_j c_ij,
     g_j = min_i (c_ij - f_i) (min passes, no exponential), so every row and column of the one
-    kernel K computed holds a 1 and all its entries are <= 1.  Should a scaling leave
-    exp(+-SINKHORN_ABSORB_LOG) (small reg, far-off start), it is absorbed into the log-domain
-    potentials and K recomputed (Schmitzer 2019, "Stabilized sparse scaling algorithms for
-    entropy regularized transport problems"), so small reg neither under- nor overflows.
+    kernel K computed holds a 1 and all its entries are <= 1.  Should the largest product of
+    scalings u_i v_j pass exp(SINKHORN_ABSORB_LOG), or a scaling alone leave
+    exp(+-SINKHORN_DRIFT_LOG) (small reg, far-off start), the scalings are absorbed into the
+    log-domain potentials and K recomputed (Schmitzer 2019, "Stabilized sparse scaling
+    algorithms for entropy regularized transport problems"), so small reg neither under- nor
+    overflows.
 
     relaxation omega in [1, 2): over-relaxed updates, v <- v^(1 - omega) (fitted v)^omega and
     likewise u (Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp algorithm for regularized
@@ -484,7 +504,7 @@ def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
     tiny = jnp.finfo(jnp.float32).tiny
     f = jnp.min(c, axis=1)
     f = jnp.where(jnp.isfinite(f), f, 0.0)
-    g = jnp.min(c - f[:, None], axis=0)
+    g = _column_min(c - f[:, None])
     g = jnp.where(jnp.isfinite(g), g, 0.0)
     ones_n, ones_m = jnp.ones((n,)), jnp.ones((m,))
 
@@ -497,8 +517,11 @@ def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
         u = _relaxed(s.u, (1.0 / n) / jnp.maximum(jnp.dot(s.k, v, precision=_HIGHEST), tiny),
                      relaxation)
         s = s._replace(it=s.it + 1, u=u, v=v, error=error)
-        big = jnp.maximum(jnp.max(jnp.abs(jnp.log(u))), jnp.max(jnp.abs(jnp.log(v))))
-        return lax.cond(big > SINKHORN_ABSORB_LOG, lambda s: _absorb(s, c, reg), lambda s: s, s)
+        log_u, log_v = jnp.log(u), jnp.log(v)
+        absorb = ((jnp.max(log_u) + jnp.max(log_v) > SINKHORN_ABSORB_LOG)
+                  | (jnp.maximum(jnp.max(jnp.abs(log_u)), jnp.max(jnp.abs(log_v)))
+                     > SINKHORN_DRIFT_LOG))
+        return lax.cond(absorb, lambda s: _absorb(s, c, reg), lambda s: s, s)
 
     init = _SinkhornState(jnp.int32(0), f, g, _kernel(f, g, c, reg), ones_n, ones_m,
                           jnp.float32(jnp.inf))

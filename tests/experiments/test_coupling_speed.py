@@ -30,6 +30,9 @@ def test_ratios_quartiles_and_table_of_given_call_times():
     assert all(math.isnan(r["vs_torchcfm"]) for r in coupling_speed.summarise(times, costs, 10))
     table = coupling_speed.format_table(rows).splitlines()
     assert len(table) == 2 + len(rows) and table[2].startswith("| uncoupled | 33 (")
+    assert table[3].endswith("| 2.67x | 2.5x | 1.500 |") and table[4].endswith("| - |")
+    alone = coupling_speed.format_table(coupling_speed.summarise(times, costs, 10)).splitlines()
+    assert alone[3].endswith("| 2.67x | - | 1.500 |")  # no torchcfm row: no ratio, not "nanx"
 
 
 def test_a_measurement_of_the_trainer_with_the_exact_coupling():
