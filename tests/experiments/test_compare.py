@@ -153,6 +153,29 @@ def test_solver_and_sde_methods_on_the_same_footing(run_dir, tmp_path):
     assert fixed[("sde_euler", "tv")]["traj_error"] > fixed[("dpmpp_2m", "tv")]["traj_error"]
 
 
+@pytest.mark.parametrize("kept_seconds, calls", [(1e9, 4), (0.0, 3)])
+def test_a_long_first_call_is_kept_not_repeated(monkeypatch, kept_seconds, calls):
+    # A sampler's first call is a warm-up (untimed, repeated) unless it took over
+    # FIRST_CALL_KEPT_SECONDS; then its result and time are kept: 3 chunks, 4 or 3 solves.
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    monkeypatch.setattr(compare, "FIRST_CALL_KEPT_SECONDS", kept_seconds)
+    solved = []
+
+    def sampler(params, x0, key, cond):
+        del key, cond
+        jax.debug.callback(lambda: solved.append(1))
+        return sampling.Samples(x=x0 * params, nfe=jnp.int32(3), success=jnp.bool_(True))
+
+    chunks = [(jnp.full((2, 2), float(c)), None) for c in range(3)]
+    solves = compare._Solves(None, jnp.float32(2.0), chunks, 6, keys=[None] * 3)
+    outs, seconds = solves._timed(sampler)
+    jax.block_until_ready(outs)
+    assert len(solved) == calls and seconds > 0
+    np.testing.assert_array_equal(np.concatenate([o.x for o in outs]),
+                                  np.repeat([0.0, 2.0, 4.0], 2)[:, None] * np.ones((1, 2)))
+
+
 def test_budgets_count_the_denoising_evaluation():
     """A DDPM model stops at t_end < 1 and denoises (one more evaluation): the largest grid whose
     NFE, that evaluation included, fits each budget."""
@@ -253,11 +276,17 @@ def test_script(run_dir, tmp_path):
         ("euler", 8, 8), ("heun", 8, 4)}
     assert {r["metric"] for r in rows} == {"tv", "w2", "nll"}
     assert "traj_error" in proc.stdout  # the printed table
+    # The reference is announced before it starts (the longest solve) and reported after.
+    reference = next(r for r in rows if r["kind"] == "reference")
+    assert reference["rtol"] == 1e-7
+    assert "the reference solve, dopri5 at rtol = atol = 1e-07" in proc.stdout
+    assert f"the reference took {reference['nfe']:,} NFE" in proc.stdout
 
 
 @pytest.mark.parametrize("flag, match", [
     ("--methods=euler,rk5", "unknown sampling method 'rk5'"),
     ("--nfe=4,x", "--nfe must be a comma-separated list of positive integers"),
+    ("--reference_tol=0", "reference_tol must be a positive number"),
 ])
 def test_script_bad_input(flag, match, run_dir, tmp_path):
     proc = _script(f"--workdir={run_dir}", f"--output={tmp_path}", flag)
