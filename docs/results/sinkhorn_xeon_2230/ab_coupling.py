@@ -1,6 +1,7 @@
 """The Sinkhorn coupling alone, before and after this change, interleaved in one process.
 
-Usage: python ab_coupling.py OLD_COUPLINGS_PY   (the file as it was: git show 83e556b:flowmatch/couplings.py)
+Usage, from the repository root: PYTHONPATH=. python docs/results/sinkhorn_xeon_2230/ab_coupling.py
+OLD_COUPLINGS_PY (the file before: git show 83e556b:flowmatch/couplings.py > /tmp/couplings_83e556b.py)
 Eight batches of 256 moons vs 256 8gaussians points (speed.coupling_seconds' draws), all eight
 under one jitted lax.map per call; 40 interleaved calls of each, median seconds per batch.
 Also the pairs drawn (must be the same) and, at smaller reg, iterations and costs of both.
