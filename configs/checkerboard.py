@@ -5,7 +5,7 @@ Run (2 CPU cores):
   python scripts/sample.py --workdir=runs/checkerboard --output=runs/checkerboard/samples.npz
 Expected: tv 0.0913 (floor 0.0668), w2 0.2195 (floor 0.2027) with sample.py's default sampler
 (heun, 50 steps). Runtime: 129-141 s on the 2-core Xeon (AVX-512) with a fresh compilation cache
-(16,000 steps at a median 134-150 steps/s, then a 13.5-14.2 s final evaluation; tv 0.0886,
+(16,000 steps at a median 134-145 steps/s, then a 12.7-14.2 s final evaluation; tv 0.0886,
 measured 2026-12-04, docs/speed.md); 297 s on the earlier sessions' slower 2-core machine (tv 0.086 there).
 With --config.model.matmul_dtype=bfloat16 (products with bfloat16 operands, on that Xeon's AMX):
 84 s with a fresh compilation cache, tv 0.0896; sample.py tv 0.0910, w2 0.2324 (seed 1: tv
