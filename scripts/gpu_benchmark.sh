@@ -15,13 +15,19 @@
 #              torchdiffeq's on the same GPU (when torch and torchdiffeq import).
 #   unet256    the same U-Net step at 256 examples per device (does a larger batch fill the
 #              GPU's idle time between kernels?).
+#   unet_graphs the unet section's step (no profile) with XLA's command buffers (CUDA graphs)
+#              extended to loops and conditionals (XLA_FLAGS=--xla_gpu_enable_command_buffer=
+#              FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,CONDITIONAL,WHILE), so that the scanned
+#              steps and their finiteness guard can launch as one graph: does it close the
+#              quarter of the step the GPU waited between kernels (docs/speed.md)?
 #   dit        configs/imagenet64_dit_tpu.py's DiT-B/2 (64x64, bfloat16) train step on one
 #              device, blocks unrolled and not rematerialised, 32 examples, with
 #              model.attention "auto" (cuDNN's fused kernel on a GPU) and "xla": FLOPs, step
 #              time, MFU, profile of each.
 #   couplings  the OT-coupled train steps beside the uncoupled one.
 #
-# Environment: PYTHON (default python3), SECTIONS (default "unet mlp dit couplings unet256"),
+# Environment: PYTHON (default python3), SECTIONS (default "unet mlp dit couplings unet256
+# unet_graphs"),
 # QUICK=1
 # (the benchmark's --quick and smaller settings: a check that the script runs, on any machine).
 set -u
@@ -29,7 +35,8 @@ out=${1:?usage: scripts/gpu_benchmark.sh OUT_DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.." || exit 2
 py=${PYTHON:-python3}
-sections=${SECTIONS:-unet mlp dit couplings unet256}
+sections=${SECTIONS:-unet mlp dit couplings unet256 unet_graphs}
+graph_commands=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,CONDITIONAL,WHILE
 quick=()
 unet_config=configs/cifar10_gpu8.py
 unet_batch=64
@@ -77,6 +84,12 @@ for s in $sections; do
         --unet_config="$unet_config" --unet_batch_per_device="$unet_big_batch" \
         --unet_steps_per_call=10 --output="$out/unet256.json"
       ;;
+    unet_graphs)
+      section unet_graphs 150 env XLA_FLAGS="${XLA_FLAGS:-} \
+--xla_gpu_enable_command_buffer=$graph_commands" "$py" scripts/benchmark.py --sections= \
+        "${quick[@]}" --unet_config="$unet_config" --unet_batch_per_device="$unet_batch" \
+        --unet_steps_per_call=10 --output="$out/unet_graphs.json"
+      ;;
     mlp)
       section mlp 180 "$py" scripts/benchmark.py --sections=train,eval,sampling "${quick[@]}" \
         --output="$out/mlp.json"
@@ -104,7 +117,8 @@ EOF
         --output="$out/couplings.json"
       ;;
     *)
-      echo "unknown section $s (choose from: unet mlp dit couplings unet256)" | tee -a "$log"
+      echo "unknown section $s (choose from: unet mlp dit couplings unet256 unet_graphs)" \
+        | tee -a "$log"
       exit 2
       ;;
   esac
