@@ -453,7 +453,8 @@ def _column_min(x):
     """min over axis 0 of x [n, m], as pairwise minima of row halves while n is even (the same
     values: a minimum does not round).  XLA:CPU's reduction over the leading axis took about
     twice as long: on the benchmark's batches of 256 the whole Sinkhorn coupling ran 8-10%
-    faster this way (410-433 against 457-466 us a batch, three alternating runs)."""
+    faster this way (410-433 against 457-466 us a batch in three runs, each timing both
+    interleaved)."""
     while x.shape[0] > 1 and x.shape[0] % 2 == 0:
         half = x.shape[0] // 2
         x = jnp.minimum(x[:half], x[half:])
