@@ -248,25 +248,18 @@ class _Solves:
         return sampling.make_sampler(model, method, num_steps=num_steps, rtol=tol, atol=tol,
                                      max_steps=max_steps)
 
-    def _extras(self, model, method, num_steps, tol, max_steps, with_energy):
-        """An untimed jitted (params, x0, cond) -> {"num_steps": accepted steps (adaptive),
-        "x_end": x(t_end), "energy": path energy [B] (with_energy)}, or None if nothing is
-        needed."""
-        adaptive = tol is not None
-        if not _is_ode(method) or not (adaptive or with_energy):
+    def _energy(self, model, method, num_steps, tol, max_steps):
+        """An untimed jitted (params, x0, cond) -> (x(t_end), path energy [B]) of an ODE solve
+        (`straightness.solve_with_energy`: the solve with the energy as one more state), or
+        None for a method that is not an ODE integrator."""
+        if not _is_ode(method):
             return None
         kwargs = dict(method=method, num_steps=num_steps, rtol=tol, atol=tol,
                       max_steps=max_steps, t0=0.0, t1=model.t_end)
 
         @jax.jit
         def run(params, x0, cond):
-            v = model.velocity_fn(params, cond)
-            out = {}
-            if adaptive:  # the sampler's own solve, for its accepted steps (Samples has none)
-                out["num_steps"] = integrators.solve(v, x0, **kwargs).num_accepted
-            if with_energy:
-                out["x_end"], out["energy"] = straightness.solve_with_energy(v, x0, **kwargs).x
-            return out
+            return straightness.solve_with_energy(model.velocity_fn(params, cond), x0, **kwargs).x
 
         return run
 
@@ -313,19 +306,18 @@ class _Solves:
                 model = exposure.noise_scaled_model(model, correction.scale)
             outs, seconds = self._timed(
                 self._sampler(model, method, num_steps, tol, max_steps, correction))
-            extras = self._extras(model, method, num_steps, tol, max_steps,
-                                  self.path_metrics and not shifted)
-            ex = [extras(self.params, x0, cond) for x0, cond in self.chunks] if extras else []
-            with_energy = bool(ex) and "energy" in ex[0]
+            energy = (self._energy(model, method, num_steps, tol, max_steps)
+                      if self.path_metrics and not shifted else None)
+            ex = [energy(self.params, x0, cond) for x0, cond in self.chunks] if energy else []
+            # An adaptive solve's accepted steps come with its Samples (an ODE sampler's).
             self.cache[key] = {
                 "x": self._rows([o.x for o in outs], np.float32),
                 "nfe": max(int(o.nfe) for o in outs),
-                "num_steps": (max(int(e["num_steps"]) for e in ex) if tol is not None
+                "num_steps": (max(int(o.steps) for o in outs) if tol is not None
                               else num_steps),
                 "success": all(bool(o.success) for o in outs), "seconds": seconds,
-                "x_end": self._rows([e["x_end"] for e in ex], np.float64) if with_energy else None,
-                "energy": self._rows([e["energy"] for e in ex], np.float64) if with_energy
-                else None}
+                "x_end": self._rows([e[0] for e in ex], np.float64) if ex else None,
+                "energy": self._rows([e[1] for e in ex], np.float64) if ex else None}
         return self.cache[key]
 
 

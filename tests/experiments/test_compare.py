@@ -176,6 +176,21 @@ def test_a_long_first_call_is_kept_not_repeated(monkeypatch, kept_seconds, calls
                                   np.repeat([0.0, 2.0, 4.0], 2)[:, None] * np.ones((1, 2)))
 
 
+def test_adaptive_steps_are_the_solves_own(run_dir):
+    # An adaptive row's num_steps is the largest count of accepted steps over the chunks, read
+    # off the timed solve's Samples (no second solve for it).
+    run = training.restore(run_dir)
+    model, params = run.components.model_fn(), run.state.ema_params
+    chunks = compare.source_chunks(run.components, 40, 20, 0)
+    solves = compare._Solves(model, params, chunks, 40, keys=compare.sampler_keys(40, 20, 0))
+    got = solves("dopri5", tol=1e-3)
+    accepted = [int(integrators.solve(model.velocity_fn(params, cond), x0, method="dopri5",
+                                      rtol=1e-3, atol=1e-3, t0=0.0, t1=model.t_end).num_accepted)
+                for x0, cond in chunks]
+    assert got["num_steps"] == max(accepted) > 0 and got["success"]
+    assert got["energy"].shape == (40,) and np.all(got["energy"] > 0)
+
+
 def test_budgets_count_the_denoising_evaluation():
     """A DDPM model stops at t_end < 1 and denoises (one more evaluation): the largest grid whose
     NFE, that evaluation included, fits each budget."""
