@@ -129,10 +129,15 @@ def _check_budgets(nfe_budgets) -> tuple[int, ...]:
     return tuple(sorted({int(b) for b in budgets}))
 
 
+def _positive(t) -> bool:
+    """Whether t is a finite real number > 0 (a tolerance)."""
+    return checks.is_real(t) and math.isfinite(t) and t > 0
+
+
 def _check_tolerances(tolerances, name="tolerances") -> tuple[float, ...]:
     tols = tuple(tolerances)
     for t in tols:
-        if not checks.is_real(t) or not (math.isfinite(t) and t > 0):
+        if not _positive(t):
             raise ConfigError(f"{name} must be positive numbers, got {t!r} in {tols}")
     return tuple(sorted({float(t) for t in tols}, reverse=True))
 
@@ -143,8 +148,7 @@ def _check_arguments(methods, nfe_budgets, tolerances, reference_tol, num_sample
     methods = _check_methods(methods)
     budgets = _check_budgets(nfe_budgets)
     tolerances = _check_tolerances(tolerances)
-    if not checks.is_real(reference_tol) or not (math.isfinite(reference_tol)
-                                                 and reference_tol > 0):
+    if not _positive(reference_tol):
         raise ConfigError(f"reference_tol must be a positive number (rtol = atol of the dopri5 "
                           f"reference, default {REFERENCE_TOL:g}), got {reference_tol!r}")
     for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
@@ -266,8 +270,8 @@ class _Solves:
     def _timed(self, sampler):
         """Every chunk's Samples and the seconds of all chunks, compiled (every chunk has one
         shape: compiled ahead of the calls, not timed).  The first call of a compiled program
-        also pays a one-time start-up (0.17-0.27 s for the digits U-Net's samplers on 2 CPU
-        cores), so the first chunk is solved once untimed and the chunks are then timed; but a
+        also pays a one-time start-up (0.08-0.28 s for the digits U-Net's samplers on 2 CPU
+        cores: docs/results/compare_reference_digits/first_call.log), so the first chunk is solved once untimed and the chunks are then timed; but a
         first call of over FIRST_CALL_KEPT_SECONDS is kept, result and time, and only the other
         chunks follow: the start-up is then a few percent of it, and the reference solve of an
         image model (over a minute a chunk) does not run twice."""

@@ -224,14 +224,14 @@ def format_table(results: list[dict]) -> str:
     """The rows of `coupled_training_speed` as a Markdown table."""
     lines = ["| row | steps/s (IQR) | slowdown vs uncoupled | x torchcfm OT-CFM | pair cost |",
              "|---|---|---|---|---|"]
-    def shown(value, spec):  # NaN: no torchcfm row measured, or a row without pairs
-        return "-" if math.isnan(value) else format(value, spec)
+
+    def shown(value, spec, unit=""):  # NaN: no torchcfm row measured, or a row without pairs
+        return "-" if math.isnan(value) else format(value, spec) + unit
 
     for r in results:
         lo, hi = r["steps_per_sec_iqr"]
         lines.append(f"| {r['label']} | {r['steps_per_sec']:,.0f} ({lo:,.0f}-{hi:,.0f}) | "
-                     f"{r['slowdown']:.2f}x | {shown(r['vs_torchcfm'], '.1f')}"
-                     f"{'' if math.isnan(r['vs_torchcfm']) else 'x'} | "
+                     f"{r['slowdown']:.2f}x | {shown(r['vs_torchcfm'], '.1f', 'x')} | "
                      f"{shown(r['pair_cost'], '.3f')} |")
     return "\n".join(lines)
 
