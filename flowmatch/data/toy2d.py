@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowmatch import rng
+
 Draws = dict[str, jax.Array]
 
 # torchcfm: N(0, sqrt(var) * I) with var = 0.1, i.e. per-coordinate std var ** 0.25.
@@ -66,7 +68,7 @@ def _normal(key, shape):
 
 def _moons_draws(key: jax.Array, n: int) -> Draws:
     k_offset, k_perm = jax.random.split(key)
-    return {"offset": _uniform(k_offset, (n, 1)), "perm": jax.random.permutation(k_perm, n)}
+    return {"offset": _uniform(k_offset, (n, 1)), "perm": rng.permutation(k_perm, n)}
 
 
 def _moons_transform(d: Draws) -> jax.Array:
@@ -183,7 +185,7 @@ def _spirals_draws(key: jax.Array, n: int) -> Draws:
         "u_x": _uniform(k_x, (m, 1)),
         "u_y": _uniform(k_y, (m, 1)),
         "noise": _normal(k_noise, (n, 2)),
-        "perm": jax.random.permutation(k_perm, n),
+        "perm": rng.permutation(k_perm, n),
     }
 
 
@@ -220,7 +222,7 @@ def spirals(key: jax.Array, n: int) -> jax.Array:
 
 def _circles_draws(key: jax.Array, n: int) -> Draws:
     k_perm, k_noise = jax.random.split(key)
-    return {"perm": jax.random.permutation(k_perm, n), "noise": _normal(k_noise, (n, 2))}
+    return {"perm": rng.permutation(k_perm, n), "noise": _normal(k_noise, (n, 2))}
 
 
 def _circles_transform(d: Draws) -> jax.Array:
