@@ -73,10 +73,9 @@ class Evaluator:
         self.box = getattr(source, "box", None)
         self.num_samples = cfg.num_tv_samples if self.is_2d else cfg.num_image_samples
         self.draw = sampler_on_plan(comps, plan, self.num_samples, cfg.chunk_size)
-        # The data's reference points (2-D), drawn in a background thread while the run compiles
-        # its train step: (tv reference, w2 reference or None).
-        self._references = _in_background(self._draw_references, source) if self.is_2d else None
-        plotting.prefetch()  # its figures' library imports while the run trains
+        self._source = source
+        self._references = None  # (tv reference, w2 reference or None) of a 2-D set, by `start`
+        self._started = False
         self._pictures = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="flowmatch-pictures")
         self._drawn: list[concurrent.futures.Future] = []
@@ -93,10 +92,20 @@ class Evaluator:
                                                     cfg.num_w2_samples))
         return tv, w2
 
-    def compile_ahead(self, ema_params) -> None:
-        """Starts compiling the sampling program in a background thread (`Chunked.compile_ahead`);
-        ema_params: the run's EMA parameters or their shapes and shardings.  A run calls this once
-        it trains, so the compilation uses the core its train step leaves idle."""
+    def start(self, ema_params) -> None:
+        """Starts the evaluation's background work: the data's reference points (2-D), matplotlib's
+        imports and the sampling program's compilation (`Chunked.compile_ahead`); ema_params: the
+        run's EMA parameters or their shapes and shardings.  A run calls this once its first
+        train call is queued: started earlier, these threads' Python would hold the GIL against
+        the main thread's tracing of the train step (the imports alone are about 0.5 s); once
+        the main thread waits on its steps, they use the core the small train step leaves idle.
+        The first evaluation starts them itself if need be; later calls do nothing."""
+        if self._started:
+            return
+        self._started = True
+        if self.is_2d:
+            self._references = _in_background(self._draw_references, self._source)
+        plotting.prefetch()
         self.draw.compile_ahead(ema_params, rng.stream(self.key, "samples"), self.labels)
 
     def _draw(self, plot, *args, **kwargs) -> None:
@@ -135,6 +144,7 @@ class Evaluator:
 
     def __call__(self, step: int, ema_params) -> dict:
         cfg = self.cfg
+        self.start(ema_params)
         out = self.draw(ema_params, rng.stream(self.key, "samples"), self.labels)
         result = {"eval_nfe": out.nfe}
         png = os.path.join(self.workdir, f"samples_{step}.png")
