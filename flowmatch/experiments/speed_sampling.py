@@ -11,7 +11,10 @@
   time_embedding="concat" and a torch twin holding the same weights.  torchdiffeq's "rk4" is
   Kutta's 3/8 rule (its rk4_alt_step_func), so the agreement check solves with that tableau
   (`RK4_38`); the timed flowmatch solve is the registry's "rk4" (the classic tableau: the same
-  four evaluations per step).  torch runs at its default thread count, XLA at its default.
+  four evaluations per step).  On a CPU torch runs on as many threads as this process has
+  cores, the cores XLA's CPU client uses by default: like for like, whatever set torch's thread
+  count before (the train and coupling benchmarks run torchcfm on one thread, as its tutorial
+  does; an rk4 comparison left at that measured torch on half of these 2 cores).
 
     from flowmatch.experiments import speed_sampling
     speed_sampling.report()        # prints both tables; returns their rows
@@ -20,6 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -175,28 +179,40 @@ def torch_rk4(net, x0: np.ndarray, num_steps: int,
     return run
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def torchdiffeq_ratio(sizes: Sequence[int] = TORCH_SIZES, *, num_steps: int = 8,
-                      repeats: int = 5) -> list[dict] | None:
+                      repeats: int = 5, torch_threads: int | None = None) -> list[dict] | None:
     """Rows {"n", "num_steps", "torch_seconds" / "flowmatch_seconds" (medians), best_*, "speedup"
     (median / median), "best_speedup", "velocity_diff" (max |v_torch - v_flowmatch| at t = 0.3),
     "solution_diff" (max |x_torchdiffeq - x_flowmatch| with the same 3/8-rule tableau),
     "rk4_vs_38_diff" (flowmatch's classic rk4 vs the 3/8 rule: truncation, not round-off),
     "torch_threads", "torch_device"}; None when torch or torchdiffeq is not importable.
 
-    On a GPU both run on it (`torch_device`), and torch's float32 products are allowed TF32 as
-    jax's are at its default precision, so that both do the same arithmetic."""
+    On a CPU torch runs on torch_threads threads (default `available_cores()`, as XLA), its
+    previous setting restored after.  On a GPU both run on it (`torch_device`), and torch's
+    float32 products are allowed TF32 as jax's are at its default precision, so that both do the
+    same arithmetic."""
     try:
         import torch  # pylint: disable=g-import-not-at-top
         import torchdiffeq  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
         return None
     device = torch_device()
-    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tf32, threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
     torch.backends.cuda.matmul.allow_tf32 = device == "cuda"
+    torch.set_num_threads(torch_threads or available_cores())
     try:
         return _torchdiffeq_rows(sizes, num_steps, repeats, device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.set_num_threads(threads)
 
 
 def _torchdiffeq_rows(sizes, num_steps: int, repeats: int, device: str) -> list[dict]:
@@ -261,10 +277,11 @@ def report(*, quick: bool = False, roofline_sizes: Sequence[int] = ROOFLINE_SIZE
     if torch_rows is None:
         print("torchdiffeq comparison skipped: torch / torchdiffeq not importable")
     else:
-        where = (f"torch {torch_rows[0]['torch_threads']} threads" if
-                 torch_rows[0]["torch_device"] == "cpu" else "both on the GPU, TF32 products")
+        where = (f"torch {torch_rows[0]['torch_threads']} threads, XLA its default "
+                 f"({available_cores()} cores)" if torch_rows[0]["torch_device"] == "cpu"
+                 else "both on the GPU, TF32 products")
         print(f"rk4, {num_steps} steps, torchcfm's MLP (concat t, SELU, 3 x 256), same weights; "
-              f"{where}, XLA default; interleaved")
+              f"{where}; interleaved")
         print("      n  torchdiffeq ms  flowmatch ms  speedup | best: torch  flowmatch  speedup"
               "  |dv|     |dx| (3/8 rule)  |rk4 - 3/8|")
         for r in torch_rows:

@@ -46,6 +46,23 @@ def test_torchdiffeq_agrees():
     assert r["speedup"] > 0
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="torch / torchdiffeq not installed")
+def test_torchdiffeq_threads_are_set_and_restored():
+    # Whatever an earlier benchmark left (torchcfm's loops set one thread), torch runs on the
+    # process's cores, as XLA does, and the previous setting comes back.
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (r,) = speed_sampling.torchdiffeq_ratio((8,), num_steps=1, repeats=1)
+        assert r["torch_threads"] == speed_sampling.available_cores()
+        assert torch.get_num_threads() == 1
+        (r,) = speed_sampling.torchdiffeq_ratio((8,), num_steps=1, repeats=1, torch_threads=1)
+        assert r["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_torchdiffeq_skips_without_torch(monkeypatch):
     import builtins
     real = builtins.__import__
