@@ -85,6 +85,10 @@ def test_damaged_cifar_batches_are_named_or_skipped_and_counted(tmp_path):
     assert 1 <= ds.num_skipped <= 4 and len(ds.x) > 0
 
 
+# A damaged pickle can leave numpy a half-built array whose deallocation reports an ignored
+# RuntimeError ("get_clear_loop not set for the DType 'uint8'", numpy 2.4): numpy's own
+# clean-up of garbage this test makes on purpose, not a result of the parser's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @settings(max_examples=60, deadline=None)
 @given(cut=st.floats(0.0, 0.999), flip=st.integers(0, 10**6), byte=st.integers(1, 255))
 def test_any_damage_to_a_cifar_pickle_is_a_value_error(cut, flip, byte):
