@@ -13,6 +13,7 @@ import pytest
 from flowmatch import integrators, metrics, objectives, paths, rng, sampling, training
 from flowmatch.checks import ConfigError
 from flowmatch.data import toy2d
+from flowmatch.diagnostics import straightness
 from flowmatch.experiments import compare, sample
 from configs_util import load_config  # noqa: E402  (tests/ is on sys.path)
 from runs_util import untrained_run  # noqa: E402
@@ -189,6 +190,30 @@ def test_adaptive_steps_are_the_solves_own(run_dir):
                 for x0, cond in chunks]
     assert got["num_steps"] == max(accepted) > 0 and got["success"]
     assert got["energy"].shape == (40,) and np.all(got["energy"] > 0)
+
+
+def test_the_reference_path_energy_takes_the_looser_tolerance(run_dir):
+    # The reference row's energy solve runs at max(reference_tol, REFERENCE_ENERGY_TOL), its
+    # sampling solve at reference_tol; any other adaptive row's energy at its own tolerance.
+    import jax  # pylint: disable=g-import-not-at-top
+    run = training.restore(run_dir)
+    model, params = run.components.model_fn(), run.state.ema_params
+    chunks = compare.source_chunks(run.components, 20, 20, 0)
+    solves = compare._Solves(model, params, chunks, 20, keys=compare.sampler_keys(20, 20, 0))
+    asked = []
+    energy = solves._energy
+    solves._energy = lambda *a: asked.append(a[3]) or energy(*a)
+    ref = solves(compare.REFERENCE_METHOD, **compare._reference(1e-7),
+                 energy_tol=compare._reference_energy_tol(1e-7))
+    solves("dopri5", tol=1e-3)
+    assert asked == [compare.REFERENCE_ENERGY_TOL, 1e-3]
+    assert compare._reference_energy_tol(1e-3) == 1e-3  # never tighter than the reference
+    x0, cond = chunks[0]
+    tol = compare.REFERENCE_ENERGY_TOL
+    want = jax.jit(lambda p, x: straightness.solve_with_energy(
+        model.velocity_fn(p, cond), x, method="dopri5", rtol=tol, atol=tol,
+        max_steps=compare.REFERENCE_MAX_STEPS, t0=0.0, t1=model.t_end).x[1])(params, x0)
+    np.testing.assert_allclose(ref["energy"], np.asarray(want, np.float64), rtol=1e-6)
 
 
 def test_budgets_count_the_denoising_evaluation():
