@@ -39,6 +39,9 @@ from flowmatch.training import runs as runs_lib
 from flowmatch.training import state as state_lib
 from flowmatch.training import step as step_lib
 
+# Alternating rounds of the whole-process runs (warm, warm without evaluation, torchcfm), medians:
+# one such run varies by several tenths of a second on 2 cores.
+PROCESS_ROUNDS = 3
 SCOPE_VARIANTS = (("independent", "global"), ("exact", "global"), ("exact", "local"),
                   ("sinkhorn", "global"), ("sinkhorn", "local"))
 
@@ -313,18 +316,22 @@ def report_process(quick: bool) -> dict:
     from flowmatch.experiments import speed_process  # pylint: disable=g-import-not-at-top
     overrides = dict(num_train_steps=2_000, checkpoint_every_steps=1_000,
                      eval_every_steps=2_000) if quick else {}
-    w = speed_process.whole_process("configs/torchcfm_moons.py", overrides=overrides)
+    w = speed_process.whole_process("configs/torchcfm_moons.py", overrides=overrides,
+                                    rounds=1 if quick else PROCESS_ROUNDS)
     print(f"\nwhole process, scripts/train.py --config=configs/torchcfm_moons.py ({w['steps']:,} "
-          "steps, final evaluation), wall seconds, back to back:")
+          f"steps, final evaluation), wall seconds: the cold run, then {w['rounds']} alternating "
+          "round(s) of the others, medians (every run in brackets):")
     for key in ("flowmatch cold", "flowmatch warm", "flowmatch warm, no evaluation", "torchcfm"):
         if key in w:
             ratio = (f"  torchcfm / this = {w['torchcfm'] / w[key]:.2f}x"
                      if "torchcfm" in w and key != "torchcfm" else "")
-            print(f"  {key:<32} {w[key]:>7.1f} s{ratio}")
+            each = ", ".join(f"{v:.1f}" for v in w[f"{key} runs"])
+            print(f"  {key:<32} {w[key]:>7.1f} s{ratio}  ({each})")
     st = speed_process.startup("configs/torchcfm_moons.py")
     print(f"  start-up (imports, config, compilation, one call of 100 steps, a checkpoint): "
           f"{st['cold']:.1f} s with a cold compilation cache, {st['warm']:.1f} s warm")
-    return {**{f"process_seconds[{k}]": v for k, v in w.items() if isinstance(v, float)},
+    return {**{f"process_seconds[{k}]": v for k, v in w.items()
+               if isinstance(v, (float, list)) and k != "overrides"},
             "startup_seconds[cold]": st["cold"], "startup_seconds[warm]": st["warm"]}
 
 

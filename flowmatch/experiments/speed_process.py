@@ -147,33 +147,47 @@ def train_command(config_path: str, workdir: str, overrides: dict) -> list[str]:
 
 
 def whole_process(config_path: str = "configs/torchcfm_moons.py", *, overrides=None,
-                  torchcfm: bool | None = None, torchcfm_steps: int | None = None) -> dict:
-    """Wall seconds of scripts/train.py on `config_path` (+ overrides): with a cold compilation
-    cache (a fresh one), the same again warm, and warm with evaluation off
-    (eval_every_steps=0); and (torchcfm: None = when importable) torchcfm's tutorial loop for
-    torchcfm_steps (default the config's num_train_steps) as its own Python process, run right
-    after.  Each run in a fresh workdir."""
+                  torchcfm: bool | None = None, torchcfm_steps: int | None = None,
+                  rounds: int = 1) -> dict:
+    """Wall seconds of scripts/train.py on `config_path` (+ overrides): once with a cold
+    compilation cache (a fresh one), then `rounds` rounds of: the same warm, warm with evaluation
+    off (eval_every_steps=0), and (torchcfm: None = when importable) torchcfm's tutorial loop
+    for torchcfm_steps (default the config's num_train_steps) as its own Python process; each
+    run in a fresh workdir.  A whole process varies by several tenths of a second from run to
+    run on 2 cores, so the rounds alternate the three and each figure is the median of its
+    runs ("... runs": every run's seconds, in order)."""
     from flowmatch.experiments import cli  # pylint: disable=g-import-not-at-top
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     config = cli.load_config_file(config_path)
     for key, value in (overrides or {}).items():
         section, _, field = key.rpartition(".")
         (config[section] if section else config)[field] = value
     out = {"config": config_path, "overrides": dict(overrides or {}),
-           "steps": config.num_train_steps}
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tmp, "xla")}
-        for label, extra in (("cold", {}), ("warm", {}), ("warm, no evaluation",
-                                                          {"eval_every_steps": 0})):
-            argv = train_command(config_path, os.path.join(tmp, label.replace(", ", "_")),
-                                 dict(overrides or {}, **extra))
-            out[f"flowmatch {label}"] = process_seconds(argv, cache)
+           "steps": config.num_train_steps, "rounds": rounds}
     if torchcfm is None:
         torchcfm = coupling_speed.torchcfm_available()
-    if torchcfm:
-        steps = torchcfm_steps or config.num_train_steps
-        out["torchcfm"] = process_seconds([sys.executable, "-m", __name__, "torchcfm",
-                                           str(config.batch_size),
-                                           str(config.model.hidden_sizes[0]), str(steps)])
+    steps = torchcfm_steps or config.num_train_steps
+    torchcfm_argv = [sys.executable, "-m", __name__, "torchcfm", str(config.batch_size),
+                     str(config.model.hidden_sizes[0]), str(steps)]
+    runs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tmp, "xla")}
+
+        def flowmatch(label, extra, r):
+            argv = train_command(config_path, os.path.join(tmp, f"{label}_{r}".replace(", ", "_")),
+                                 dict(overrides or {}, **extra))
+            runs.setdefault(f"flowmatch {label}", []).append(process_seconds(argv, cache))
+
+        flowmatch("cold", {}, 0)
+        for r in range(rounds):
+            flowmatch("warm", {}, r)
+            flowmatch("warm, no evaluation", {"eval_every_steps": 0}, r)
+            if torchcfm:
+                runs.setdefault("torchcfm", []).append(process_seconds(torchcfm_argv))
+    for label, seconds in runs.items():
+        out[label] = statistics.median(seconds)
+        out[f"{label} runs"] = seconds
     return out
 
 

@@ -43,6 +43,26 @@ def test_evaluation_vs_sampling_times_both():
     assert e["ratio"] == pytest.approx(e["evaluation"] / e["sampling"])
 
 
+def test_whole_process_alternates_rounds_and_reports_medians(monkeypatch):
+    # One cold run, then rounds of warm / no evaluation / torchcfm in turn; medians of each.
+    order, seconds = [], iter([9.0, 5.0, 4.0, 20.0, 7.0, 3.0, 30.0, 6.0, 3.5, 25.0])
+
+    def fake(argv, env=None):
+        label = ("torchcfm" if "torchcfm" in argv else
+                 "off" if any("eval_every_steps=0" in a for a in argv) else "on")
+        order.append(label)
+        return next(seconds)
+
+    monkeypatch.setattr(speed_process, "process_seconds", fake)
+    w = speed_process.whole_process(torchcfm=True, rounds=3)
+    assert order == ["on"] + ["on", "off", "torchcfm"] * 3
+    assert w["flowmatch cold"] == 9.0 and w["flowmatch cold runs"] == [9.0]
+    assert w["flowmatch warm runs"] == [5.0, 7.0, 6.0] and w["flowmatch warm"] == 6.0
+    assert w["flowmatch warm, no evaluation"] == 3.5 and w["torchcfm"] == 25.0
+    with pytest.raises(ValueError, match="rounds"):
+        speed_process.whole_process(torchcfm=False, rounds=0)
+
+
 def test_a_failing_process_is_an_error_with_its_output():
     with pytest.raises(RuntimeError, match="boom"):
         speed_process.process_seconds([sys.executable, "-c", "import sys; sys.exit('boom')"])
