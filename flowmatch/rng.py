@@ -47,8 +47,11 @@ def normal_from_uniform(u):
 # jax.random.permutation sorts random 32-bit keys (key-value, stable) in as many rounds as it needs
 # for n; XLA:CPU runs such a sort through a generic comparator, 2.7 ms for 100 rows of 256 on this
 # project's CPU (a train call's moons batches: 13% of the 64 x 3 step), while a one-operand
-# integer sort takes its fast path.  `permutation` gives the same integers by that route.
-FAST_PERMUTATION_MAX = 4096
+# integer sort takes its fast path.  `permutation` gives the same integers by that route: 3.3 ->
+# 0.87 ms for 100 x 256, 1.64 -> 0.79 ms for one 4,096, 28.6 -> 16.7 ms for one 65,536, but only
+# 43 -> 38 ms at 100,000 (more high-bit ties to mend as n grows), hence the limit
+# (docs/results/toy_batches_xeon_2330/bigperm.log).
+FAST_PERMUTATION_MAX = 1 << 16
 
 
 def permutation(key, n: int) -> jax.Array:
