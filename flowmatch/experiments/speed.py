@@ -330,8 +330,7 @@ def report_process(quick: bool) -> dict:
     st = speed_process.startup("configs/torchcfm_moons.py")
     print(f"  start-up (imports, config, compilation, one call of 100 steps, a checkpoint): "
           f"{st['cold']:.1f} s with a cold compilation cache, {st['warm']:.1f} s warm")
-    return {**{f"process_seconds[{k}]": v for k, v in w.items()
-               if isinstance(v, (float, list)) and k != "overrides"},
+    return {**{f"process_seconds[{k}]": v for k, v in w.items() if isinstance(v, (float, list))},
             "startup_seconds[cold]": st["cold"], "startup_seconds[warm]": st["warm"]}
 
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flowmatch import checks
 from flowmatch import data as data_lib
 from flowmatch import rng
 from flowmatch import threefry
@@ -157,8 +158,7 @@ def whole_process(config_path: str = "configs/torchcfm_moons.py", *, overrides=N
     run on 2 cores, so the rounds alternate the three and each figure is the median of its
     runs ("... runs": every run's seconds, in order)."""
     from flowmatch.experiments import cli  # pylint: disable=g-import-not-at-top
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    rounds = checks.positive_int("rounds", rounds)
     config = cli.load_config_file(config_path)
     for key, value in (overrides or {}).items():
         section, _, field = key.rpartition(".")

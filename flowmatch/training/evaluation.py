@@ -75,7 +75,7 @@ class Evaluator:
         self.draw = sampler_on_plan(comps, plan, self.num_samples, cfg.chunk_size)
         self._source = source
         self._references = None  # (tv reference, w2 reference or None) of a 2-D set, by `start`
-        self._started = False
+        self.started = False  # whether `start` ran
         self._pictures = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="flowmatch-pictures")
         self._drawn: list[concurrent.futures.Future] = []
@@ -100,9 +100,9 @@ class Evaluator:
         the main thread's tracing of the train step (the imports alone are about 0.5 s); once
         the main thread waits on its steps, they use the core the small train step leaves idle.
         The first evaluation starts them itself if need be; later calls do nothing."""
-        if self._started:
+        if self.started:
             return
-        self._started = True
+        self.started = True
         if self.is_2d:
             self._references = _in_background(self._draw_references, self._source)
         plotting.prefetch()

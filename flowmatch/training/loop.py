@@ -329,14 +329,12 @@ class _Trainer:
         canonical = lambda st: plan.unstack(st) if in_pmap else st  # noqa: E731
         step = int(state.step)
         window = _Window(values=monitor_lib.window_from_json(meta.get("window")), start=step)
-        evaluator_started = False  # its background work, once the first train call is queued
         while step < s.num_train_steps:
             n = min(s.steps_per_call, s.num_train_steps - step)
             batches = plan.put_batches(iterator.next_batches(n))
             run_state, step_metrics = multi_step(run_state, batches, device_key)
-            if evaluator is not None and not evaluator_started:  # after the first call
+            if evaluator is not None and not evaluator.started:  # after the first call
                 evaluator.start(canonical(run_state).ema_params)  # shapes only
-                evaluator_started = True
             self.unread.append((step + 1, step_metrics))
             step += n
             if progress is not None:
