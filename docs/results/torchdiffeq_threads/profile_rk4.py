@@ -3,10 +3,11 @@ XLA:CPU op events of 10 solves, per solve; then products (ynn fusions) and SELU 
 
     python docs/results/torchdiffeq_threads/profile_rk4.py 256
 """
-import os, sys, glob, gzip, json, collections, time, statistics
+import os, sys, gzip, json, collections, time, statistics
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
 sys.path.insert(0, ".")
 import jax, jax.numpy as jnp
+from flowmatch.diagnostics import trace
 from flowmatch.experiments import speed_sampling as ss
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 net = ss.default_network(concat=True)
@@ -21,7 +22,7 @@ print("median ms", statistics.median(ts) * 1e3, "best", min(ts) * 1e3)
 d = "/tmp/prof_rk4"; os.system(f"rm -rf {d}")
 with jax.profiler.trace(d):
     for _ in range(10): jax.block_until_ready(call())
-f = glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]
+f = trace.latest_trace_file(d)
 ev = json.load(gzip.open(f))["traceEvents"]
 agg = collections.Counter(); cnt = collections.Counter()
 for e in ev:
