@@ -453,9 +453,9 @@ def _column_min(x):
     """min over axis 0 of x [n, m], as pairwise minima of row halves while n is even (the same
     values: a minimum does not round).  XLA:CPU's reduction over the leading axis took about
     twice as long (a [256, 256] matrix in a compiled loop: 26.5 against 13.1 us beyond the
-    loop's own, docs/results/sinkhorn_xeon_2230/reductions.log): on the benchmark's batches of 256 the whole Sinkhorn coupling ran 8-10%
-    faster this way (410-433 against 457-466 us a batch in three runs, each timing both
-    interleaved)."""
+    loop's own, docs/results/sinkhorn_xeon_2230/reductions.log): on the benchmark's batches of
+    256 the whole Sinkhorn coupling ran 5-10% faster this way (380-394 against 416-437 us a
+    batch in three runs, each timing both interleaved: column_min_ab.log there)."""
     while x.shape[0] > 1 and x.shape[0] % 2 == 0:
         half = x.shape[0] // 2
         x = jnp.minimum(x[:half], x[half:])
