@@ -18,9 +18,10 @@ integrator.
 
 Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s straightness,
 the path energy ratio PE / E||x(t_end) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised
-path energy, from a second, untimed solve by the same method and steps (or tolerance) with the
-path energy in the state (ODE integrators only; None for the other methods, which follow no
-single ODE solve; the NLL rows likewise).  The reference row's takes rtol = atol =
+path energy, from the same method and steps (or tolerance) with the path energy in the state: on
+a fixed grid the timed solve itself carries it (its x is the plain solve's; 0.998-1.013x its
+time), an adaptive one takes a second, untimed solve (ODE integrators only; None for the other
+methods, which follow no single ODE solve; the NLL rows likewise).  The reference row's takes rtol = atol =
 max(reference_tol, REFERENCE_ENERGY_TOL = 1e-6), not the reference's 1e-7: on the digits run
 its straightness and energy ratio moved by 5.2e-5 and 6.3e-6 (relative) against 1e-7's, inside
 the 4 digits printed (1e-5: 1.4e-4 and 1.9e-5), and the comparison took 125.6 s instead of
@@ -72,6 +73,7 @@ from flowmatch.diagnostics import exposure
 from flowmatch.diagnostics import runs as diag_runs
 from flowmatch.diagnostics import straightness
 from flowmatch.experiments.progress import progress
+from flowmatch.sampling import ode as ode_sampling
 from flowmatch.training import loop as training_loop
 
 DEFAULT_METHODS = ("euler", "heun", "rk4", "dopri5")
@@ -238,8 +240,9 @@ def sampler_keys(n: int, chunk_size: int, seed: int) -> list:
 class _Solves:
     """Samples from the fixed source chunks (and the chunks' sampler keys) with one jitted
     sampler per (method, grid or tolerance, correction), cached so a repeated configuration
-    (e.g. the reference) runs once.  With path_metrics, also the path energy of every ODE solve
-    (an untimed second solve)."""
+    (e.g. the reference) runs once.  With path_metrics, also the path energy of every ODE solve:
+    on a fixed grid carried by the timed solve itself (`_sampler_with_energy`), adaptively by an
+    untimed second solve (the energy in the state would change the accepted steps)."""
 
     def __init__(self, model: sampling.ModelFn, params, chunks, n: int, *, keys,
                  path_metrics: bool = True, time_shift=None):
@@ -257,6 +260,27 @@ class _Solves:
             return sampling.make_sampler(model, method, num_steps=num_steps)
         return sampling.make_sampler(model, method, num_steps=num_steps, rtol=tol, atol=tol,
                                      max_steps=max_steps)
+
+    def _sampler_with_energy(self, model, method, num_steps):
+        """sample(params, x0, key, cond) -> (Samples, (x(t_end), path energy [B])): the registry's
+        fixed-grid ODE sampler with the path energy as one more state of its solve
+        (`straightness.solve_with_energy`), so the timed solve also gives the path metrics.  On a
+        fixed grid the state's x is exactly the plain solve's (tested), and carrying the energy
+        (a sum of squares per evaluation) cost 0.998-1.013x the plain sampler's time for the
+        quickstart's 3 x 256 MLP on 20,000 points, euler / heun / rk4
+        (docs/results/compare_energy_fused/overhead.log); the second solve it replaces doubled
+        each fixed-grid row's compute."""
+        sampling.make_sampler(model, method, num_steps=num_steps)  # the registry's checks
+
+        def sample(params, x0, key, cond=None):
+            del key
+            sol = straightness.solve_with_energy(model.velocity_fn(params, cond), x0,
+                                                 method=method, num_steps=num_steps, t0=0.0,
+                                                 t1=model.t_end)
+            x_end, energy = sol.x
+            return ode_sampling.samples_of(model, params, cond, x_end, sol), (x_end, energy)
+
+        return sample
 
     def _energy(self, model, method, num_steps, tol, max_steps):
         """An untimed jitted (params, x0, cond) -> (x(t_end), path energy [B]) of an ODE solve
@@ -316,13 +340,17 @@ class _Solves:
             model = self.model
             if correction is not None and correction.kind == "eps_scale":
                 model = exposure.noise_scaled_model(model, correction.scale)
-            outs, seconds = self._timed(
-                self._sampler(model, method, num_steps, tol, max_steps, correction))
-            energy = (self._energy(model, method, num_steps,
-                                   tol if energy_tol is None or tol is None else energy_tol,
-                                   max_steps)
-                      if self.path_metrics and not shifted else None)
-            ex = [energy(self.params, x0, cond) for x0, cond in self.chunks] if energy else []
+            if self.path_metrics and not shifted and tol is None and _is_ode(method):
+                fused, seconds = self._timed(self._sampler_with_energy(model, method, num_steps))
+                outs, ex = [o[0] for o in fused], [o[1] for o in fused]
+            else:
+                outs, seconds = self._timed(
+                    self._sampler(model, method, num_steps, tol, max_steps, correction))
+                energy = (self._energy(model, method, num_steps,
+                                       tol if energy_tol is None or tol is None else energy_tol,
+                                       max_steps)
+                          if self.path_metrics and not shifted else None)
+                ex = [energy(self.params, x0, cond) for x0, cond in self.chunks] if energy else []
             # An adaptive solve's accepted steps come with its Samples (an ODE sampler's).
             self.cache[key] = {
                 "x": self._rows([o.x for o in outs], np.float32),

@@ -35,11 +35,17 @@ def ode_sampler(model: ModelFn, *, method: str, num_steps: int | None = None,
         v = model.velocity_fn(params, cond)
         sol = integrators.solve(v, x0, method=method, num_steps=num_steps, time_grid=time_grid,
                                 rtol=rtol, atol=atol, max_steps=max_steps, **span)
-        x, nfe = sol.x, sol.nfe
-        if model.denoises:
-            x = model.denoise(params, x, cond)
-            nfe = nfe + 1
-        return Samples(x=x, nfe=jnp.asarray(nfe, jnp.int32), success=sol.success,
-                       steps=sol.num_accepted)
+        return samples_of(model, params, cond, sol.x, sol)
 
     return sample
+
+
+def samples_of(model: ModelFn, params, cond, x_end, sol: integrators.Solution) -> Samples:
+    """The Samples of an ODE solve `sol` whose state at t_end is x_end: that state, or the model's
+    data estimate there when it denoises at t_end (one more evaluation, counted in nfe)."""
+    x, nfe = x_end, sol.nfe
+    if model.denoises:
+        x = model.denoise(params, x_end, cond)
+        nfe = nfe + 1
+    return Samples(x=x, nfe=jnp.asarray(nfe, jnp.int32), success=sol.success,
+                   steps=sol.num_accepted)

@@ -192,6 +192,45 @@ def test_adaptive_steps_are_the_solves_own(run_dir):
     assert got["energy"].shape == (40,) and np.all(got["energy"] > 0)
 
 
+def test_a_fixed_grid_row_is_one_solve_carrying_its_path_energy(run_dir):
+    # The timed solve carries the energy (no second solve): its samples are the registry
+    # sampler's bit for bit, its energy and x(t_end) those of straightness.solve_with_energy.
+    import jax  # pylint: disable=g-import-not-at-top
+    run = training.restore(run_dir)
+    model, params = run.components.model_fn(), run.state.ema_params
+    chunks = compare.source_chunks(run.components, 40, 20, 0)
+    solves = compare._Solves(model, params, chunks, 40, keys=compare.sampler_keys(40, 20, 0))
+    solves._energy = lambda *a: pytest.fail("a second solve for a fixed-grid row")
+    got = solves("heun", num_steps=7)
+    plain = sampling.make_sampler(model, "heun", num_steps=7)
+    want = [plain(params, x0, None, cond) for x0, cond in chunks]
+    np.testing.assert_array_equal(got["x"], np.concatenate([np.asarray(o.x) for o in want]))
+    assert got["nfe"] == int(want[0].nfe) == 14 and got["success"]
+    solved = [jax.jit(lambda p, x, c=cond: straightness.solve_with_energy(
+        model.velocity_fn(p, c), x, method="heun", num_steps=7, t0=0.0, t1=model.t_end).x)(
+            params, x0) for x0, cond in chunks]
+    np.testing.assert_array_equal(got["energy"], np.concatenate([e for _, e in solved]))
+    np.testing.assert_array_equal(got["x_end"], got["x"])  # flow matching: no denoising step
+
+
+def test_a_denoising_models_fixed_grid_row_with_energy_is_the_registry_sampler():
+    # A DDPM model's samples are its data estimate at t_end (one more evaluation); x_end is the
+    # ODE state there, which the path metrics use.
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    ddpm = objectives.build_objective("ddpm", path=paths.make_path("cond_ot"),
+                                      num_timesteps=100)
+    model = sampling.ModelFn.from_objective(lambda p, x, t, c: p * x, ddpm)
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+    solves = compare._Solves(model, jnp.float32(0.3), [(x0, None)], 16, keys=[None])
+    samples, (x_end, energy) = solves._sampler_with_energy(model, "euler", 5)(
+        jnp.float32(0.3), x0, None)
+    want = sampling.make_sampler(model, "euler", num_steps=5)(jnp.float32(0.3), x0, None)
+    np.testing.assert_array_equal(samples.x, want.x)
+    assert int(samples.nfe) == int(want.nfe) == 6
+    assert not np.array_equal(samples.x, x_end) and np.all(np.asarray(energy) > 0)
+
+
 def test_the_reference_path_energy_takes_the_looser_tolerance(run_dir):
     # The reference row's energy solve runs at max(reference_tol, REFERENCE_ENERGY_TOL), its
     # sampling solve at reference_tol; any other adaptive row's energy at its own tolerance.
