@@ -63,21 +63,28 @@ def energy_field(v: Callable) -> Callable:
     return f
 
 
-def solve_with_energy(v: Callable, x0, **solve_kwargs) -> integrators.Solution:
+def solve_with_energy(v: Callable, x0, *, energy_error: bool = True,
+                      **solve_kwargs) -> integrators.Solution:
     """`integrators.solve` of v from x0 [B, ...] with the path energy carried along.
 
     Returns a Solution whose x is the pair (x(t1) [B, ...], e [B] = ∫_{t0}^{t1} ||v||^2 dt per
-    example, by the same method and steps).  On a fixed grid x is exactly the plain solve's; an
-    adaptive solve also controls the error of e, so its steps may differ slightly from a solve of
-    x alone.  solve_kwargs: anything `integrators.solve` takes (method, num_steps, rtol, ...).
+    example, by the same method and steps).  On a fixed grid x is exactly the plain solve's.
+    Adaptively, energy_error=True (default) has the step control measure e too, so its steps
+    may differ slightly from a solve of x alone; energy_error=False measures x alone
+    (`integrators.solve`'s error_on): the steps and x are then exactly the plain solve's and e
+    is integrated along them without an error estimate of its own (fine where the tolerance is
+    tight, e.g. compare_integrators' reference).  solve_kwargs: anything `integrators.solve`
+    takes (method, num_steps, rtol, ...).
     """
     e0 = jnp.zeros((x0.shape[0],), jnp.promote_types(x0.dtype, jnp.float32))
-    return integrators.solve(energy_field(v), (x0, e0), **solve_kwargs)
+    return integrators.solve(energy_field(v), (x0, e0),
+                             error_on=None if energy_error else (True, False), **solve_kwargs)
 
 
 def positive_quadrature(method: str, adaptive: bool = False) -> bool:
     """Whether `solve_with_energy` by `method` integrates ||v||^2 with non-negative weights (or
-    adaptively, its error controlled), so that its path energy can be trusted; see the module
+    adaptively: its error controlled, or its steps controlled on x alone at a tight tolerance, as
+    compare_integrators' reference), so that its path energy can be trusted; see the module
     docstring."""
     if adaptive:
         return True

@@ -18,14 +18,17 @@ integrator.
 
 Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s straightness,
 the path energy ratio PE / E||x(t_end) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised
-path energy, from the same method and steps (or tolerance) with the path energy in the state: on
-a fixed grid the timed solve itself carries it (its x is the plain solve's; 0.998-1.013x its
-time), an adaptive one takes a second, untimed solve (ODE integrators only; None for the other
-methods, which follow no single ODE solve; the NLL rows likewise).  The reference row's takes rtol = atol =
-max(reference_tol, REFERENCE_ENERGY_TOL = 1e-6), not the reference's 1e-7: on the digits run
-its straightness and energy ratio moved by 5.2e-5 and 6.3e-6 (relative) against 1e-7's, inside
-the 4 digits printed (1e-5: 1.4e-4 and 1.9e-5), and the comparison took 125.6 s instead of
-156.0 s (docs/results/compare_reference_energy).  Exposure-bias corrections
+path energy, from the same method and steps (or tolerance) with the path energy in the state
+(`straightness.solve_with_energy`; ODE integrators only; None for the other methods, which follow
+no single ODE solve; the NLL rows likewise).  A fixed-grid row's timed solve carries it itself
+(its samples are the plain solve's; 0.998-1.013x its time); an adaptive row takes a second,
+untimed solve whose step control also measures the energy, so that a loose tolerance's energy
+has an error estimate (and dopri5's negative weight no unchecked effect); the reference row's
+timed solve carries its energy on its own steps, controlled on x alone at reference_tol (1e-7):
+on the quickstart run its straightness, energy ratio and npe moved by 1.3e-5, 1.1e-5 and 2.2e-5
+(relative) against the earlier second solve at 1e-6, inside the 4 digits printed, and the
+default comparison took 154.6 s instead of 161.7 s (196.8 s with every row solved twice;
+docs/results/compare_energy_fused).  Exposure-bias corrections
 (`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE
 solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected
 model with the registry's sampler, time_shift uses `exposure.time_shifted_sampler`.
@@ -85,8 +88,6 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 REFERENCE_TOL = 1e-7
 # The reference runs at a tolerance near float32 resolution: allow it many more steps.
 REFERENCE_MAX_STEPS = 100_000
-# The reference row's path energy (a second solve) needs no such tolerance; see the docstring.
-REFERENCE_ENERGY_TOL = 1e-6
 # A solve whose first call (one chunk) takes longer is not repeated for its timing (`_Solves`).
 FIRST_CALL_KEPT_SECONDS = 10.0
 
@@ -240,9 +241,9 @@ def sampler_keys(n: int, chunk_size: int, seed: int) -> list:
 class _Solves:
     """Samples from the fixed source chunks (and the chunks' sampler keys) with one jitted
     sampler per (method, grid or tolerance, correction), cached so a repeated configuration
-    (e.g. the reference) runs once.  With path_metrics, also the path energy of every ODE solve:
-    on a fixed grid carried by the timed solve itself (`_sampler_with_energy`), adaptively by an
-    untimed second solve (the energy in the state would change the accepted steps)."""
+    (e.g. the reference) runs once.  With path_metrics, also the path energy of every ODE
+    solve: carried by the timed solve itself (`_sampler_with_energy`) on a fixed grid and for
+    the reference, else by an untimed second solve with the energy under error control."""
 
     def __init__(self, model: sampling.ModelFn, params, chunks, n: int, *, keys,
                  path_metrics: bool = True, time_shift=None):
@@ -261,39 +262,38 @@ class _Solves:
         return sampling.make_sampler(model, method, num_steps=num_steps, rtol=tol, atol=tol,
                                      max_steps=max_steps)
 
-    def _sampler_with_energy(self, model, method, num_steps):
+    def _sampler_with_energy(self, model, method, num_steps, tol, max_steps):
         """sample(params, x0, key, cond) -> (Samples, (x(t_end), path energy [B])): the registry's
-        fixed-grid ODE sampler with the path energy as one more state of its solve
-        (`straightness.solve_with_energy`), so the timed solve also gives the path metrics.  On a
-        fixed grid the state's x is exactly the plain solve's (tested), and carrying the energy
-        (a sum of squares per evaluation) cost 0.998-1.013x the plain sampler's time for the
-        quickstart's 3 x 256 MLP on 20,000 points, euler / heun / rk4
+        ODE sampler with the path energy as one more state of its solve
+        (`straightness.solve_with_energy`; adaptively with the step control on x alone), so the
+        timed solve also gives the path metrics.  Its x, and an adaptive solve's steps, are
+        exactly the plain solve's (tested), and carrying the energy (a sum of squares per evaluation) cost 0.998-1.013x the plain sampler's time
+        for the quickstart's 3 x 256 MLP on 20,000 points, euler / heun / rk4
         (docs/results/compare_energy_fused/overhead.log); the second solve it replaces doubled
-        each fixed-grid row's compute."""
-        sampling.make_sampler(model, method, num_steps=num_steps)  # the registry's checks
+        each row's compute."""
+        kwargs = (dict(num_steps=num_steps) if tol is None else
+                  dict(rtol=tol, atol=tol, max_steps=max_steps))
+        sampling.make_sampler(model, method, **kwargs)  # the registry's checks
 
         def sample(params, x0, key, cond=None):
             del key
             sol = straightness.solve_with_energy(model.velocity_fn(params, cond), x0,
-                                                 method=method, num_steps=num_steps, t0=0.0,
-                                                 t1=model.t_end)
+                                                 energy_error=False, method=method, t0=0.0,
+                                                 t1=model.t_end, **kwargs)
             x_end, energy = sol.x
             return ode_sampling.samples_of(model, params, cond, x_end, sol), (x_end, energy)
 
         return sample
 
-    def _energy(self, model, method, num_steps, tol, max_steps):
-        """An untimed jitted (params, x0, cond) -> (x(t_end), path energy [B]) of an ODE solve
-        (`straightness.solve_with_energy`: the solve with the energy as one more state), or
-        None for a method that is not an ODE integrator."""
-        if not _is_ode(method):
-            return None
-        kwargs = dict(method=method, num_steps=num_steps, rtol=tol, atol=tol,
-                      max_steps=max_steps, t0=0.0, t1=model.t_end)
+    def _energy(self, model, method, tol, max_steps):
+        """An untimed jitted (params, x0, cond) -> (x(t_end), path energy [B]) of an adaptive ODE
+        solve with the energy as one more state, under error control with x."""
 
         @jax.jit
         def run(params, x0, cond):
-            return straightness.solve_with_energy(model.velocity_fn(params, cond), x0, **kwargs).x
+            return straightness.solve_with_energy(
+                model.velocity_fn(params, cond), x0, method=method, rtol=tol, atol=tol,
+                max_steps=max_steps, t0=0.0, t1=model.t_end).x
 
         return run
 
@@ -324,12 +324,12 @@ class _Solves:
         return np.concatenate([np.asarray(a, dtype) for a in arrays])[:self.n]
 
     def __call__(self, method: str, *, num_steps=None, tol=None, max_steps=4096,
-                 correction=NO_CORRECTION, energy_tol=None) -> dict:
+                 correction=NO_CORRECTION, energy_on_steps=False) -> dict:
         """{"x": float32 [n, ...], "nfe", "num_steps" (accepted steps, max over chunks),
         "success", "seconds" (all chunks, compiled), "x_end" (float64 [n, ...], the ODE state at
-        t_end, or None), "energy" (float64 [n] path energies, or None)}.  energy_tol: an
-        adaptive solve's path energy at this rtol = atol instead of tol (the first call of a
-        configuration decides: results are cached without it)."""
+        t_end, or None), "energy" (float64 [n] path energies, or None)}.  energy_on_steps: an
+        adaptive solve's energy rides on its own steps, controlled on x alone (the reference's;
+        the first call of a configuration decides, results are cached without it)."""
         correction = None if correction == NO_CORRECTION else exposure.parse_correction(correction)
         shifted = correction is not None and correction.kind == "time_shift"
         if shifted and num_steps is None:
@@ -340,17 +340,16 @@ class _Solves:
             model = self.model
             if correction is not None and correction.kind == "eps_scale":
                 model = exposure.noise_scaled_model(model, correction.scale)
-            if self.path_metrics and not shifted and tol is None and _is_ode(method):
-                fused, seconds = self._timed(self._sampler_with_energy(model, method, num_steps))
+            energy = self.path_metrics and not shifted and _is_ode(method)
+            if energy and (tol is None or energy_on_steps):
+                fused, seconds = self._timed(
+                    self._sampler_with_energy(model, method, num_steps, tol, max_steps))
                 outs, ex = [o[0] for o in fused], [o[1] for o in fused]
             else:
                 outs, seconds = self._timed(
                     self._sampler(model, method, num_steps, tol, max_steps, correction))
-                energy = (self._energy(model, method, num_steps,
-                                       tol if energy_tol is None or tol is None else energy_tol,
-                                       max_steps)
-                          if self.path_metrics and not shifted else None)
-                ex = [energy(self.params, x0, cond) for x0, cond in self.chunks] if energy else []
+                run = self._energy(model, method, tol, max_steps) if energy else None
+                ex = [run(self.params, x0, cond) for x0, cond in self.chunks] if run else []
             # An adaptive solve's accepted steps come with its Samples (an ODE sampler's).
             self.cache[key] = {
                 "x": self._rows([o.x for o in outs], np.float32),
@@ -564,11 +563,6 @@ def _reference(reference_tol: float) -> dict:
     return dict(tol=reference_tol, max_steps=REFERENCE_MAX_STEPS)
 
 
-def _reference_energy_tol(reference_tol: float) -> float:
-    """The tolerance of the reference row's path-energy solve (see the module docstring)."""
-    return max(reference_tol, REFERENCE_ENERGY_TOL)
-
-
 def _prepare(comps, params, args: _Arguments, n: int, seed: int, chunk_size: int, *,
              quality_fn, nll: bool, reference_tol: float, path_metrics: bool,
              max_shift: float) -> _Measure:
@@ -599,14 +593,10 @@ def _prepare(comps, params, args: _Arguments, n: int, seed: int, chunk_size: int
     print(f"compare_integrators: the reference solve, {REFERENCE_METHOD} at rtol = atol = "
           f"{reference_tol:g} (at most {REFERENCE_MAX_STEPS:,} steps), {len(chunks)} chunk(s) "
           f"of {len(chunks[0][0]):,} samples: the longest solve here, minutes on an image "
-          f"model (a looser reference_tol, --reference_tol, is faster)"
-          + (f"; then its path energy, a second solve at rtol = atol = "
-             f"{_reference_energy_tol(reference_tol):g}" if path_metrics else ""),
-          flush=True)
-    # The first call of a configuration decides its energy's tolerance (cached): the reference
-    # row measured later reads this one.
-    ref = solves(REFERENCE_METHOD, **_reference(reference_tol),
-                 energy_tol=_reference_energy_tol(reference_tol))
+          f"model (a looser reference_tol, --reference_tol, is faster)", flush=True)
+    # The first call of a configuration decides how its energy is had (cached): the
+    # reference row measured later reads this one.
+    ref = solves(REFERENCE_METHOD, **_reference(reference_tol), energy_on_steps=True)
     if not ref["success"]:
         raise RuntimeError(
             f"the reference solve ({REFERENCE_METHOD}, rtol = atol = {reference_tol:g}) failed to "

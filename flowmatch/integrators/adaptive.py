@@ -73,18 +73,31 @@ def _status(t, t1, h_next, attempts, max_steps):
 
 
 def solve_adaptive(f: Callable, tab: ButcherTableau, y0, t0, t1, *, rtol, atol, max_steps: int,
-                   first_step, save_at, controller: PIController) -> Solution:
+                   first_step, save_at, controller: PIController,
+                   measured: tuple[bool, ...] | None = None) -> Solution:
     """Integrates dy/dt = f(t, y) from t0 to t1 with the embedded pair `tab`.
 
     y0: leaf list; t0, t1: scalars in the time dtype; save_at: None or [M] times (validated by
     the caller).  nfe = 1 (f(t0, y0)) + the controller's init probe + (s - 1) per attempted step
-    (+ 1 per accepted step for a pair that is not FSAL).  Returns a Solution over leaf lists.
+    (+ 1 per accepted step for a pair that is not FSAL).  measured: one bool per leaf, the
+    leaves the controller sees (None: all); its first-step probe then moves the measured leaves
+    only, the others held at y0.  Returns a Solution over leaf lists.
     """
     direction = jnp.sign(t1 - t0)
     s = tab.num_stages
     k1 = f(t0, y0)
-    h, ctrl = controller.init(f, t0, t1, y0, k1, rtol=rtol, atol=atol, err_order=tab.err_order,
-                              first_step=first_step)
+
+    def seen(leaves):
+        return list(leaves) if measured is None else [l for l, m in zip(leaves, measured) if m]
+
+    def f_seen(t, y_seen):  # f on the measured leaves (all of them unless `measured`)
+        if measured is None:
+            return f(t, y_seen)
+        it = iter(y_seen)
+        return seen(f(t, [next(it) if m else y for y, m in zip(y0, measured)]))
+
+    h, ctrl = controller.init(f_seen, t0, t1, seen(y0), seen(k1), rtol=rtol, atol=atol,
+                              err_order=tab.err_order, first_step=first_step)
     targets, xs, save_idx = _initial_saves(save_at, t0, t1, y0)
     init = LoopState(
         t=t0, y=list(y0), k1=k1, h=h, controller=ctrl, num_accepted=jnp.asarray(0, jnp.int32),
@@ -100,8 +113,8 @@ def solve_adaptive(f: Callable, tab: ButcherTableau, y0, t0, t1, *, rtol, atol, 
         t_new = jnp.where(landed, target, st.t + h)
         step = rk_step(f, tab, st.y, st.t, t_new, h, k1=st.k1, error=True)
         accept, h_next, ctrl = controller.adapt_step_size(
-            st.controller, h=h, proposal=st.h, landed=landed, y0=st.y, y1=step.y1,
-            y_error=step.y_error)
+            st.controller, h=h, proposal=st.h, landed=landed, y0=seen(st.y), y1=seen(step.y1),
+            y_error=seen(step.y_error))
         if tab.fsal:
             k1_new, nfe = step.ks[-1], st.nfe + (s - 1)
         else:

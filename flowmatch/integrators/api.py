@@ -19,7 +19,8 @@ from flowmatch.integrators.solution import Solution
 def solve(v: Callable, x0, *, method="euler", num_steps: int | None = None, time_grid=None,
           t0=0.0, t1=1.0, rtol: float | None = None, atol: float | None = None,
           max_steps: int = 4096, first_step: float | None = None, save_trajectory: bool = False,
-          save_at=None, controller: PIController = PIController(), unroll: int = 1) -> Solution:
+          save_at=None, controller: PIController = PIController(), unroll: int = 1,
+          error_on=None) -> Solution:
     """Integrates dx/dt = v(t, x) from t0 to t1 (either direction).  Call inside jax.jit.
 
     v: (t, x) -> dx/dt, t a scalar array, x and the result pytrees like x0 (the result is cast
@@ -40,6 +41,12 @@ def solve(v: Callable, x0, *, method="euler", num_steps: int | None = None, time
         attempted step; the last step is shortened to land exactly on t1.  At most max_steps
         attempted steps, else status MAX_STEPS_REACHED.  Forward-mode differentiable (jvp,
         jacfwd; step sizes are held fixed); not reverse mode (lax.while_loop).
+    error_on (adaptive; ignored on a fixed grid): None (all of the state), or a pytree of bools
+        with x0's structure or a prefix of it: the parts whose error the step control measures
+        (the first-step heuristic included).  The others ride along on the same steps without
+        error control: a quadrature of the solution, e.g. the path energy of
+        `flowmatch.diagnostics.straightness.solve_with_energy`, which then leaves the steps,
+        and so x, exactly those of a solve of x alone.
     Saving: save_trajectory=True on a fixed grid returns ts = grid and xs at every grid point.
         Adaptive: save_at [M] (strictly monotonic from t0 towards t1, inside [t0, t1]) returns
         xs at exactly those times: the stepper shortens steps to land on them (no interpolation,
@@ -66,7 +73,7 @@ def solve(v: Callable, x0, *, method="euler", num_steps: int | None = None, time
         t0a, t1a, save_at = _adaptive_times(t0, t1, save_at)
         sol = solve_adaptive(f, tab, leaves0, t0a, t1a, rtol=rtol, atol=atol,
                              max_steps=max_steps, first_step=first_step, save_at=save_at,
-                             controller=controller)
+                             controller=controller, measured=_measured(error_on, x0))
     return sol.replace(x=jax.tree.unflatten(treedef, sol.x),
                        xs=None if sol.xs is None else jax.tree.unflatten(treedef, sol.xs))
 
@@ -81,6 +88,24 @@ def _flatten_state(x0):
         if not jnp.issubdtype(l.dtype, jnp.floating):
             raise ValueError(f"x0 leaves must be float arrays, got dtype {l.dtype}")
     return leaves0, treedef
+
+
+def _measured(error_on, x0) -> tuple[bool, ...] | None:
+    """error_on (a pytree prefix of x0 of bools) as one bool per leaf of x0, in leaf order; None
+    for all of them.  ValueError when it does not fit x0 or selects nothing."""
+    if error_on is None:
+        return None
+    try:
+        per_part = jax.tree.map(lambda on, part: (bool(on),) * len(jax.tree.leaves(part)),
+                                error_on, x0)
+    except ValueError as e:
+        raise ValueError(f"error_on must be a pytree of bools with x0's structure or a prefix "
+                         f"of it: {e}") from None
+    measured = tuple(jax.tree.leaves(per_part))
+    if not any(measured):
+        raise ValueError("error_on selects no part of the state: the step control needs at "
+                         "least one part to measure")
+    return None if all(measured) else measured
 
 
 def _time_dtype(*xs):

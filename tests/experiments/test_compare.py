@@ -193,14 +193,13 @@ def test_adaptive_steps_are_the_solves_own(run_dir):
 
 
 def test_a_fixed_grid_row_is_one_solve_carrying_its_path_energy(run_dir):
-    # The timed solve carries the energy (no second solve): its samples are the registry
-    # sampler's bit for bit, its energy and x(t_end) those of straightness.solve_with_energy.
+    # The timed solve carries the energy: its samples are the registry sampler's bit for bit,
+    # its energy and x(t_end) those of straightness.solve_with_energy.
     import jax  # pylint: disable=g-import-not-at-top
     run = training.restore(run_dir)
     model, params = run.components.model_fn(), run.state.ema_params
     chunks = compare.source_chunks(run.components, 40, 20, 0)
     solves = compare._Solves(model, params, chunks, 40, keys=compare.sampler_keys(40, 20, 0))
-    solves._energy = lambda *a: pytest.fail("a second solve for a fixed-grid row")
     got = solves("heun", num_steps=7)
     plain = sampling.make_sampler(model, "heun", num_steps=7)
     want = [plain(params, x0, None, cond) for x0, cond in chunks]
@@ -223,7 +222,7 @@ def test_a_denoising_models_fixed_grid_row_with_energy_is_the_registry_sampler()
     model = sampling.ModelFn.from_objective(lambda p, x, t, c: p * x, ddpm)
     x0 = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
     solves = compare._Solves(model, jnp.float32(0.3), [(x0, None)], 16, keys=[None])
-    samples, (x_end, energy) = solves._sampler_with_energy(model, "euler", 5)(
+    samples, (x_end, energy) = solves._sampler_with_energy(model, "euler", 5, None, 0)(
         jnp.float32(0.3), x0, None)
     want = sampling.make_sampler(model, "euler", num_steps=5)(jnp.float32(0.3), x0, None)
     np.testing.assert_array_equal(samples.x, want.x)
@@ -231,28 +230,33 @@ def test_a_denoising_models_fixed_grid_row_with_energy_is_the_registry_sampler()
     assert not np.array_equal(samples.x, x_end) and np.all(np.asarray(energy) > 0)
 
 
-def test_the_reference_path_energy_takes_the_looser_tolerance(run_dir):
-    # The reference row's energy solve runs at max(reference_tol, REFERENCE_ENERGY_TOL), its
-    # sampling solve at reference_tol; any other adaptive row's energy at its own tolerance.
+def test_the_reference_is_one_solve_its_energy_on_its_own_steps(run_dir):
+    # The reference's energy rides along without error control: its samples and accepted steps
+    # are the plain sampler's, its energy that of the same steps; another adaptive row's energy
+    # comes from a second solve with the energy under error control.
     import jax  # pylint: disable=g-import-not-at-top
     run = training.restore(run_dir)
     model, params = run.components.model_fn(), run.state.ema_params
     chunks = compare.source_chunks(run.components, 20, 20, 0)
     solves = compare._Solves(model, params, chunks, 20, keys=compare.sampler_keys(20, 20, 0))
-    asked = []
-    energy = solves._energy
-    solves._energy = lambda *a: asked.append(a[3]) or energy(*a)
-    ref = solves(compare.REFERENCE_METHOD, **compare._reference(1e-7),
-                 energy_tol=compare._reference_energy_tol(1e-7))
-    solves("dopri5", tol=1e-3)
-    assert asked == [compare.REFERENCE_ENERGY_TOL, 1e-3]
-    assert compare._reference_energy_tol(1e-3) == 1e-3  # never tighter than the reference
     x0, cond = chunks[0]
-    tol = compare.REFERENCE_ENERGY_TOL
-    want = jax.jit(lambda p, x: straightness.solve_with_energy(
-        model.velocity_fn(p, cond), x, method="dopri5", rtol=tol, atol=tol,
-        max_steps=compare.REFERENCE_MAX_STEPS, t0=0.0, t1=model.t_end).x[1])(params, x0)
-    np.testing.assert_allclose(ref["energy"], np.asarray(want, np.float64), rtol=1e-6)
+    for tol, on_steps in ((1e-7, True), (1e-3, False)):
+        kwargs = dict(rtol=tol, atol=tol, max_steps=compare.REFERENCE_MAX_STEPS)
+        got = solves(compare.REFERENCE_METHOD, tol=tol, max_steps=compare.REFERENCE_MAX_STEPS,
+                     energy_on_steps=on_steps)
+        plain = sampling.make_sampler(model, compare.REFERENCE_METHOD, **kwargs)(
+            params, x0, None, cond)
+        np.testing.assert_array_equal(got["x"], np.asarray(plain.x))
+        assert got["num_steps"] == int(plain.steps) > 0 and got["nfe"] == int(plain.nfe)
+        want = jax.jit(lambda p, x, kw=kwargs, e=not on_steps: straightness.solve_with_energy(
+            model.velocity_fn(p, cond), x, energy_error=e, method=compare.REFERENCE_METHOD,
+            t0=0.0, t1=model.t_end, **kw).x[1])(params, x0)
+        np.testing.assert_array_equal(got["energy"], np.asarray(want, np.float64))
+    # With the energy under control the loose solve takes other steps than the plain one.
+    controlled = jax.jit(lambda p, x: straightness.solve_with_energy(
+        model.velocity_fn(p, cond), x, method="dopri5", rtol=1e-3, atol=1e-3, t0=0.0,
+        t1=model.t_end))(params, x0)
+    assert not np.array_equal(np.asarray(controlled.x[0]), np.asarray(plain.x))
 
 
 def test_budgets_count_the_denoising_evaluation():

@@ -152,3 +152,46 @@ def test_zero_length_interval():
                                               t0=0.3, t1=0.3))(x0)
     assert bool(sol.success)
     np.testing.assert_array_equal(sol.x, x0)
+
+
+@pytest.mark.parametrize("method", integrators.ADAPTIVE_METHODS)
+def test_parts_left_out_of_the_error_control_ride_on_the_same_steps(method):
+    # A quadrature q' = g(t, x) riding along with error_on=(True, False) leaves the steps, and
+    # so x, exactly those of x alone, however stiff q is; measured, it changes them.  q is
+    # integrated on those steps to the method's order: exact for a polynomial within it.
+    with jax.enable_x64(True):
+        x0 = jnp.asarray(GAUSS_X0)
+
+        def both(t, state, scale):
+            x, _ = state
+            return gauss_v(t, x), scale * jnp.sin(40.0 * t) * jnp.ones(()) + 3 * t**2
+
+        alone = jax.jit(lambda x: integrators.solve(gauss_v, x, method=method, rtol=1e-6,
+                                                    atol=1e-6))(x0)
+        state0 = (x0, jnp.zeros(()))
+        for scale, error_on in ((1e3, (True, False)), (0.0, (True, False))):
+            sol = jax.jit(lambda s, sc=scale, on=error_on: integrators.solve(
+                lambda t, y: both(t, y, sc), s, method=method, rtol=1e-6, atol=1e-6,
+                error_on=on))(state0)
+            np.testing.assert_array_equal(sol.x[0], alone.x)
+            assert int(sol.num_accepted) == int(alone.num_accepted)
+            assert int(sol.nfe) == int(alone.nfe)
+            if scale == 0.0:  # q(1) = ∫ 3 t^2 dt = 1, within the method's order
+                np.testing.assert_allclose(float(sol.x[1]), 1.0, rtol=1e-12)
+        measured = jax.jit(lambda s: integrators.solve(
+            lambda t, y: both(t, y, 1e3), s, method=method, rtol=1e-6, atol=1e-6))(state0)
+        assert int(measured.num_accepted) > int(alone.num_accepted)
+
+
+def test_error_on_must_fit_the_state_and_select_something():
+    state = (jnp.ones(2), jnp.zeros(()))
+    kw = dict(method="dopri5", rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="selects no part"):
+        integrators.solve(lambda t, y: y, state, error_on=(False, False), **kw)
+    with pytest.raises(ValueError, match="prefix"):
+        integrators.solve(lambda t, y: y, state, error_on=(True, False, True), **kw)
+    # A full selection is the default; on a fixed grid error_on changes nothing.
+    a = integrators.solve(lambda t, y: y, state, error_on=(True, True), **kw)
+    b = integrators.solve(lambda t, y: y, state, **kw)
+    np.testing.assert_array_equal(a.x[0], b.x[0])
+    assert int(a.nfe) == int(b.nfe)
