@@ -25,10 +25,11 @@ no single ODE solve; the NLL rows likewise).  A fixed-grid row's timed solve car
 untimed solve whose step control also measures the energy, so that a loose tolerance's energy
 has an error estimate (and dopri5's negative weight no unchecked effect); the reference row's
 timed solve carries its energy on its own steps, controlled on x alone at reference_tol (1e-7):
-on the quickstart run its straightness, energy ratio and npe moved by 1.3e-5, 1.1e-5 and 2.2e-5
-(relative) against the earlier second solve at 1e-6, inside the 4 digits printed, and the
-default comparison took 154.6 s instead of 161.7 s (196.8 s with every row solved twice;
-docs/results/compare_energy_fused).  Exposure-bias corrections
+on the digits run its straightness and energy ratio came within 6.8e-6 and 8.5e-7 (relative) of
+a solve with the energy under control at 1e-7, where the earlier second solve at 1e-6 was within
+5.2e-5 and 6.3e-6, and the comparison (heun, rk4 at 8 and 64 NFE, 200 samples) took 89.1 s
+instead of 133.4 s; the quickstart run's default comparison 154.6 s instead of 161.7 s (196.8 s
+with every row solved twice; docs/results/compare_energy_fused).  Exposure-bias corrections
 (`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE
 solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected
 model with the registry's sampler, time_shift uses `exposure.time_shifted_sampler`.
