@@ -16,23 +16,23 @@ when a `quality_fn` is passed (image rows otherwise carry traj_error only, and t
 never read).  Optionally (2-D, nll=True) the mean NLL of fresh data points with the same
 integrator.
 
-Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s straightness,
-the path energy ratio PE / E||x(t_end) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised
-path energy, from the same method and steps (or tolerance) with the path energy in the state
+Path metrics of every solve (`flowmatch.diagnostics.straightness`): Liu et al.'s straightness, the
+path energy ratio PE / E||x(t_end) - x(0)||^2 and, for 2-D data, Tong et al.'s normalised path
+energy, from the same method and steps (or tolerance) with the path energy in the state
 (`straightness.solve_with_energy`; ODE integrators only; None for the other methods, which follow
-no single ODE solve; the NLL rows likewise).  A fixed-grid row's timed solve carries it itself
-(its samples are the plain solve's; 0.998-1.013x its time); an adaptive row takes a second,
-untimed solve whose step control also measures the energy, so that a loose tolerance's energy
-has an error estimate (and dopri5's negative weight no unchecked effect); the reference row's
-timed solve carries its energy on its own steps, controlled on x alone at reference_tol (1e-7):
-on the digits run its straightness and energy ratio came within 6.8e-6 and 8.5e-7 (relative) of
-a solve with the energy under control at 1e-7, where the earlier second solve at 1e-6 was within
-5.2e-5 and 6.3e-6, and the comparison (heun, rk4 at 8 and 64 NFE, 200 samples) took 89.1 s
-instead of 133.4 s; the quickstart run's default comparison 154.6 s instead of 161.7 s (196.8 s
+no single ODE solve; the NLL rows likewise).  A fixed-grid row's timed solve carries it itself (its
+samples are the plain solve's; 0.998-1.013x its time); an adaptive row takes a second, untimed
+solve whose step control also measures the energy, so that a loose tolerance's energy has an error
+estimate of its own (which also bounds the effect of dopri5's negative weight b_5); the reference
+row's timed solve carries its energy on its own steps, controlled on x alone at reference_tol
+(1e-7): on the digits run its straightness and energy ratio came within 6.8e-6 and 8.5e-7
+(relative) of a solve with the energy under control at 1e-7, where the earlier second solve at 1e-6
+was within 5.2e-5 and 6.3e-6, and the comparison (heun, rk4 at 8 and 64 NFE, 200 samples) took
+89.1 s instead of 133.4 s; the quickstart run's default comparison 154.6 s instead of 161.7 s (196.8 s
 with every row solved twice; docs/results/compare_energy_fused).  Exposure-bias corrections
 (`flowmatch.diagnostics.exposure`: 'time_shift', 'eps_scale=LAM') add rows per fixed-grid ODE
-solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected
-model with the registry's sampler, time_shift uses `exposure.time_shifted_sampler`.
+solve, marked in the `correction` column ('none' otherwise): eps_scale samples the corrected model
+with the registry's sampler, time_shift uses `exposure.time_shifted_sampler`.
 
 Random streams (`rng.seed_stream(seed, name)`), independent of each other and of other seeds:
   "samples"       x0, in the layout of `flowmatch.experiments.sample.draw` (chunk c of chunk_size
@@ -268,10 +268,10 @@ class _Solves:
         ODE sampler with the path energy as one more state of its solve
         (`straightness.solve_with_energy`; adaptively with the step control on x alone), so the
         timed solve also gives the path metrics.  Its x, and an adaptive solve's steps, are
-        exactly the plain solve's (tested), and carrying the energy (a sum of squares per evaluation) cost 0.998-1.013x the plain sampler's time
-        for the quickstart's 3 x 256 MLP on 20,000 points, euler / heun / rk4
-        (docs/results/compare_energy_fused/overhead.log); the second solve it replaces doubled
-        each row's compute."""
+        exactly the plain solve's (tested), and carrying the energy (a sum of squares per
+        evaluation) cost 0.998-1.013x the plain sampler's time for the quickstart's 3 x 256 MLP
+        on 20,000 points, euler / heun / rk4 (docs/results/compare_energy_fused/overhead.log);
+        the second solve it replaces doubled each row's compute."""
         kwargs = (dict(num_steps=num_steps) if tol is None else
                   dict(rtol=tol, atol=tol, max_steps=max_steps))
         sampling.make_sampler(model, method, **kwargs)  # the registry's checks
