@@ -156,7 +156,8 @@ def run(main):
         # interpreter's last collections over them took 0.28 s (0.44 -> 0.16 s from the end of
         # the script to the end of the process); frozen again at the end, for the run's objects.
         # Only cycles among frozen objects are never collected: fine for a process about to
-        # end (every file we write is closed by a with block).  torchcfm_moons' whole process,
+        # end (every file we write is closed by a with block, or, metrics.jsonl, flushed at each
+        # row and closed in the loop's finally).  torchcfm_moons' whole process,
         # 10 alternating pairs: median 10.17 -> 9.93 s (docs/results/gc_freeze_xeon_0140/).
         gc.freeze()
         try:

@@ -274,7 +274,7 @@ class _Solves:
         the second solve it replaces doubled each row's compute."""
         kwargs = (dict(num_steps=num_steps) if tol is None else
                   dict(rtol=tol, atol=tol, max_steps=max_steps))
-        sampling.make_sampler(model, method, **kwargs)  # the registry's checks
+        sampling.check(method, model=model, **kwargs)  # the registry's validation
 
         def sample(params, x0, key, cond=None):
             del key
