@@ -113,6 +113,44 @@ def test_draw_gives_times_and_noise_and_keeps_pairs_from_a_file():
     np.testing.assert_array_equal(np.asarray(_draw(obj, n)(given, 0, KEY)["x0"]), 7.0)
 
 
+def test_a_calls_draws_made_ahead_are_its_steps_draws_bit_for_bit():
+    """`draw_steps` (a call's k steps' rows drawn before its loop, vmapped) gives each step
+    exactly the draws it makes alone with fold_in(train_key, step); `Draw.pair` then re-pairs
+    them as the whole draw does, per class with the labels from before their dropout."""
+    plan = parallel_lib.Plan(parallel_lib.make_mesh(1, devices=jax.devices()[:1]), "sharding",
+                             2**14)
+    obj = objectives.FlowMatching(paths.make_path(), label_dropout=0.5)
+    coupling = CouplingSettings(name="sinkhorn", per_class=True)
+    draw = step_lib.make_draw(obj, sources_lib.SourceDistribution("8gaussians"), coupling, 32,
+                              plan, null_label=2)
+    k, first_step, train_key = 4, 5, jax.random.PRNGKey(7)
+    batches = {"x": jax.random.normal(KEY, (k, 32, 2)),
+               "label": jnp.tile(jnp.arange(32, dtype=jnp.int32) % 2, (k, 1))}
+    ahead = jax.jit(lambda b, s: step_lib.draw_steps(draw, b, s, train_key))(
+        batches, jnp.int32(first_step))
+    rows, whole, pair = jax.jit(draw.rows, static_argnums=1), jax.jit(draw, static_argnums=1), \
+        jax.jit(draw.pair)
+    for i in range(k):
+        batch = jax.tree.map(lambda v, i=i: v[i], batches)
+        step_key = jax.random.fold_in(train_key, first_step + i)
+        alone = rows(batch, 0, step_key)
+        mine = jax.tree.map(lambda v, i=i: v[i], ahead)
+        assert jax.tree.structure(mine) == jax.tree.structure(alone)
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(alone)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        paired, drawn = pair(mine), whole(batch, 0, step_key)
+        assert step_lib.PAIRING not in paired and set(paired) == set(drawn)
+        for name in drawn:
+            np.testing.assert_array_equal(np.asarray(paired[name]), np.asarray(drawn[name]))
+        # Some labels were dropped, yet every row's partner is a drawn source sample of a row
+        # of its original class (Sinkhorn draws partners from its plan, per class).
+        assert (np.asarray(drawn["label"]) == 2).any()
+        index = [int(np.flatnonzero((np.asarray(mine["x0"]) == row).all(1))[0])
+                 for row in np.asarray(drawn["x0"])]
+        labels = np.asarray(batch["label"])
+        np.testing.assert_array_equal(labels[index], labels)
+
+
 def _loss_setup(p=0.0):
     net = models.MLP(hidden_sizes=(16,), num_classes=4, time_embed_dim=8)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)),
