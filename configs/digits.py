@@ -4,9 +4,10 @@ Run (2 CPU cores):
   python scripts/train.py --config=configs/digits.py --workdir=runs/digits
   python scripts/sample.py --workdir=runs/digits --output=runs/digits/samples.npz
 Expected: digit-like samples in samples_5000.png, many recognisable (0, 3, 5, 7, 9), with loss
-about 0.44: measured 2026-12-04 on the 2-core Xeon (AVX-512), 253 s for the whole run (20.8
+about 0.44: measured 2026-12-05 on the 2-core Xeon (AVX-512), 238 s for the whole run (24.0
 steps/s logged at the last step, ten steps per call), final loss 0.4445
-(docs/results/unet_loop_cpu_xeon_1930); 316 s earlier on 2 cores shared with other jobs, one
+(docs/results/digits_xeon_0417); 253 s and 20.8 steps/s on 2026-12-04, before a call's draws
+moved before its loop (docs/results/unet_loop_cpu_xeon_1930); 316 s earlier on 2 cores shared with other jobs, one
 step per call (about 16 steps/s). Classifier
 Frechet distance (flowmatch.image_metrics, 1,000 samples): about 1.85 with heun or rk4 at 8 to 64
 evaluations, against a real-data floor of 1.13 (configs/benchmark/digits.py, which trains this

@@ -6,8 +6,9 @@
 Randomness: step k uses step_key = fold_in(train_key, k).  Its draws (the rows' times, noise,
 coupling uniforms, label dropout) are one uniform draw over the global batch, of which row j
 takes row j (`make_draw`, `row_uniforms`); a toy source's samples and the network's dropout keys
-come from named streams of step_key.  A coupling pairs the rows'
-source samples over the global batch (or each device's rows, as configured).  So 1, 2 or 512
+come from named streams of step_key.  A compiled call draws its steps' rows before its loop
+(`draw_steps`: the same bits).  A coupling pairs the rows' source samples over the global batch
+(or each device's rows, as configured), once per step inside the loop.  So 1, 2 or 512
 devices, jit or pmap, with or without gradient accumulation compute the same losses and gradients
 up to the order of float reductions, and a resumed run repeats exactly the randomness of an
 uninterrupted one.  Devices enter only through the `plan` passed to `make_draw` and
@@ -171,8 +172,8 @@ def draw_steps(draw: Draw, batches, first_step, train_key, first_index=0):
     """`Draw.rows` of a call's k steps at once: batches [k, b, ...] -> drawn [k, b, ...], step i's
     key fold_in(train_key, first_step + i) as the step itself takes it.  One vectorised program
     instead of k small ones inside the loop: on XLA:CPU a step's draws (hashes, inverse-CDF
-    noise) were fused into each of their consumers and computed twice, and 100 steps of the
-    64 x 3 MLP at batch 256 ran 1.25x faster drawn ahead (bit for bit the same losses).
+    noise) were fused into each of their consumers and computed twice; drawn ahead, 100 steps of
+    the 64 x 3 MLP at batch 256 ran about 1.25x faster with the same losses (docs/speed.md).
     Memory: the drawn times and source samples of the k steps, about the batches' size."""
     k = jax.tree.leaves(batches)[0].shape[0]
     first_step = jnp.asarray(first_step)
@@ -231,7 +232,7 @@ def batch_loss(apply: Callable, objective, conditional: bool, params, batch, ind
 
 def make_train_step(*, apply: Callable, objective, conditional: bool,
                     tx: optax.GradientTransformation, lr_schedule: Callable, ema_decay: float,
-                    ema_warmup: bool, draw: Callable, pair_cost: bool = False,
+                    ema_warmup: bool, draw: Draw, pair_cost: bool = False,
                     per_row: bool = True, grad_accum_steps: int = 1,
                     split_micro: Callable | None = None, reduce: Callable | None = None):
     """train_step(state, batch, train_key, first_index=0, drawn=False) -> (new state, metrics).
@@ -239,11 +240,11 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
     batch: rows first_index .. first_index + b - 1 of the global batch (all of it under jit, one
     device's shard under pmap); drawn=True: that batch with its rows' draws already made
     (`draw_steps`), so the step only pairs them.  draw: `make_draw`'s `Draw` (the step's
-    randomness, drawn once for all micro-batches).  pair_cost: also report the pairs' mean |x1 - x0|^2 (a coupling's
-    or a file's pairs).  per_row: `batch_loss`'s (True: a network with dropout).
-    grad_accum_steps = A > 1
-    processes the rows as A micro-batches (split_micro(tree) -> [A, b / A, ...], laid out so no
-    row crosses devices) and averages their gradients.  reduce (pmap: a pmean over the devices)
+    randomness, drawn once for all micro-batches).  pair_cost: also report the pairs' mean
+    |x1 - x0|^2 (a coupling's or a file's pairs).  per_row: `batch_loss`'s (True: a network
+    with dropout).  grad_accum_steps = A > 1 processes the rows as A micro-batches
+    (split_micro(tree) -> [A, b / A, ...], laid out so no row crosses devices) and averages
+    their gradients.  reduce (pmap: a pmean over the devices)
     averages loss, aux and gradients across devices.
 
     Non-finite guard: when the loss or the gradients' global norm is not finite (any NaN or Inf in
@@ -324,11 +325,12 @@ def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
     """A compiled (state, batches, train_key) -> (state, metrics) over the plan, state donated.
 
     comps: the run's `components.Components`.  Runs k = batches' leading size train steps under
-    lax.scan, their rows' draws made for all k before the loop (`draw_steps`).  Mode "sharding": state as from `state.create_state`, batches [k, B, ...]
-    (`Plan.put_batches`), metrics [k].  Mode "pmap": state in pmap layout (`Plan.stack`),
-    batches [num_shards, k, B / num_shards, ...], metrics [num_shards (local), k] (equal on every
-    device).  The one place where pmap and jit differ.  Marked as a hot program
-    (`threefry.hot_program`): the scripts lower it with the unrolled Threefry.
+    lax.scan, their rows' draws made for all k before the loop (`draw_steps`).  Mode "sharding":
+    state as from `state.create_state`, batches [k, B, ...] (`Plan.put_batches`), metrics [k].
+    Mode "pmap": state in pmap layout (`Plan.stack`), batches [num_shards, k, B / num_shards,
+    ...], metrics [num_shards (local), k] (equal on every device).  The one place where pmap and
+    jit differ.  Marked as a hot program (`threefry.hot_program`): the scripts lower it with the
+    unrolled Threefry.
     """
     s = comps.settings.train
     in_pmap = plan.mode == "pmap"
