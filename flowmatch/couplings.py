@@ -393,6 +393,9 @@ class SinkhornPlan:
     marginal_error: sum_j |P[:, j].sum() - 1/m|, the L1 error left in the column marginal (so
         in the distribution of the x0 that `sample_rows` draws).
     iterations: int32, the iterations run (at most num_iters; fewer once `tolerance` is met).
+    kernel, u, v: [n, m], [n], [m], the plan in its factored form P = u[:, None] * kernel *
+        v[None, :] (row i's conditional is kernel[i] * v: `sample_rows(kernel, uniforms,
+        column_scale=v)` draws from it without forming P).
     """
 
     plan: jax.Array
@@ -401,6 +404,9 @@ class SinkhornPlan:
     g: jax.Array
     marginal_error: jax.Array
     iterations: jax.Array
+    kernel: jax.Array
+    u: jax.Array
+    v: jax.Array
 
 
 # When the largest product of scalings u_i v_j passes exp(SINKHORN_ABSORB_LOG), the scalings are
@@ -500,11 +506,18 @@ def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
     if not 1 <= relaxation < 2:
         raise ValueError(f"sinkhorn relaxation must be in [1, 2), got {relaxation}")
     n, m = cost.shape
-    finite = jnp.isfinite(cost)
-    top = jnp.max(jnp.where(finite, cost, 0.0))
-    c = cost / jnp.where(top > 0, top, 1.0)
+    # One pass over the cost for its rows' largest finite entries and their minima: the minima
+    # of c = cost / top are the cost's divided by top, bit for bit (division by a positive
+    # number rounds monotonically); separate reductions read the matrix twice more.
+    finite_max, row_min = lax.reduce(
+        (jnp.where(jnp.isfinite(cost), cost, 0.0), cost),
+        (jnp.float32(-jnp.inf), jnp.float32(jnp.inf)),
+        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])), (1,))
+    top = jnp.max(finite_max)
+    top = jnp.where(top > 0, top, 1.0)
+    c = cost / top
     tiny = jnp.finfo(jnp.float32).tiny
-    f = jnp.min(c, axis=1)
+    f = row_min / top
     f = jnp.where(jnp.isfinite(f), f, 0.0)
     g = _column_min(c - f[:, None])
     g = jnp.where(jnp.isfinite(g), g, 0.0)
@@ -535,7 +548,7 @@ def sinkhorn(cost, *, reg: float, num_iters: int, tolerance: float = 0.0,
     log_plan = (f[:, None] + g[None, :] - c) / reg
     marginal_error = jnp.sum(jnp.abs(v * jnp.dot(u, k, precision=_HIGHEST) - 1.0 / m))
     return SinkhornPlan(plan=plan, log_plan=log_plan, f=f, g=g, marginal_error=marginal_error,
-                        iterations=s.it)
+                        iterations=s.it, kernel=k, u=u, v=v)
 
 
 def _first_past(cumulative, threshold):
@@ -544,27 +557,39 @@ def _first_past(cumulative, threshold):
     return jnp.sum(cumulative <= threshold, axis=-1)
 
 
-def sample_rows(plan, uniforms):
+def sample_rows(plan, uniforms, *, column_scale=None):
     """For each row i, a column drawn from P[i, :] / P[i, :].sum(): [n] int32.
 
     plan: [n, m] nonnegative weights (each row with a positive sum); uniforms: [n] in [0, 1),
     one per row (inverse-CDF sampling: the smallest j whose cumulative row mass exceeds u_i
-    times the row's total).  Searched in two levels: the row's mass in blocks of b = ceil(sqrt
-    m) columns, the first block whose cumulative mass passes the threshold, then the column
-    within that block; O(m) per row, where one cumulative sum over all m columns (a windowed
-    reduction on XLA:CPU) took 3x longer at m = 256.  Zero-mass columns are never drawn.
+    times the row's total).  column_scale: [m] >= 0 or None; given, row i's weights are
+    plan[i, j] * column_scale[j] (a Sinkhorn plan's kernel and column scaling, `SinkhornPlan`,
+    whose row scaling does not change a row's conditional), without forming that product.
+    Searched in two levels: the row's cumulative mass at the ends of blocks of b = ceil(sqrt m)
+    columns, one product of the plan with a [m, b] matrix (column j's scale where j's block is at
+    most k), the first block whose cumulative mass passes the threshold, then the column within
+    that block (its b entries' cumulative sums, one small product).  O(m) per row, where one
+    cumulative sum over all m columns (a windowed reduction on XLA:CPU) took 3x longer at m =
+    256, and a cumulative sum over the b blocks alone still took about as long as the block
+    product.  Zero-mass columns are never drawn.
     """
     plan = jnp.asarray(plan)
     n, m = plan.shape
     b = math.isqrt(m - 1) + 1
-    blocks = jnp.pad(plan, ((0, 0), (0, b * b - m))).reshape(n, b, b)
-    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=2), axis=1)                      # [n, b]
+    scale = (jnp.ones((m,), plan.dtype) if column_scale is None
+             else jnp.asarray(column_scale, plan.dtype))
+    blocks = jnp.pad(plan, ((0, 0), (0, b * b - m)))
+    scale = jnp.pad(scale, (0, b * b - m))
+    upto = jnp.arange(b * b)[:, None] // b <= jnp.arange(b)[None, :]                  # [b*b, b]
+    block_cdf = jnp.dot(blocks, jnp.where(upto, scale[:, None], 0.0), precision=_HIGHEST)
     threshold = jnp.asarray(uniforms, plan.dtype)[:, None] * block_cdf[:, -1:]
     k = jnp.minimum(_first_past(block_cdf, threshold), b - 1)                    # [n]
     before = jnp.where(k > 0, jnp.take_along_axis(block_cdf, jnp.maximum(k - 1, 0)[:, None],
                                                   axis=1)[:, 0], 0.0)
-    inner = jnp.take_along_axis(blocks, k[:, None, None], axis=1)[:, 0]          # [n, b]
-    j = _first_past(before[:, None] + jnp.cumsum(inner, axis=1), threshold)
+    inner = (jnp.take_along_axis(blocks.reshape(n, b, b), k[:, None, None], axis=1)[:, 0]
+             * scale.reshape(b, b)[k])                                           # [n, b]
+    triangle = (jnp.arange(b)[:, None] <= jnp.arange(b)[None, :]).astype(plan.dtype)
+    j = _first_past(before[:, None] + jnp.dot(inner, triangle, precision=_HIGHEST), threshold)
     # Round-off can put the threshold past the block's last entry: take its last positive one.
     last = jnp.max(jnp.where(inner > 0, jnp.arange(b), 0), axis=1)
     return (k * b + jnp.where(j < b, j, last)).astype(jnp.int32)
@@ -613,9 +638,9 @@ def couple(name: str, x1, x0, *, labels=None, uniforms=None,
         if uniforms is None:
             raise ValueError("the sinkhorn coupling samples pairs from its plan: pass uniforms "
                              "[n] (one per row)")
-        plan = sinkhorn(cost, reg=sinkhorn_reg, num_iters=num_iters,
-                        tolerance=sinkhorn_tolerance, relaxation=sinkhorn_relaxation).plan
-        index = sample_rows(plan, uniforms)
+        solved = sinkhorn(cost, reg=sinkhorn_reg, num_iters=num_iters,
+                          tolerance=sinkhorn_tolerance, relaxation=sinkhorn_relaxation)
+        index = sample_rows(solved.kernel, uniforms, column_scale=solved.v)
         converged = ok
     return Pairing(index=index, cost=pair_cost(x1, jnp.take(x0, index, axis=0)),
                    converged=converged)

@@ -213,6 +213,9 @@ def test_sinkhorn_marginals_and_convergence_to_the_exact_plan():
     plan = couplings.sinkhorn(cost, reg=0.05, num_iters=200)
     p = np.exp(np.asarray(plan.log_plan, np.float64))
     np.testing.assert_allclose(plan.plan, p, rtol=1e-4, atol=1e-12)  # scaling form = log form
+    np.testing.assert_allclose(  # the factored form the coupling samples from is the plan
+        np.asarray(plan.u)[:, None] * np.asarray(plan.kernel) * np.asarray(plan.v)[None, :],
+        plan.plan, rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(p.sum(1), np.full(n, 1 / n), rtol=1e-4)  # fitted last: exact
     np.testing.assert_allclose(p.sum(0), np.full(n, 1 / n), rtol=1e-3)
     assert float(plan.marginal_error) < 1e-3
@@ -328,6 +331,29 @@ def test_sample_rows_is_the_inverse_cdf(m):
     expected = np.minimum(np.sum(cdf <= u[:, None] * cdf[:, -1:], 1), m - 1)
     assert np.all(plan[np.arange(n), got] > 0)  # zero mass is never drawn
     assert np.mean(got == expected) > 0.98  # float32 block sums may move a boundary draw
+
+
+@pytest.mark.parametrize("m", [5, 16, 17, 256])
+def test_sample_rows_with_a_column_scale_draws_from_the_scaled_rows(m):
+    """sample_rows(kernel, u, column_scale=v) draws row i's column from kernel[i] * v (a Sinkhorn
+    plan's conditional without its row scaling), as sample_rows of the formed product does up
+    to float rounding at a block's boundary; a zero-scale column is never drawn."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from flowmatch import couplings  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(m)
+    n = 400
+    kernel = (rng.uniform(size=(n, m)) ** 3).astype(np.float32)
+    scale = rng.uniform(0.1, 3.0, size=m).astype(np.float32)
+    scale[m // 3] = 0.0
+    u = rng.uniform(size=n).astype(np.float32)
+    got = np.asarray(jax.jit(lambda k, s, u: couplings.sample_rows(k, u, column_scale=s))(
+        kernel, scale, u))
+    formed = np.asarray(jax.jit(couplings.sample_rows)(kernel * scale[None, :], u))
+    assert np.mean(got == formed) > 0.98 and not np.any(got == m // 3)
+    weights = kernel.astype(np.float64) * scale
+    cdf = np.cumsum(weights, 1)
+    expected = np.minimum(np.sum(cdf <= u[:, None] * cdf[:, -1:], 1), m - 1)
+    assert np.mean(got == expected) > 0.98
 
 
 def test_couplings_lower_the_mean_pair_cost():
