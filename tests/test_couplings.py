@@ -611,6 +611,17 @@ def worker(out):
                 collectives_in_loops(compiled.as_text()))
         results[f"{coupling}-{scope}-{mode}"] = np.asarray(x0)
         results[f"devices-{coupling}-{scope}-{mode}"] = np.int32(plan.num_shards)
+    # The trainer's compiled call (its steps' draws made before the loop, a Sinkhorn coupling
+    # inside it), two steps, in each mode.
+    from flowmatch.experiments import speed  # pylint: disable=g-import-not-at-top
+    for mode in ("one", "sharding", "pmap"):
+        config = small_config(**{"coupling.name": "sinkhorn", "source.name": "8gaussians",
+                                 "batch_size": b, "steps_per_call": 2,
+                                 "parallel.data_axis_size": 1 if mode == "one" else -1,
+                                 "parallel.mode": "pmap" if mode == "pmap" else "sharding"})
+        metrics = speed.make_trainer(config, steps_per_call=2).call()
+        losses = np.asarray(metrics["loss"])
+        results[f"train-losses-{mode}"] = losses[0] if mode == "pmap" else losses
     # The unpaired draws, for the local-scope check.
     pair = drawing(*built(small_config(**{
         "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1})))
@@ -647,6 +658,17 @@ def test_global_scope_solves_the_whole_batch_on_each_device(eight_device_pairs, 
     or Sinkhorn on the gathered batch (XLA's partitioner once split them over the mesh, with an
     all-reduce in each of the auction's thousands of rounds: 15x slower on 8 CPU devices)."""
     assert eight_device_pairs[f"loop_collectives-{coupling}-global-sharding"] == 0
+
+
+def test_a_coupled_train_call_is_the_same_on_one_and_eight_devices(eight_device_pairs):
+    """The trainer's call with a Sinkhorn coupling (its steps' rows drawn before the loop, the
+    pairs solved inside it over the global batch): the same losses under jit on 1 and 8 devices
+    and under pmap, up to the order of float reductions."""
+    r = eight_device_pairs
+    one = r["train-losses-one"]
+    assert one.shape == (2,) and np.all(np.isfinite(one))
+    for mode in ("sharding", "pmap"):
+        np.testing.assert_allclose(r[f"train-losses-{mode}"], one, rtol=1e-5)
 
 
 def test_local_scope_pairs_within_each_devices_rows(eight_device_pairs):
