@@ -570,8 +570,8 @@ def sample_rows(plan, uniforms, *, column_scale=None):
     most k), the first block whose cumulative mass passes the threshold, then the column within
     that block (its b entries' cumulative sums, one small product).  O(m) per row, where one
     cumulative sum over all m columns (a windowed reduction on XLA:CPU) took 3x longer at m =
-    256, and a cumulative sum over the b blocks alone still took about as long as the block
-    product.  Zero-mass columns are never drawn.
+    256, and even one over the b block sums took longer than the block product (profiled at m =
+    256: 28 against 22 us).  Zero-mass columns are never drawn.
     """
     plan = jnp.asarray(plan)
     n, m = plan.shape
