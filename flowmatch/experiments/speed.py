@@ -191,17 +191,22 @@ def run_in_subprocess(module: str, config, num_devices: int, kwargs: dict):
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def coupling_seconds(config, *, n: int = 256, num_batches: int = 8, repeats: int = 3) -> dict:
-    """Seconds per batch of the coupling alone (jitted `couplings.couple` on n moons points and
-    n 8gaussians draws; the mean over num_batches batches of the median of `repeats` calls),
-    and the auction's mean number of bidding rounds.  Batch i draws from
-    fold_in(rng.seed_stream(0, "coupling_batches"), i)."""
-    settings = couplings_lib.CouplingSettings.from_config(config.get("coupling"))
-    kw = settings.kwargs()
+def coupling_batches(n: int = 256, num_batches: int = 8) -> list[tuple]:
+    """The coupling benchmarks' batches: (x1 [n, 2] moons, x0 [n, 2] 8gaussians, uniforms [n]),
+    batch i drawn from fold_in(rng.seed_stream(0, "coupling_batches"), i)."""
     base = rng.seed_stream(0, "coupling_batches")
     keys = [jax.random.fold_in(base, i) for i in range(num_batches)]
-    batches = [(toy2d.moons(rng.stream(k, "x1"), n), toy2d.eight_gaussians(rng.stream(k, "x0"), n),
-                jax.random.uniform(rng.stream(k, "uniforms"), (n,))) for k in keys]
+    return [(toy2d.moons(rng.stream(k, "x1"), n), toy2d.eight_gaussians(rng.stream(k, "x0"), n),
+             jax.random.uniform(rng.stream(k, "uniforms"), (n,))) for k in keys]
+
+
+def coupling_seconds(config, *, n: int = 256, num_batches: int = 8, repeats: int = 3) -> dict:
+    """Seconds per batch of the coupling alone (jitted `couplings.couple` on `coupling_batches`;
+    the mean over num_batches batches of the median of `repeats` calls), and the auction's mean
+    number of bidding rounds."""
+    settings = couplings_lib.CouplingSettings.from_config(config.get("coupling"))
+    kw = settings.kwargs()
+    batches = coupling_batches(n, num_batches)
     out = {}
     for name in ("exact", "sinkhorn"):
         fn = jax.jit(lambda x1, x0, u, name=name: couplings_lib.couple(

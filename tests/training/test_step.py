@@ -128,8 +128,9 @@ def test_a_calls_draws_made_ahead_are_its_steps_draws_bit_for_bit():
                "label": jnp.tile(jnp.arange(32, dtype=jnp.int32) % 2, (k, 1))}
     ahead = jax.jit(lambda b, s: step_lib.draw_steps(draw, b, s, train_key))(
         batches, jnp.int32(first_step))
-    rows, whole, pair = jax.jit(draw.rows, static_argnums=1), jax.jit(draw, static_argnums=1), \
-        jax.jit(draw.pair)
+    rows = jax.jit(draw.rows, static_argnums=1)
+    whole = jax.jit(draw, static_argnums=1)
+    pair = jax.jit(draw.pair)
     for i in range(k):
         batch = jax.tree.map(lambda v, i=i: v[i], batches)
         step_key = jax.random.fold_in(train_key, first_step + i)

@@ -1,10 +1,11 @@
 """Op-level profile of the trainer's 64x3 step and the plain-JAX loop (100 steps per call)."""
-import os, sys, glob, gzip, json, collections, time
+import os, sys, gzip, json, collections, time
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
 sys.path.insert(0, os.getcwd())
 import jax
 from flowmatch.experiments import cli, speed, speed_process
 from flowmatch import threefry
+from flowmatch.diagnostics import trace
 threefry.unroll_hot_programs()
 c = cli.load_config_file("configs/torchcfm_moons.py")
 k = 100
@@ -22,8 +23,7 @@ for name, f in runs.items():
     d = f"/tmp/prof_{name}"; os.system(f"rm -rf {d}")
     with jax.profiler.trace(d):
         for _ in range(5): jax.block_until_ready(f())
-    fn = glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)[0]
-    ev = json.load(gzip.open(fn))["traceEvents"]
+    ev = json.load(gzip.open(trace.latest_trace_file(d)))["traceEvents"]
     agg = collections.Counter(); cnt = collections.Counter()
     for e in ev:
         if e.get("ph") == "X" and "dur" in e:
