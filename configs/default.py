@@ -41,7 +41,10 @@ Keys (what the training loop reads):
                most this; 0: always num_iters), sinkhorn_relaxation (over-relaxed updates in
                [1, 2); 1: plain Sinkhorn),
                tolerance (auction: mean pair cost within tolerance x cost range of the optimum),
-               bidders (auction rows bidding per round); see flowmatch/couplings.py
+               bidders (auction rows bidding per round); see flowmatch/couplings.py;
+               ahead_threads (the trainer's: threads on the host that solve the next call's
+               couplings while a call trains; -1 automatic, 0 inside the train step; the
+               pairs are the same; flowmatch/training/ahead.py)
   objective.*  name ('flow_matching' | 'ddpm'), prediction (flow matching: 'velocity' | 'x1' |
                'x0'; ddpm: 'eps' | 'x0' | 'v'), label_dropout (both; in [0, 1): the probability
                a row of a class-conditional model, model.num_classes > 0, trains with the null
@@ -106,7 +109,8 @@ def get_config():
     c.source = ml_collections.ConfigDict(dict(name="normal", scale=1.0))
     c.coupling = ml_collections.ConfigDict(dict(
         name="independent", scope="global", per_class=False, sinkhorn_reg=0.01, num_iters=50,
-        sinkhorn_tolerance=0.01, sinkhorn_relaxation=1.7, tolerance=1e-6, bidders=8))
+        sinkhorn_tolerance=0.01, sinkhorn_relaxation=1.7, tolerance=1e-6, bidders=8,
+        ahead_threads=-1))
 
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",

@@ -60,6 +60,8 @@ DEFAULT_SINKHORN_REG = 0.01
 DEFAULT_SINKHORN_ITERS = 50
 DEFAULT_SINKHORN_TOLERANCE = 0.01
 DEFAULT_SINKHORN_RELAXATION = 1.7
+# CouplingSettings.ahead_threads: chosen by the coupling and the host (`training.ahead`).
+AUTO_THREADS = -1
 
 
 @flax.struct.dataclass
@@ -653,7 +655,10 @@ class CouplingSettings:
     name: one of COUPLINGS; scope: 'global' (over the whole global batch, gathered across
     devices) or 'local' (each device's rows alone); per_class: pairs stay within a label;
     sinkhorn_reg, num_iters (at most), sinkhorn_tolerance, sinkhorn_relaxation: `sinkhorn`;
-    tolerance, bidders: `exact_assignment`.
+    tolerance, bidders: `exact_assignment`.  ahead_threads: where the trainer solves a call's
+    couplings (`flowmatch.training.ahead`): 0 inside its train step; n > 0 on the host's CPU,
+    a call ahead, by n background threads; -1 (auto) 1 thread for 'sinkhorn' and one per CPU
+    core for 'exact'.  The pairs are the same either way.
     """
 
     name: str = "independent"
@@ -665,6 +670,7 @@ class CouplingSettings:
     sinkhorn_relaxation: float = DEFAULT_SINKHORN_RELAXATION
     tolerance: float = DEFAULT_TOLERANCE
     bidders: int = DEFAULT_BIDDERS
+    ahead_threads: int = AUTO_THREADS
 
     @classmethod
     def from_config(cls, section) -> "CouplingSettings":
@@ -700,6 +706,11 @@ class CouplingSettings:
                 and 1 <= self.sinkhorn_relaxation < 2):
             raise ValueError(f"coupling.sinkhorn_relaxation must be in [1, 2) (1: plain Sinkhorn "
                              f"updates), got {self.sinkhorn_relaxation!r}")
+        if (isinstance(self.ahead_threads, bool) or not isinstance(self.ahead_threads, int)
+                or self.ahead_threads < AUTO_THREADS):
+            raise ValueError(f"coupling.ahead_threads must be an integer >= -1 (-1: automatic; 0: "
+                             f"solve the couplings inside the train step; n: n threads on the "
+                             f"host solve the next call's), got {self.ahead_threads!r}")
         for key in ("num_iters", "bidders"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

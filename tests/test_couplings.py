@@ -611,17 +611,22 @@ def worker(out):
                 collectives_in_loops(compiled.as_text()))
         results[f"{coupling}-{scope}-{mode}"] = np.asarray(x0)
         results[f"devices-{coupling}-{scope}-{mode}"] = np.int32(plan.num_shards)
-    # The trainer's compiled call (its steps' draws made before the loop, a Sinkhorn coupling
-    # inside it), two steps, in each mode.
+    # The trainer's compiled call, two steps, in each mode: a Sinkhorn coupling solved inside
+    # it (its steps' draws made before the loop) or a call ahead on the host (`training.ahead`),
+    # and the exact coupling with the local scope, inside or ahead in two threads.
     from flowmatch.experiments import speed  # pylint: disable=g-import-not-at-top
-    for mode in ("one", "sharding", "pmap"):
-        config = small_config(**{"coupling.name": "sinkhorn", "source.name": "8gaussians",
+    calls = [("sinkhorn", "global", m, t) for m in ("one", "sharding", "pmap") for t in (0, 1)]
+    calls += [("exact", "local", m, t) for m in ("sharding", "pmap") for t in (0, 2)]
+    for coupling, scope, mode, threads in calls:
+        config = small_config(**{"coupling.name": coupling, "coupling.scope": scope,
+                                 "coupling.ahead_threads": threads, "source.name": "8gaussians",
                                  "batch_size": b, "steps_per_call": 2,
                                  "parallel.data_axis_size": 1 if mode == "one" else -1,
                                  "parallel.mode": "pmap" if mode == "pmap" else "sharding"})
         metrics = speed.make_trainer(config, steps_per_call=2).call()
         losses = np.asarray(metrics["loss"])
-        results[f"train-losses-{mode}"] = losses[0] if mode == "pmap" else losses
+        results[f"train-losses-{coupling}-{scope}-{mode}-{threads}"] = (
+            losses[0] if mode == "pmap" else losses)
     # The unpaired draws, for the local-scope check.
     pair = drawing(*built(small_config(**{
         "source.name": "8gaussians", "batch_size": b, "parallel.data_axis_size": 1})))
@@ -661,14 +666,21 @@ def test_global_scope_solves_the_whole_batch_on_each_device(eight_device_pairs, 
 
 
 def test_a_coupled_train_call_is_the_same_on_one_and_eight_devices(eight_device_pairs):
-    """The trainer's call with a Sinkhorn coupling (its steps' rows drawn before the loop, the
-    pairs solved inside it over the global batch): the same losses under jit on 1 and 8 devices
-    and under pmap, up to the order of float reductions."""
+    """The trainer's call with a Sinkhorn coupling over the global batch, solved inside it or
+    a call ahead on the host: the same losses under jit on 1 and 8 devices and under pmap, up
+    to the order of float reductions; and so with the exact coupling on each device's rows."""
     r = eight_device_pairs
-    one = r["train-losses-one"]
+    one = r["train-losses-sinkhorn-global-one-0"]
     assert one.shape == (2,) and np.all(np.isfinite(one))
-    for mode in ("sharding", "pmap"):
-        np.testing.assert_allclose(r[f"train-losses-{mode}"], one, rtol=1e-5)
+    for mode in ("one", "sharding", "pmap"):
+        for threads in (0, 1):
+            np.testing.assert_allclose(r[f"train-losses-sinkhorn-global-{mode}-{threads}"], one,
+                                       rtol=1e-5)
+    local = r["train-losses-exact-local-sharding-0"]
+    assert np.all(np.isfinite(local)) and not np.allclose(local, one)
+    for mode, threads in (("sharding", 2), ("pmap", 0), ("pmap", 2)):
+        np.testing.assert_allclose(r[f"train-losses-exact-local-{mode}-{threads}"], local,
+                                   rtol=1e-5)
 
 
 def test_local_scope_pairs_within_each_devices_rows(eight_device_pairs):

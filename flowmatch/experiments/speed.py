@@ -34,6 +34,7 @@ from flowmatch import integrators
 from flowmatch import rng
 from flowmatch import training
 from flowmatch.data import toy2d
+from flowmatch.training import ahead as ahead_lib
 from flowmatch.training import loop as loop_lib
 from flowmatch.training import runs as runs_lib
 from flowmatch.training import state as state_lib
@@ -88,16 +89,38 @@ def make_trainer(config, *, steps_per_call: int, spec=None, batches: dict | None
     comps = training.build(settings, spec)
     state = state_lib.create_state(comps.model, comps.tx, spec.example_shape, comps.conditional,
                                    rng.seed_stream(seed, "init"), plan)
-    multi_step = step_lib.make_multi_step(comps, plan, jax.tree.map(lambda a: a.sharding, state))
+    threads = ahead_lib.ahead_threads(settings, jax.process_count())
+    key = rng.seed_stream(seed, "train")
+    feeder = ahead_lib.Feeder(
+        plan, threads, prepare=step_lib.make_prepare(comps, plan) if threads else None,
+        train_key=key)
+    multi_step = step_lib.make_multi_step(comps, plan, jax.tree.map(lambda a: a.sharding, state),
+                                          prepared=feeder.ahead)
     if batches is None:
         it = data_lib.BatchIterator(source, settings.train.batch_size, seed)
         batches = it.batches(0, steps_per_call)
-    batches = plan.put_batches(batches)
-    train_key = plan.replicate(rng.seed_stream(seed, "train"))
+    train_key = plan.replicate(key)
     holder = [plan.stack(state) if plan.mode == "pmap" else state]
+    if not feeder.ahead:
+        placed = feeder.start(batches, 0)
+
+        def call():
+            holder[0], metrics = multi_step(holder[0], placed, train_key)
+            return metrics
+
+        return Trainer(comps, plan, call)
+
+    # As the trainer's loop: the next call's couplings are solved while this call trains.  A
+    # call returns once both are done, so the time of each call (timed one at a time, or
+    # interleaved with other trainers) is that of the pipeline's steady state.
+    k = int(jax.tree.leaves(batches)[0].shape[0])
+    ready = [feeder.result(feeder.start(batches, 0)), 0]  # a call's batches and first step
 
     def call():
-        holder[0], metrics = multi_step(holder[0], batches, train_key)
+        pending = feeder.start(batches, ready[1] + k)
+        holder[0], metrics = multi_step(holder[0], ready[0], train_key)
+        jax.block_until_ready(metrics)
+        ready[:] = [feeder.result(pending), ready[1] + k]  # the next call's, counted in this one
         return metrics
 
     return Trainer(comps, plan, call)

@@ -37,6 +37,7 @@ from flowmatch import models as models_lib
 from flowmatch import parallel as parallel_lib
 from flowmatch.models import axes as axes_lib
 from flowmatch.checks import ConfigError
+from flowmatch.training import ahead as ahead_lib
 from flowmatch.training import components as components_lib
 from flowmatch.training import evaluation
 from flowmatch.training import monitor as monitor_lib
@@ -319,19 +320,43 @@ class _Trainer:
             progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         return _Window(values={}, start=step)
 
+    def _fetch(self, feeder, iterator, step: int):
+        """(pending batches, steps, data position after them or None) of the call at `step`:
+        started on their way (`ahead.Feeder`).  The position is kept when the feeder works
+        ahead, where the iterator is a call further on by the time a checkpoint is saved."""
+        n = min(self.s.steps_per_call, self.s.num_train_steps - step)
+        pending = feeder.start(iterator.next_batches(n), step)
+        return pending, n, iterator.state() if feeder.ahead else None
+
     def _loop(self, state, meta, iterator, ckpt, writer, evaluator, progress):
         s, plan = self.s, self.plan
+        threads = ahead_lib.ahead_threads(self.comps.settings, jax.process_count())
+        feeder = ahead_lib.Feeder(
+            plan, threads, prepare=step_lib.make_prepare(self.comps, plan) if threads else None,
+            train_key=self.train_key)
+        try:
+            return self._calls(state, meta, iterator, ckpt, writer, evaluator, progress, feeder)
+        finally:
+            feeder.close()
+
+    def _calls(self, state, meta, iterator, ckpt, writer, evaluator, progress, feeder):
+        s, plan = self.s, self.plan
         multi_step = step_lib.make_multi_step(self.comps, plan,
-                                              jax.tree.map(lambda a: a.sharding, state))
+                                              jax.tree.map(lambda a: a.sharding, state),
+                                              prepared=feeder.ahead)
         in_pmap = plan.mode == "pmap"
         device_key = plan.replicate(self.train_key)
         run_state = plan.stack(state) if in_pmap else state
         canonical = lambda st: plan.unstack(st) if in_pmap else st  # noqa: E731
         step = int(state.step)
         window = _Window(values=monitor_lib.window_from_json(meta.get("window")), start=step)
+        upcoming = None  # `_fetch` of the next call, when the feeder works ahead
         while step < s.num_train_steps:
-            n = min(s.steps_per_call, s.num_train_steps - step)
-            batches = plan.put_batches(iterator.next_batches(n))
+            pending, n, position = upcoming or self._fetch(feeder, iterator, step)
+            batches = feeder.result(pending)
+            # The next call's batches are drawn and paired while this one trains.
+            upcoming = (self._fetch(feeder, iterator, step + n)
+                        if feeder.ahead and step + n < s.num_train_steps else None)
             run_state, step_metrics = multi_step(run_state, batches, device_key)
             if evaluator is not None and not evaluator.started:  # after the first call
                 evaluator.start(canonical(run_state).ema_params)  # shapes only
@@ -353,7 +378,7 @@ class _Trainer:
                 self._read(window, 0)
             if save or preempted:
                 self._save(ckpt, step, snapshot if snapshot is not None else canonical(run_state),
-                           iterator.state(), window)
+                           position if position is not None else iterator.state(), window)
             if preempted:
                 ckpt.wait()
                 raise checkpoint_lib.Preempted(step, ckpt.directory, self.preemption.reason)

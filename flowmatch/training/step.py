@@ -8,7 +8,8 @@ coupling uniforms, label dropout) are one uniform draw over the global batch, of
 takes row j (`make_draw`, `row_uniforms`); a toy source's samples and the network's dropout keys
 come from named streams of step_key.  A compiled call draws its steps' rows before its loop
 (`draw_steps`: the same bits).  A coupling pairs the rows' source samples over the global batch
-(or each device's rows, as configured), once per step inside the loop.  So 1, 2 or 512
+(or each device's rows, as configured), once per step inside the loop, or a call ahead on the
+host (`prepare_steps`, `make_prepare`, run by `training.ahead`: the same bits).  So 1, 2 or 512
 devices, jit or pmap, with or without gradient accumulation compute the same losses and gradients
 up to the order of float reductions, and a resumed run repeats exactly the randomness of an
 uninterrupted one.  Devices enter only through the `plan` passed to `make_draw` and
@@ -108,13 +109,17 @@ class Draw:
         return self.pair(self.rows(batch, first_index, step_key))
 
 
+# What a train step is given (`make_train_step`): its rows as they come, drawn, or drawn and paired.
+BATCH, DRAWN, PAIRED = "batch", "drawn", "paired"
+
 # The drawn batch's entry for what the coupling pairs with, its rows' uniforms (the COUPLING
 # column) and labels before any dropout: `Draw.rows` adds it, `Draw.pair` uses and drops it.
 PAIRING = "pairing"
 
 
 def make_draw(objective, source, coupling: couplings_lib.CouplingSettings, batch_size: int,
-              plan: parallel_lib.Plan, null_label: int | None = None) -> Draw:
+              plan: parallel_lib.Plan, null_label: int | None = None, *,
+              host_blocks: int | None = None) -> Draw:
     """draw(batch, first_index, step_key) -> the batch with each row's randomness of the step.
 
     batch: rows first_index .. of the global batch of batch_size ({"x", "label"}, optionally
@@ -125,6 +130,11 @@ def make_draw(objective, source, coupling: couplings_lib.CouplingSettings, batch
     COUPLING column), and drops labels (`drop_labels`, the LABEL_DROPOUT column) when
     objective.label_dropout > 0 (null_label: the model's num_classes).  A `Draw`: its `rows`
     and `pair` are the two parts.
+
+    host_blocks: the draw of a program on one host device over this process's rows
+    (`make_prepare`) instead of the train step's: no sharding constraints, and the coupling over
+    all the rows given ('global') or over host_blocks equal blocks of them in turn, the rows of
+    one device each ('local').
     """
     fm = isinstance(objective, objectives_lib.FlowMatching)
     coupled = fm and coupling.name != "independent"
@@ -139,14 +149,18 @@ def make_draw(objective, source, coupling: couplings_lib.CouplingSettings, batch
                                        **coupling.kwargs())
         return jnp.take(x0, pairing.index, axis=0)
 
-    spread = (plan.over_global_batch if coupling.scope == "global" else plan.over_local_rows)
+    if host_blocks is None:
+        spread = plan.over_global_batch if coupling.scope == "global" else plan.over_local_rows
+    else:
+        spread = ((lambda fn: fn) if coupling.scope == "global"
+                  else lambda fn: in_blocks(fn, host_blocks))
     paired = spread(paired)
 
     def rows(batch, first_index, step_key):
         x1 = batch["x"]
         b = x1.shape[0]
         u = row_uniforms(step_key, batch_size, math.prod(x1.shape[1:]), first_index, b)
-        if b == batch_size:
+        if b == batch_size and host_blocks is None:
             u = plan.constrain_rows(u)
         out = dict(batch, times=objective.times_from_uniform(u[:, TIME]))
         if "x0" not in batch:
@@ -166,6 +180,20 @@ def make_draw(objective, source, coupling: couplings_lib.CouplingSettings, batch
         return out
 
     return Draw(rows, pair)
+
+
+def in_blocks(fn, num_blocks: int):
+    """fn(*rows) on num_blocks equal blocks of the rows in turn (`lax.map`), the outputs in
+    order: a device's rows each, as `Plan.over_local_rows` gives them to fn."""
+    if num_blocks == 1:
+        return fn
+
+    def blocked(*rows):
+        split = lambda v: v.reshape(num_blocks, v.shape[0] // num_blocks, *v.shape[1:])  # noqa
+        out = jax.lax.map(lambda args: fn(*args), tuple(split(v) for v in rows))
+        return out.reshape(-1, *out.shape[2:])
+
+    return blocked
 
 
 def draw_steps(draw: Draw, batches, first_step, train_key, first_index=0):
@@ -235,11 +263,12 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
                     ema_warmup: bool, draw: Draw, pair_cost: bool = False,
                     per_row: bool = True, grad_accum_steps: int = 1,
                     split_micro: Callable | None = None, reduce: Callable | None = None):
-    """train_step(state, batch, train_key, first_index=0, drawn=False) -> (new state, metrics).
+    """train_step(state, batch, train_key, first_index=0, given="batch") -> (new state, metrics).
 
     batch: rows first_index .. first_index + b - 1 of the global batch (all of it under jit, one
-    device's shard under pmap); drawn=True: that batch with its rows' draws already made
-    (`draw_steps`), so the step only pairs them.  draw: `make_draw`'s `Draw` (the step's
+    device's shard under pmap); given: "batch" (the step draws and pairs its rows), "drawn" (the
+    rows' draws already made, `draw_steps`: the step only pairs them) or "paired" (drawn and
+    paired, `prepare_steps`: the step only trains).  draw: `make_draw`'s `Draw` (the step's
     randomness, drawn once for all micro-batches).  pair_cost: also report the pairs' mean
     |x1 - x0|^2 (a coupling's or a file's pairs).  per_row: `batch_loss`'s (True: a network
     with dropout).  grad_accum_steps = A > 1 processes the rows as A micro-batches
@@ -275,10 +304,16 @@ def make_train_step(*, apply: Callable, objective, conditional: bool,
         total, _ = jax.lax.scan(accumulate, zeros, micro)
         return jax.tree.map(lambda v: v / grad_accum_steps, total)
 
-    def train_step(state, batch, train_key, first_index=0, drawn=False):
+    def train_step(state, batch, train_key, first_index=0, given=BATCH):
         step_key = jax.random.fold_in(train_key, state.step)
         indices = first_index + jnp.arange(batch["x"].shape[0], dtype=jnp.int32)
-        batch = draw.pair(batch) if drawn else draw(batch, first_index, step_key)
+        if given == BATCH:
+            batch = draw(batch, first_index, step_key)
+        elif given == DRAWN:
+            batch = draw.pair(batch)
+        elif given != PAIRED:
+            raise ValueError(f"given must be one of {BATCH!r}, {DRAWN!r}, {PAIRED!r}; got "
+                             f"{given!r}")
         (loss, aux), grads = gradients(state.params, batch, indices, step_key)
         if reduce is not None:
             loss, aux, grads = reduce((loss, aux, grads))
@@ -321,11 +356,34 @@ def steps(step: Callable, state, batches):
     return jax.lax.scan(step, state, batches)
 
 
-def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
+def prepare_steps(draw: Draw, batches, first_step, train_key, first_index=0):
+    """A call's k batches drawn (`draw_steps`) and paired, step by step (`lax.map`): what the
+    train step given "paired" takes, bit for bit what it would draw and pair itself."""
+    return jax.lax.map(draw.pair, draw_steps(draw, batches, first_step, train_key, first_index))
+
+
+def make_prepare(comps, plan: parallel_lib.Plan):
+    """The jitted (batches, first_step, train_key) -> `prepare_steps` of this process's rows,
+    for a program on one host device (`ahead.Feeder` runs it on the CPU; a device's rows are
+    paired alone under scope 'local', as in the step).  batches: [k, local batch, ...]; the
+    output feeds `make_multi_step(..., prepared=True)` through `Plan.put_batches`."""
+    s = comps.settings.train
+    draw = make_draw(comps.objective, comps.source, comps.settings.coupling, s.batch_size, plan,
+                     null_label=comps.model.num_classes if comps.conditional else None,
+                     host_blocks=plan.num_shards // jax.process_count())
+    first_index = plan.process_rows(s.batch_size)[0]
+    return threefry.hot_program(jax.jit(
+        lambda batches, first_step, train_key: prepare_steps(draw, batches, first_step,
+                                                             train_key, first_index)))
+
+
+def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings, *, prepared: bool = False):
     """A compiled (state, batches, train_key) -> (state, metrics) over the plan, state donated.
 
     comps: the run's `components.Components`.  Runs k = batches' leading size train steps under
-    lax.scan, their rows' draws made for all k before the loop (`draw_steps`).  Mode "sharding":
+    lax.scan, their rows' draws made for all k before the loop (`draw_steps`); prepared=True:
+    the batches come drawn and paired (`make_prepare`, `ahead.Feeder`) and the steps only
+    train.  Mode "sharding":
     state as from `state.create_state`, batches [k, B, ...] (`Plan.put_batches`), metrics [k].
     Mode "pmap": state in pmap layout (`Plan.stack`), batches [num_shards, k, B / num_shards,
     ...], metrics [num_shards (local), k] (equal on every device).  The one place where pmap and
@@ -352,9 +410,12 @@ def make_multi_step(comps, plan: parallel_lib.Plan, state_shardings):
         reduce=(lambda t: jax.lax.pmean(t, parallel_lib.DATA_AXIS)) if in_pmap else None)
 
     def drawn_steps(state, batches, train_key, first_index=0):
-        drawn = draw_steps(draw, batches, state.step, train_key, first_index)
-        return steps(lambda st, b: train_step(st, b, train_key, first_index, drawn=True), state,
-                     drawn)
+        if prepared:
+            given = PAIRED
+        else:
+            batches, given = draw_steps(draw, batches, state.step, train_key, first_index), DRAWN
+        return steps(lambda st, b: train_step(st, b, train_key, first_index, given), state,
+                     batches)
 
     if in_pmap:
         def shard_steps(state, batches, first_index, train_key):

@@ -18,13 +18,13 @@ from flowmatch.checks import ConfigError
 
 WORKDIR_MODES = ("auto", "resume", "overwrite")
 # Keys that can change between two invocations on one workdir without making it another run:
-# logging, evaluation, checkpointing, the device layout, the kernel of the DiT's attention and
-# the handling of non-finite steps (same maths; e.g. resuming a GPU run on another machine, or
-# switching to nonfinite.policy='skip').
+# logging, evaluation, checkpointing, the device layout, the kernel of the DiT's attention, where
+# the couplings are solved and the handling of non-finite steps (same maths; e.g. resuming a GPU
+# run on another machine, or switching to nonfinite.policy='skip').
 HARMLESS_KEYS = ("progress_bar", "tensorboard", "wandb_project", "wandb_entity", "log_every_steps",
                  "eval_every_steps", "checkpoint_every_steps", "steps_per_call",
                  "grad_accum_steps", "parallel.", "model.attention", "eval.", "sampling.",
-                 "checkpoint.", "nonfinite.")
+                 "checkpoint.", "nonfinite.", "coupling.ahead_threads")
 # Keys that may change too, with a warning: num_train_steps (training a run for longer; the
 # learning-rate schedule follows the new value from the restored step on).
 NOTED_KEYS = ("num_train_steps",)

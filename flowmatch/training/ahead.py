@@ -1,0 +1,143 @@
+"""Couplings solved a call ahead: the next call's batches drawn and paired on the host.
+
+A coupling depends on a step's batch and key alone, not on the parameters, so the pairs of the
+next call can be solved while the current call trains.  `Feeder` does that for the trainer and
+the benchmarks' trainer:
+
+    feeder = Feeder(plan, threads, prepare=step.make_prepare(comps, plan), train_key=key)
+    pending = feeder.start(batches, first_step)     # returns at once
+    ready = feeder.result(pending)                  # the device batches of the train call
+    multi_step = step.make_multi_step(comps, plan, shardings, prepared=feeder.ahead)
+
+With threads = n > 0 the call's k steps are split into min(n, k) chunks of consecutive steps,
+each prepared (`step.prepare_steps`: drawn, then paired step by step) by its own background
+thread on the host's CPU device; XLA:CPU runs programs from different threads at the same time,
+so the auction's or Sinkhorn's loops run beside the train call instead of inside it.  Every step
+is drawn and paired by the same function of its rows and key as inside the train step, so the
+pairs and the losses are the same (tests/training/test_ahead.py).  On an accelerator the
+solvers' sequential rounds move to the host's cores: an auction round took about 0.8 us on one
+core of the project's 2-core Xeon and 12 us on an H200 (31.6 ms for 2,621 rounds,
+docs/couplings.md).
+
+With threads = 0 the batches go to the devices as they are and the train call draws and pairs
+them itself (`Feeder.ahead` False).  `ahead_threads` resolves config.coupling.ahead_threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowmatch import couplings as couplings_lib
+from flowmatch import objectives as objectives_lib
+from flowmatch.checks import ConfigError
+
+
+def host_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def ahead_threads(settings, process_count: int = 1) -> int:
+    """The background threads that solve a run's couplings (0: the train step solves them).
+
+    settings: the run's `components.Settings`.  Couplings only (flow matching with coupling.name
+    other than 'independent').  coupling.ahead_threads -1 (automatic): 1 for Sinkhorn (its
+    solve takes about as long as the step it pairs for, on the benchmark's 64 x 3 network), one
+    per CPU core for the exact auction (several times the step); 0 with the global scope over
+    several processes, where no host holds the global batch (an explicit n > 0 there is a
+    ConfigError).  Never more than steps_per_call (a thread prepares at least one step).
+    """
+    coupling = settings.coupling
+    if (not isinstance(settings.objective, objectives_lib.FlowMatching)
+            or coupling.name == "independent"):
+        return 0
+    n = coupling.ahead_threads
+    spread = process_count > 1 and coupling.scope == "global"
+    if n == couplings_lib.AUTO_THREADS:
+        if spread:
+            return 0
+        n = 1 if coupling.name == "sinkhorn" else host_cores()
+    elif n and spread:
+        raise ConfigError(
+            f"coupling.ahead_threads={n} solves the couplings on each host, but scope 'global' "
+            f"over {process_count} processes needs the rows of all of them: set "
+            "coupling.scope='local' or coupling.ahead_threads=0")
+    return min(n, settings.train.steps_per_call)
+
+
+class Feeder:
+    """A run's batches on their way to the train call: drawn and paired a call ahead by
+    `threads` host threads, or (threads 0) put on the devices as they are.
+
+    plan: the run's `parallel.Plan` (`put_batches`); prepare: `step.make_prepare`'s program
+    (needed when threads > 0); train_key: the run's train key.
+    """
+
+    def __init__(self, plan, threads: int, *, prepare=None, train_key=None):
+        if threads and (prepare is None or train_key is None):
+            raise ValueError("a Feeder with threads needs prepare and train_key")
+        self.plan = plan
+        self.threads = int(threads)
+        self._prepare = prepare
+        self._pool = None
+        if self.threads:
+            self._host = jax.local_devices(backend="cpu")[0]
+            self._key = jax.device_put(train_key, self._host)
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.threads, thread_name_prefix="flowmatch-couplings")
+            self._compiled = set()  # chunk sizes whose program is compiled
+            self._compiling = threading.Lock()
+
+    @property
+    def ahead(self) -> bool:
+        """Whether the batches come drawn and paired (`step.make_multi_step(prepared=...)`)."""
+        return bool(self.threads)
+
+    def start(self, batches: dict, first_step: int) -> Any:
+        """Starts readying a call's batches ({name: [k, local batch, ...]}, host or device
+        arrays) whose first step is first_step; `result` gives them."""
+        if not self.ahead:
+            return self.plan.put_batches(batches)
+        k = int(jax.tree.leaves(batches)[0].shape[0])
+        cuts = np.linspace(0, k, min(self.threads, k) + 1).round().astype(int)
+        return [self._pool.submit(self._chunk, jax.tree.map(lambda v, a=a, b=b: v[a:b], batches),
+                                  first_step + int(a))
+                for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def result(self, pending) -> dict:
+        """The started call's batches on the devices, drawn and paired when `ahead` (waits for
+        its threads; an error in one is raised here)."""
+        if not self.ahead:
+            return pending
+        parts = [future.result() for future in pending]
+        ready = parts[0] if len(parts) == 1 else jax.tree.map(
+            lambda *chunks: jnp.concatenate(chunks), *parts)
+        return self.plan.put_batches(ready)
+
+    def _chunk(self, batches, first_step: int):
+        batches = jax.device_put(batches, self._host)
+        args = (batches, np.int32(first_step), self._key)
+        size = int(jax.tree.leaves(batches)[0].shape[0])
+        if size not in self._compiled:  # one thread compiles, the others wait and reuse it
+            with self._compiling:
+                if size not in self._compiled:
+                    out = jax.block_until_ready(self._prepare(*args))
+                    self._compiled.add(size)
+                    return out
+        return jax.block_until_ready(self._prepare(*args))
+
+    def close(self):
+        """Stops the threads: steps not started are dropped, those running finish first."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
