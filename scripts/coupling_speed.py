@@ -3,7 +3,7 @@ coupling, against torchcfm's OT-CFM tutorial loop, interleaved in one process (t
 only where torch, torchcfm and POT import).
 
   python scripts/coupling_speed.py [--config=configs/moons.py] [--rounds=30] [--repeats=3]
-      [--steps_per_call=10]
+      [--steps_per_call=50]
 
 Kept short on purpose: the logic lives in flowmatch.experiments.coupling_speed.
 """
@@ -22,7 +22,7 @@ config_flags.DEFINE_config_file(
     lock_config=False)
 flags.DEFINE_integer("rounds", 30, "Interleaved rounds: one timed call of every row each.")
 flags.DEFINE_integer("repeats", 1, "Whole measurements in a row.")
-flags.DEFINE_integer("steps_per_call", 10, "Train steps per compiled call (and per torchcfm "
+flags.DEFINE_integer("steps_per_call", 50, "Train steps per compiled call (and per torchcfm "
                      "call).")
 FLAGS = flags.FLAGS
 

@@ -4,7 +4,8 @@ the Sinkhorn coupling and with the exact coupling, against torchcfm's OT-CFM tut
   python scripts/coupling_speed.py [--rounds=30] [--repeats=3]
 
 (run in a Python where torch, torchcfm and POT import to get the torchcfm row; without them it
-is left out).  The setting is torchcfm's 2-D OT-CFM example: batch 256, data moons, source
+is left out).  The coupled rows solve each call's couplings a call ahead on the host, as the
+trainer does by default (config.coupling.ahead_threads), and again inside the train step.  The setting is torchcfm's 2-D OT-CFM example: batch 256, data moons, source
 8gaussians, an MLP with three hidden layers of 64 SELU units and t appended to its input
 (model.time_embedding="concat"), Adam.  flowmatch's rows are the trainer's own compiled
 multi-step call (`experiments.speed.make_trainer`: `steps_per_call` steps per jitted call)
@@ -42,8 +43,17 @@ FLOWMATCH_ROWS = {
     "uncoupled": dict(name="independent"),
     "sinkhorn": dict(name="sinkhorn"),
     "exact": dict(name="exact"),
+    # The couplings solved inside the train step instead of a call ahead on the host's other
+    # threads (`flowmatch.training.ahead`): what that costs.
+    "sinkhorn, in the step": dict(name="sinkhorn", ahead_threads=0),
+    "exact, in the step": dict(name="exact", ahead_threads=0),
 }
 TORCHCFM_ROW = "torchcfm OT-CFM"
+# Steps per compiled call (and per call of torchcfm's loop): configs/ot_8gaussians_moons.py's.
+# A call timed right after another runner's is slower for a while (after a call of torchcfm's
+# loop, the next 10-step call of the Sinkhorn-coupled step took 5.2 ms, the later ones 3.8-4.6;
+# docs/couplings.md), so short calls would mostly time that.
+STEPS_PER_CALL = 50
 REFERENCE_ROW = "uncoupled"
 
 
@@ -162,7 +172,7 @@ def interleaved_seconds(runners: dict, *, rounds: int, warmup: int = 2) -> dict:
 
 
 def coupled_training_speed(config, *, batch_size: int = 256, hidden_sizes=(64, 64, 64),
-                           steps_per_call: int = 10, rounds: int = 30, rows=None,
+                           steps_per_call: int = STEPS_PER_CALL, rounds: int = 30, rows=None,
                            torchcfm: bool | None = None) -> list[dict]:
     """Steps/s of each flowmatch row and of torchcfm's OT-CFM loop, measured interleaved.
 
@@ -236,7 +246,8 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(config, *, rounds: int = 30, repeats: int = 1, steps_per_call: int = 10) -> list:
+def report(config, *, rounds: int = 30, repeats: int = 1,
+           steps_per_call: int = STEPS_PER_CALL) -> list:
     """Prints `repeats` whole measurements (`coupled_training_speed`) in a row as Markdown
     tables; returns their rows, one list per measurement."""
     out = []
