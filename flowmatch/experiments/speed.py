@@ -64,7 +64,9 @@ def median_seconds(fn: Callable[[], object], repeats: int, min_time: float = 0.2
 
 class Trainer(NamedTuple):
     """A run's compiled multi-step call with its state and batches in place, ready to time:
-    call() runs steps_per_call train steps (state donated and carried) and returns the metrics."""
+    call() runs steps_per_call train steps (state donated and carried) and returns the metrics.
+    With couplings solved a call ahead (`training.ahead`, as the trainer's loop does) a call also
+    prepares the next call's batches beside its steps and returns once both are done."""
 
     components: Any
     plan: Any

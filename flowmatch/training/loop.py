@@ -5,7 +5,8 @@
 reads the ConfigDict once (`components.read_settings` checks every section before any data is
 loaded or anything compiled; the device plan is checked next) and from then on works with typed
 settings and built components.  One compiled call runs `steps_per_call` train steps under
-`lax.scan` with the state donated (`step.make_multi_step`).
+`lax.scan` with the state donated (`step.make_multi_step`); with a coupling, the next call's
+batches are drawn and paired on the host while a call trains (`ahead.Feeder`).
 
 Files written under `workdir` (by process 0 only): config.json and run.json (`runs`),
 metrics.jsonl (one JSON object per logged step), samples_<step>.png, TensorBoard events if asked

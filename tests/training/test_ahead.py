@@ -77,11 +77,17 @@ def test_prepared_batches_are_the_train_steps_own_draws_and_pairs():
     np.testing.assert_array_equal(paired, [3, 3, 3, 3, 11, 11, 11, 11, 19, 19, 19, 19])
 
 
+@pytest.fixture(scope="module")
+def exact_prepare():
+    """(plan, `make_prepare`'s program) of an exact-coupled run: one per module, so the tests
+    share its compilations (one per chunk size, the auction's a few seconds each)."""
+    comps, plan = built(coupled_config("exact"))
+    return plan, step_lib.make_prepare(comps, plan)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads_split_a_call_into_chunks_with_the_same_result(threads):
-    config = coupled_config("exact")
-    comps, plan = built(config)
-    prepare = step_lib.make_prepare(comps, plan)
+def test_threads_split_a_call_into_chunks_with_the_same_result(threads, exact_prepare):
+    plan, prepare = exact_prepare
     key = jax.random.PRNGKey(5)
     k = 5  # 2 threads: chunks of 3 and 2 steps; 3 threads: 2, 1, 2
     batches = {"x": np.asarray(jax.random.normal(jax.random.PRNGKey(2), (k, 32, 2))),
