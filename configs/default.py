@@ -61,7 +61,9 @@ Keys (what the training loop reads):
   eval.*       num_tv_samples, num_w2_samples, tv_bins, chunk_size, num_plot_samples,
                num_image_samples, w2_in_training (the training evaluation also scores w2: an
                exact assignment on the host, about 1.3 s at 2,000 points; scripts/sample.py
-               always does)
+               always does), chunk_rows (the samplers' network in row chunks of this many, the
+               same samples; 0: the whole batch at once; see docs/sampling.md: chunks help the
+               3 x 256 network and slow torchcfm's 64 x 3 one)
   checkpoint.* max_to_keep (the newest sealed checkpoints kept; see flowmatch/checkpoint.py)
   nonfinite.*  policy ('skip': a step whose loss, gradients or update are not finite leaves the
                state unchanged, counted in metrics as skipped_steps | 'stop': such a step stops
@@ -127,7 +129,7 @@ def get_config():
 
     c.eval = ml_collections.ConfigDict(dict(
         num_tv_samples=100_000, num_w2_samples=2_000, tv_bins=64, chunk_size=100_000,
-        num_plot_samples=5_000, num_image_samples=64, w2_in_training=False))
+        num_plot_samples=5_000, num_image_samples=64, w2_in_training=False, chunk_rows=10_000))
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
 

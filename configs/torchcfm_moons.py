@@ -29,4 +29,5 @@ def get_config(variant=""):
     if not variant:
         c.steps_per_call = 100
         c.eval = default.get_config().eval  # the default final evaluation (tv on 100,000)
+        c.eval.chunk_rows = 0  # on the whole batch at once, as for the network's other runs
     return c

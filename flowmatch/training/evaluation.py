@@ -45,8 +45,10 @@ def sampler_on_plan(comps, plan, num_samples: int, chunk_size: int, **sampler_se
 
     Each chunk's rows are split over the devices when they divide evenly (else every device draws
     all of them); results are replicated, so every process can read them.  The same numbers as
-    on one device.
+    on one device.  The network runs in row chunks of config.eval.chunk_rows unless
+    sampler_settings has chunk_rows.
     """
+    sampler_settings.setdefault("chunk_rows", comps.settings.eval.chunk_rows or None)
     sampler = comps.make_sampler(**sampler_settings)
     wrap = lambda f: jax.jit(f, out_shardings=plan.replicated)  # noqa: E731
     return sampling.Chunked(sampler, comps.source.sample, num_samples, chunk_size,

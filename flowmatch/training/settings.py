@@ -84,7 +84,9 @@ class EvalSettings:
     w2_in_training: the training evaluation also scores w2 (an exact assignment of
     num_w2_samples points on the host: 1.2-1.5 s at 2,000 for a trained 2-D model on 2 CPU
     cores, 4.4 s for an untrained one; off by default so that evaluation costs little more than
-    its sampling; scripts/sample.py always scores it, with its floor)."""
+    its sampling; scripts/sample.py always scores it, with its floor).  chunk_rows: the
+    samplers' network runs in row chunks of this many (`sampling.chunks`: the same samples, less
+    memory traffic for a wide network); 0: the whole batch at once."""
 
     num_tv_samples: int = 100_000
     num_w2_samples: int = 2_000
@@ -93,10 +95,13 @@ class EvalSettings:
     num_plot_samples: int = 5_000
     num_image_samples: int = 64
     w2_in_training: bool = False
+    chunk_rows: int = 0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            if f.type != "bool":
+            if f.name == "chunk_rows":
+                checks.non_negative_int(f.name, self.chunk_rows)
+            elif f.type != "bool":
                 checks.positive_int(f.name, getattr(self, f.name))
 
 
