@@ -56,3 +56,39 @@ def test_a_failed_picture_raises_its_error(tmp_path, monkeypatch):
     finally:
         ev.close()
     assert not os.path.exists(tmp_path / "samples_1.png")
+
+
+def test_the_evaluation_network_in_row_chunks_draws_the_same_samples(tmp_path, monkeypatch):
+    """eval.chunk_rows runs the sampler's network in row chunks (`sampling.chunks`): the same
+    samples as on the whole batch (chunks of 150 rows of 500: 4 chunks, one padded), and the
+    setting is checked."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from flowmatch import training  # pylint: disable=g-import-not-at-top
+    from flowmatch.checks import ConfigError  # pylint: disable=g-import-not-at-top
+    from flowmatch.sampling import chunks  # pylint: disable=g-import-not-at-top
+    seen, real = [], chunks.apply_rows
+
+    def recording(apply, params, x, t, cond, chunk_rows):
+        seen.append(chunk_rows)  # at trace time, the setting the network was run with
+        return real(apply, params, x, t, cond, chunk_rows)
+
+    monkeypatch.setattr(chunks, "apply_rows", recording)
+    key = rng.seed_stream(0, "eval")
+    samples = {}
+    for rows in (0, 150):
+        seen.clear()
+        c = load_config("moons")
+        c.eval.num_tv_samples = c.eval.chunk_size = 500
+        c.sampling.num_steps = 2
+        c.eval.chunk_rows = rows
+        ev, params = speed_process.initial_evaluator(c, str(tmp_path / str(rows)), key)
+        try:
+            samples[rows] = np.asarray(ev.draw(params, rng.stream(key, "samples"), None).x)
+        finally:
+            ev.close()
+        assert set(seen) == {rows or None}
+    np.testing.assert_array_equal(samples[150], samples[0])
+    c = load_config("moons")
+    c.eval.chunk_rows = -1
+    with pytest.raises(ConfigError, match="chunk_rows"):
+        training.read_settings(c)
