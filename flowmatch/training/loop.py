@@ -31,7 +31,6 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from flowmatch import checkpoint as checkpoint_lib
-from flowmatch import checks
 from flowmatch import data as data_lib
 from flowmatch import metrics as metrics_lib
 from flowmatch import models as models_lib
