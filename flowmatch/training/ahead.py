@@ -26,6 +26,7 @@ them itself (`Feeder.ahead` False).  `ahead_threads` resolves config.coupling.ah
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import threading
 from typing import Any
@@ -39,12 +40,47 @@ from flowmatch import objectives as objectives_lib
 from flowmatch.checks import ConfigError
 
 
-def host_cores() -> int:
-    """The CPU cores this process may run on."""
+# Where a container's CPU limit is written (cgroup v2: "QUOTA PERIOD" or "max PERIOD"; v1: the
+# quota and the period in two files, quota -1 for none).
+CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1_CPU_QUOTA = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                       "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _read(path: str) -> str | None:
     try:
-        return len(os.sched_getaffinity(0))
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cpu_limit() -> float | None:
+    """CPUs a container's cgroup allows this process (quota / period), None when unlimited or
+    unknown: on a cluster node the affinity mask can show every core of the machine while the
+    container may use a few."""
+    v2 = _read(CGROUP_V2_CPU_MAX)
+    if v2 is not None:
+        parts = v2.split()
+        quota, period = (parts + ["", ""])[:2]
+    else:
+        quota, period = (_read(p) or "" for p in CGROUP_V1_CPU_QUOTA)
+    try:
+        quota, period = float(quota), float(period)
+    except ValueError:  # "max", missing files
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def host_cores() -> int:
+    """The CPU cores this process may use: its affinity mask, capped by a container's CPU
+    limit (rounded up)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cpu_limit()
+    return cores if limit is None else max(1, min(cores, math.ceil(limit)))
 
 
 def ahead_threads(settings, process_count: int = 1) -> int:

@@ -179,3 +179,25 @@ def test_an_error_in_a_thread_reaches_the_caller():
     assert not inside.ahead
     out = inside.result(inside.start({"x": np.ones((2, 8, 2), np.float32)}, 0))
     assert isinstance(out["x"], jax.Array) and out["x"].shape == (2, 8, 2)
+
+
+def test_a_containers_cpu_limit_caps_the_cores(tmp_path, monkeypatch):
+    """cgroup v2 and v1 CPU limits (quota / period, rounded up) cap the affinity mask's cores;
+    no limit ("max", -1, or no files) leaves them."""
+    monkeypatch.setattr(ahead.os, "sched_getaffinity", lambda pid: set(range(16)))
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    monkeypatch.setattr(ahead, "CGROUP_V2_CPU_MAX", str(v2))
+    monkeypatch.setattr(ahead, "CGROUP_V1_CPU_QUOTA", (str(quota), str(period)))
+    assert ahead.cpu_limit() is None and ahead.host_cores() == 16  # no files
+    v2.write_text("250000 100000\n")
+    assert ahead.cpu_limit() == 2.5 and ahead.host_cores() == 3
+    v2.write_text("max 100000\n")
+    assert ahead.cpu_limit() is None and ahead.host_cores() == 16
+    v2.unlink()
+    quota.write_text("400000\n")
+    period.write_text("100000\n")
+    assert ahead.host_cores() == 4
+    quota.write_text("-1\n")
+    assert ahead.host_cores() == 16
+    quota.write_text("6400000\n")  # more than the machine has
+    assert ahead.host_cores() == 16
