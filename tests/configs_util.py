@@ -1,5 +1,5 @@
-"""Loading configs/*.py by path, as config_flags does, for the tests; and the environment of a
-subprocess on simulated CPU devices."""
+"""Loading configs/*.py by path, as config_flags does, for the tests, and overriding their keys;
+and the environment of a subprocess on simulated CPU devices."""
 
 import importlib.util
 import os
@@ -20,6 +20,14 @@ def load_config(name, variant="smoke"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def override(config, overrides: dict | None):
+    """config with {"section.field": value} (or {"field": value}) set; returns it."""
+    for key, value in (overrides or {}).items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
 
 
 def simulated_devices_env(num_devices: int) -> dict:

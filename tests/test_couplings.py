@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pytest
 import scipy.optimize
-from configs_util import load_config, simulated_devices_env  # noqa: E402  (tests/ on sys.path)
+from configs_util import (  # noqa: E402  (tests/ on sys.path)
+    load_config, override, simulated_devices_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -427,10 +428,7 @@ def small_config(**overrides):
     config = load_config("moons")
     config.batch_size = 32
     config.model.hidden_sizes = (32, 32)
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    return override(config, overrides)
 
 
 def built(config):

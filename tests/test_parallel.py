@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 import pytest
-from configs_util import load_config, simulated_devices_env  # noqa: E402  (tests/ on sys.path)
+from configs_util import (  # noqa: E402  (tests/ on sys.path)
+    load_config, override, simulated_devices_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -34,10 +35,7 @@ def small_config(overrides=None):
     config.batch_size = 32
     config.model.hidden_sizes = (64, 64)
     config.eval.w2_in_training = True  # the runs' w2 is compared across layouts
-    for key, value in (overrides or {}).items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    return override(config, overrides)
 
 
 DIT_STEPS = 6
@@ -53,10 +51,7 @@ def dit_config(overrides=None):
     config.eval_every_steps = 0
     config.checkpoint_every_steps = DIT_STEPS
     config.optimizer.warmup_steps = 0  # full-size steps from the first
-    for key, value in (overrides or {}).items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    return override(config, overrides)
 
 
 # -- the subprocess side ---------------------------------------------------------------------------

@@ -91,11 +91,8 @@ def make_trainer(config, *, steps_per_call: int, spec=None, batches: dict | None
     comps = training.build(settings, spec)
     state = state_lib.create_state(comps.model, comps.tx, spec.example_shape, comps.conditional,
                                    rng.seed_stream(seed, "init"), plan)
-    threads = ahead_lib.ahead_threads(settings, jax.process_count())
     key = rng.seed_stream(seed, "train")
-    feeder = ahead_lib.Feeder(
-        plan, threads, prepare=step_lib.make_prepare(comps, plan) if threads else None,
-        train_key=key)
+    feeder = ahead_lib.run_feeder(comps, plan, key)
     multi_step = step_lib.make_multi_step(comps, plan, jax.tree.map(lambda a: a.sharding, state),
                                           prepared=feeder.ahead)
     if batches is None:

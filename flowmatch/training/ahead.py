@@ -4,7 +4,7 @@ A coupling depends on a step's batch and key alone, not on the parameters, so th
 next call can be solved while the current call trains.  `Feeder` does that for the trainer and
 the benchmarks' trainer:
 
-    feeder = Feeder(plan, threads, prepare=step.make_prepare(comps, plan), train_key=key)
+    feeder = run_feeder(comps, plan, train_key)      # Feeder(plan, threads, prepare=..., ...)
     pending = feeder.start(batches, first_step)     # returns at once
     ready = feeder.result(pending)                  # the device batches of the train call
     multi_step = step.make_multi_step(comps, plan, shardings, prepared=feeder.ahead)
@@ -38,6 +38,7 @@ import numpy as np
 from flowmatch import couplings as couplings_lib
 from flowmatch import objectives as objectives_lib
 from flowmatch.checks import ConfigError
+from flowmatch.training import step as step_lib
 
 
 # Where a container's CPU limit is written (cgroup v2: "QUOTA PERIOD" or "max PERIOD"; v1: the
@@ -109,6 +110,14 @@ def ahead_threads(settings, process_count: int = 1) -> int:
             f"over {process_count} processes needs the rows of all of them: set "
             "coupling.scope='local' or coupling.ahead_threads=0")
     return min(n, settings.train.steps_per_call)
+
+
+def run_feeder(comps, plan, train_key) -> "Feeder":
+    """The `Feeder` of a run (`components.Components` comps on `plan`): `ahead_threads` of its
+    settings over this job's processes, with `step.make_prepare`'s program when it works ahead."""
+    n = ahead_threads(comps.settings, jax.process_count())
+    return Feeder(plan, n, prepare=step_lib.make_prepare(comps, plan) if n else None,
+                  train_key=train_key)
 
 
 class Feeder:

@@ -329,11 +329,7 @@ class _Trainer:
         return pending, n, iterator.state() if feeder.ahead else None
 
     def _loop(self, state, meta, iterator, ckpt, writer, evaluator, progress):
-        s, plan = self.s, self.plan
-        threads = ahead_lib.ahead_threads(self.comps.settings, jax.process_count())
-        feeder = ahead_lib.Feeder(
-            plan, threads, prepare=step_lib.make_prepare(self.comps, plan) if threads else None,
-            train_key=self.train_key)
+        feeder = ahead_lib.run_feeder(self.comps, self.plan, self.train_key)
         try:
             return self._calls(state, meta, iterator, ckpt, writer, evaluator, progress, feeder)
         finally:

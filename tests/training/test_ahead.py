@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs_util import load_config
+from configs_util import load_config, override
 from flowmatch import metrics, training
 from flowmatch import parallel as parallel_lib
 from flowmatch.checks import ConfigError
@@ -28,10 +28,7 @@ def coupled_config(coupling="sinkhorn", **overrides):
     config.log_every_steps = 3
     config.checkpoint_every_steps = 6
     config.eval_every_steps = 0
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    return override(config, overrides)
 
 
 def built(config):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from configs_util import load_config
+from configs_util import load_config, override
 from flowmatch import checkpoint as ckpt_lib
 from flowmatch import data as data_lib
 from flowmatch import metrics, training
@@ -20,10 +20,7 @@ from flowmatch.training import monitor as monitor_lib, runs, state as state_lib,
 def moons(**overrides):
     """configs/moons.py:smoke with overrides {"a.b": value}."""
     config = load_config("moons")
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    return override(config, overrides)
 
 
 def leaves_equal(a, b):

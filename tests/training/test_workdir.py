@@ -8,17 +8,14 @@ import sys
 
 import pytest
 
-from configs_util import ROOT, load_config
+from configs_util import ROOT, load_config, override
 from flowmatch import training
 from flowmatch.training import runs, workdir as workdir_lib
 
 
 def moons(**overrides):
     config = load_config("moons")
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+    return override(config, overrides)
 
 
 def test_a_workdir_with_a_different_config_is_refused_and_nothing_is_touched(tmp_path):
