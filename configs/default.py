@@ -41,7 +41,9 @@ Keys (what the training loop reads):
                most this; 0: always num_iters), sinkhorn_relaxation (over-relaxed updates in
                [1, 2); 1: plain Sinkhorn),
                tolerance (auction: mean pair cost within tolerance x cost range of the optimum),
-               bidders (auction rows bidding per round); see flowmatch/couplings.py;
+               bidders (auction rows bidding per round), auction_kernel ('auto': the
+               auction's rounds as a native CPU kernel where it builds, else its lax loops |
+               'lax' | 'native'; the same pairs either way); see flowmatch/couplings.py;
                ahead_threads (the trainer's: threads on the host that solve the next call's
                couplings while a call trains; -1 automatic, 0 inside the train step; the
                pairs are the same; flowmatch/training/ahead.py)
@@ -112,7 +114,7 @@ def get_config():
     c.coupling = ml_collections.ConfigDict(dict(
         name="independent", scope="global", per_class=False, sinkhorn_reg=0.01, num_iters=50,
         sinkhorn_tolerance=0.01, sinkhorn_relaxation=1.7, tolerance=1e-6, bidders=8,
-        ahead_threads=-1))
+        auction_kernel="auto", ahead_threads=-1))
 
     c.objective = ml_collections.ConfigDict(dict(
         name="flow_matching", prediction="velocity", time_sampling="logit_normal",

@@ -658,10 +658,11 @@ def couple(name: str, x1, x0, *, labels=None, uniforms=None,
            sinkhorn_tolerance: float = DEFAULT_SINKHORN_TOLERANCE,
            sinkhorn_relaxation: float = DEFAULT_SINKHORN_RELAXATION,
            tolerance: float = DEFAULT_TOLERANCE,
-           bidders: int = DEFAULT_BIDDERS) -> Pairing:
+           bidders: int = DEFAULT_BIDDERS, auction_kernel: str = "auto") -> Pairing:
     """Pairs a minibatch: data x1 [n, ...] with source samples x0 [n, ...].
 
-    name: 'independent' | 'exact' (`exact_assignment`: tolerance, bidders) | 'sinkhorn'
+    name: 'independent' | 'exact' (`exact_assignment`: tolerance, bidders, kernel =
+        auction_kernel) | 'sinkhorn'
         (`sinkhorn` with reg = sinkhorn_reg, num_iters, tolerance = sinkhorn_tolerance,
         relaxation = sinkhorn_relaxation, then `sample_rows`: uniforms [n] in [0, 1)
         required).
@@ -680,7 +681,8 @@ def couple(name: str, x1, x0, *, labels=None, uniforms=None,
         cost = class_cost(cost, labels)
     ok = jnp.all(jnp.isfinite(_flat(x1))) & jnp.all(jnp.isfinite(_flat(x0)))
     if name == "exact":
-        result = exact_assignment(cost, tolerance=tolerance, bidders=bidders)
+        result = exact_assignment(cost, tolerance=tolerance, bidders=bidders,
+                                  kernel=auction_kernel)
         index, converged = result.index, result.converged & ok
     else:
         if uniforms is None:
@@ -701,7 +703,8 @@ class CouplingSettings:
     name: one of COUPLINGS; scope: 'global' (over the whole global batch, gathered across
     devices) or 'local' (each device's rows alone); per_class: pairs stay within a label;
     sinkhorn_reg, num_iters (at most), sinkhorn_tolerance, sinkhorn_relaxation: `sinkhorn`;
-    tolerance, bidders: `exact_assignment`.  ahead_threads: where the trainer solves a call's
+    tolerance, bidders, auction_kernel: `exact_assignment` (its kernel: 'auto' | 'lax' |
+    'native', the same pairs whichever runs).  ahead_threads: where the trainer solves a call's
     couplings (`flowmatch.training.ahead`): 0 inside its train step; n > 0 on the host's CPU,
     a call ahead, by n background threads; -1 (auto) 1 thread for 'sinkhorn' and one per CPU
     core for 'exact'.  The pairs are the same either way.
@@ -716,6 +719,7 @@ class CouplingSettings:
     sinkhorn_relaxation: float = DEFAULT_SINKHORN_RELAXATION
     tolerance: float = DEFAULT_TOLERANCE
     bidders: int = DEFAULT_BIDDERS
+    auction_kernel: str = "auto"
     ahead_threads: int = AUTO_THREADS
 
     @classmethod
@@ -757,6 +761,10 @@ class CouplingSettings:
             raise ValueError(f"coupling.ahead_threads must be an integer >= -1 (-1: automatic; 0: "
                              f"solve the couplings inside the train step; n: n threads on the "
                              f"host solve the next call's), got {self.ahead_threads!r}")
+        if self.auction_kernel not in KERNELS:
+            raise ValueError(f"unknown coupling.auction_kernel {self.auction_kernel!r}; choose "
+                             f"one of: {', '.join(KERNELS)} (auto: the native CPU kernel where "
+                             f"it builds; lax: the lax loops; the pairs are the same)")
         for key in ("num_iters", "bidders"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -772,4 +780,4 @@ class CouplingSettings:
         return dict(sinkhorn_reg=self.sinkhorn_reg, num_iters=self.num_iters,
                     sinkhorn_tolerance=self.sinkhorn_tolerance,
                     sinkhorn_relaxation=self.sinkhorn_relaxation, tolerance=self.tolerance,
-                    bidders=self.bidders)
+                    bidders=self.bidders, auction_kernel=self.auction_kernel)

@@ -47,6 +47,10 @@ FLOWMATCH_ROWS = {
     # threads (`flowmatch.training.ahead`): what that costs.
     "sinkhorn, in the step": dict(name="sinkhorn", ahead_threads=0),
     "exact, in the step": dict(name="exact", ahead_threads=0),
+    # The auction's rounds in its lax loops instead of the native CPU kernel (`flowmatch.native`;
+    # the same pairs): what the kernel saves, ahead and inside the step.
+    "exact, lax auction": dict(name="exact", auction_kernel="lax"),
+    "exact, lax auction, in the step": dict(name="exact", auction_kernel="lax", ahead_threads=0),
 }
 TORCHCFM_ROW = "torchcfm OT-CFM"
 # Steps per compiled call (and per call of torchcfm's loop): configs/ot_8gaussians_moons.py's.

@@ -237,7 +237,7 @@ def coupling_seconds(config, *, n: int = 256, num_batches: int = 8, repeats: int
                                    for x1, x0, u in batches]))
     rounds = jax.jit(lambda x1, x0: couplings_lib.exact_assignment(
         couplings_lib.squared_distances(x1, x0), tolerance=settings.tolerance,
-        bidders=settings.bidders).rounds)
+        bidders=settings.bidders, kernel=settings.auction_kernel).rounds)
     out["exact_rounds"] = float(np.mean([int(rounds(x1, x0)) for x1, x0, _ in batches]))
     out["settings"] = kw
     return out

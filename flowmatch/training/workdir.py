@@ -24,7 +24,8 @@ WORKDIR_MODES = ("auto", "resume", "overwrite")
 HARMLESS_KEYS = ("progress_bar", "tensorboard", "wandb_project", "wandb_entity", "log_every_steps",
                  "eval_every_steps", "checkpoint_every_steps", "steps_per_call",
                  "grad_accum_steps", "parallel.", "model.attention", "eval.", "sampling.",
-                 "checkpoint.", "nonfinite.", "coupling.ahead_threads")
+                 "checkpoint.", "nonfinite.", "coupling.ahead_threads",
+                 "coupling.auction_kernel")
 # Keys that may change too, with a warning: num_train_steps (training a run for longer; the
 # learning-rate schedule follows the new value from the restored step on).
 NOTED_KEYS = ("num_train_steps",)
