@@ -136,13 +136,27 @@ def test_the_switch_and_a_missing_compiler_make_the_kernel_unavailable(monkeypat
         native.target("nope")
 
 
-def test_a_build_is_cached_by_its_key(monkeypatch, tmp_path):
+def test_processes_building_at_once_share_one_library_then_reuse_it(monkeypatch, tmp_path):
+    """Two processes (the test workers of a fresh machine) build into an empty cache at once:
+    both load a whole library, one file is left, and a later build finds it."""
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
     from flowmatch import native  # pylint: disable=g-import-not-at-top
     _native_or_skip()
-    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
-    path = native._build("auction")   # pylint: disable=protected-access
-    assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **{native.ENV_CACHE: str(tmp_path), "PYTHONPATH": root})
+    code = ("import ctypes; from flowmatch import native; p = native._build('auction'); "
+            "ctypes.CDLL(p).FlowmatchAuction; print(p)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1
+    path = paths.pop()
+    assert os.path.dirname(path) == str(tmp_path)
+    assert os.listdir(tmp_path) == [os.path.basename(path)]   # no partial files left
     stamp = os.stat(path).st_mtime_ns
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
     assert native._build("auction") == path   # pylint: disable=protected-access
     assert os.stat(path).st_mtime_ns == stamp   # found, not built again
-    assert os.listdir(tmp_path) == [os.path.basename(path)]   # no partial files left
