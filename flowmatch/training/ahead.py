@@ -15,9 +15,10 @@ thread on the host's CPU device; XLA:CPU runs programs from different threads at
 so the auction's or Sinkhorn's loops run beside the train call instead of inside it.  Every step
 is drawn and paired by the same function of its rows and key as inside the train step, so the
 pairs and the losses are the same (tests/training/test_ahead.py).  On an accelerator the
-solvers' sequential rounds move to the host's cores: an auction round took about 0.8 us on one
-core of the project's 2-core Xeon and 12 us on an H200 (31.6 ms for 2,621 rounds,
-docs/couplings.md).
+solvers' sequential rounds move to the host's cores, where the auction runs as a native kernel
+(`flowmatch.native`): an auction of 256 points took about 0.6 ms on one core of the project's
+2-core Xeon (2.2-2.8 ms in its lax loops) and 31.6 ms on an H200 (2,621 rounds of a few kernel
+launches each; docs/couplings.md).
 
 With threads = 0 the batches go to the devices as they are and the train call draws and pairs
 them itself (`Feeder.ahead` False).  `ahead_threads` resolves config.coupling.ahead_threads.
@@ -90,7 +91,8 @@ def ahead_threads(settings, process_count: int = 1) -> int:
     settings: the run's `components.Settings`.  Couplings only (flow matching with coupling.name
     other than 'independent').  coupling.ahead_threads -1 (automatic): 1 for Sinkhorn (its
     solve takes about as long as the step it pairs for, on the benchmark's 64 x 3 network), one
-    per CPU core for the exact auction (several times the step); 0 with the global scope over
+    per CPU core for the exact auction (about twice the step with its native kernel, 6-8 times
+    with its lax loops); 0 with the global scope over
     several processes, where no host holds the global batch (an explicit n > 0 there is a
     ConfigError).  Never more than steps_per_call (a thread prepares at least one step).
     """
