@@ -352,10 +352,10 @@ def exact_assignment(cost, *, tolerance: float = DEFAULT_TOLERANCE,
     same order, so the same prices, assignment and round count, bit for bit), CPU only, an
     error where it cannot be built.  'auto' (default): the native kernel in a program for the
     CPU where it is available, else the lax loops (`lax.platform_dependent`: an accelerator's
-    program keeps them).  On the 256-point problems above, one at a time (`lax.map`) on the
-    project's 2-core Xeon, an assignment took 0.81-0.86 ms with the kernel against 3.0-3.2 ms
-    with the lax loops (five repeats of 80 each, the same run), and its first call (compiling
-    the program) 0.35-0.47 s against 2.0 s.
+    program keeps them).  On 64 such 256-point problems, one at a time (`lax.map`) on the
+    project's 2-core Xeon, a coupling took 0.598 ms with the kernel against 2.839 ms with the
+    lax loops (medians of 7, interleaved), and its first call (compiling the program) 0.37 s
+    against 2.10 s (docs/results/native_auction_xeon_0855/kernel.log).
 
     Returns an `Assignment` (index [n] int32: row i -> column index[i]).
     """
