@@ -65,6 +65,7 @@ def _solver(kernel, bidders, tolerance, max_rounds):
     (100, 8, 1e-6, None),
     (100, 8, 1e-6, 12),      # max_rounds hit (96 bids < 100 rows): not converged
     (256, 16, 1e-6, None),
+    (1100, 8, 1e-3, None),   # beyond the kernel's kept buffer (n > 1024): a buffer of its own
 ])
 def test_the_kernel_is_the_lax_auction_bit_for_bit(n, bidders, tolerance, max_rounds):
     _native_or_skip()

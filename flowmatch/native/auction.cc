@@ -295,9 +295,13 @@ ffi::Error AuctionImpl(ffi::Buffer<ffi::F32> cost, ffi::Span<const float> epsilo
   }
   const std::vector<float> eps(epsilons.begin(), epsilons.end());
   const std::vector<int> w(widths.begin(), widths.end());
-  // The benefits: a buffer kept by each thread (a fresh one of 256 KB, n = 256, would be mapped
-  // and faulted in by the allocator on every call).
-  thread_local std::vector<float> a;
+  // The benefits: up to kKeptBenefits a buffer kept by each thread (a fresh one of 256 KB,
+  // n = 256, was mapped and faulted in by the allocator on every call); larger problems get
+  // their own, freed on return, so a thread does not hold a large buffer between calls.
+  constexpr int64_t kKeptBenefits = int64_t{1} << 20;   // 4 MiB: n <= 1024
+  thread_local std::vector<float> kept;
+  std::vector<float> own;
+  std::vector<float>& a = size <= kKeptBenefits ? kept : own;
   if (static_cast<int64_t>(a.size()) < size) a.resize(size);
   Auction auction(n, w[0], static_cast<int>(unroll), static_cast<int32_t>(max_rounds));
   for (int64_t b = 0; b < problems; ++b) {
