@@ -160,6 +160,8 @@ def _build(name: str) -> str:
         except OSError as e:
             errors.append(f"{directory}: {e}")
             continue
+        logger.info("flowmatch: building the native kernel %r with %s (once per machine; %s)",
+                    name, cxx, path)
         try:
             for arch in (ARCH_FLAGS, ()):   # a compiler without -march=native: the generic build
                 command = [cxx, *FLAGS, *arch, "-I", include, source, "-o", partial]
