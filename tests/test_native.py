@@ -131,8 +131,12 @@ def test_the_switch_and_a_missing_compiler_make_the_kernel_unavailable(monkeypat
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with caplog.at_level("WARNING", logger="flowmatch.native"):
         assert native._load("auction") is None   # pylint: disable=protected-access
-    assert "no C++ compiler found" in native.reason("auction")
+    assert native.reason("auction") == "CXX='/nonexistent/c++' is not a command found on the PATH"
     assert "using its lax version" in caplog.text
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", "")   # no c++, g++ or clang++ to be found
+    assert native._load("auction") is None   # pylint: disable=protected-access
+    assert native.reason("auction") == "no C++ compiler found (set CXX, or install g++ or clang++)"
     with pytest.raises(ValueError, match="unknown native kernel 'nope'"):
         native.target("nope")
 

@@ -131,6 +131,8 @@ def _build(name: str) -> str:
     import jax  # pylint: disable=g-import-not-at-top
     import jaxlib  # pylint: disable=g-import-not-at-top
     cxx = compiler()
+    if cxx is None and os.environ.get("CXX"):
+        raise _Unavailable(f"CXX={os.environ['CXX']!r} is not a command found on the PATH")
     if cxx is None:
         raise _Unavailable("no C++ compiler found (set CXX, or install g++ or clang++)")
     source = os.path.join(os.path.dirname(__file__), KERNELS[name][0])
