@@ -5,9 +5,11 @@ the Sinkhorn coupling and with the exact coupling, against torchcfm's OT-CFM tut
 
 (run in a Python where torch, torchcfm and POT import to get the torchcfm row; without them it
 is left out).  The coupled rows solve each call's couplings a call ahead on the host, as the
-trainer does by default (config.coupling.ahead_threads), and again inside the train step.  The setting is torchcfm's 2-D OT-CFM example: batch 256, data moons, source
-8gaussians, an MLP with three hidden layers of 64 SELU units and t appended to its input
-(model.time_embedding="concat"), Adam.  flowmatch's rows are the trainer's own compiled
+trainer does by default (config.coupling.ahead_threads), and again inside the train step; the
+exact coupling also with its auction's lax loops instead of the native CPU kernel.  The setting
+is torchcfm's 2-D OT-CFM example: batch 256, data moons, source 8gaussians, an MLP with three
+hidden layers of 64 SELU units and t appended to its input (model.time_embedding="concat"),
+Adam.  flowmatch's rows are the trainer's own compiled
 multi-step call (`experiments.speed.make_trainer`: `steps_per_call` steps per jitted call)
 of configs/moons.py with those overrides; torchcfm's row is its tutorial training loop
 (`ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)`, whose pairing is POT's exact `ot.emd`
@@ -185,9 +187,10 @@ def coupled_training_speed(config, *, batch_size: int = 256, hidden_sizes=(64, 6
 
     config: a 2-D flowmatch config (configs/moons.py), set to the torchcfm setting by
     `flowmatch_config`.  rows: {label: config.coupling fields}, default FLOWMATCH_ROWS (its
-    "uncoupled" row is the reference of the ratios; on an accelerator without LAX_IN_STEP_ROW).  torchcfm: include its row (None: when
-    torch, torchcfm and POT import).  Returns one dict per row: label, steps_per_sec (median),
-    steps_per_sec_iqr (25th and 75th percentile), slowdown (uncoupled steps/s / this row's),
+    "uncoupled" row is the reference of the ratios; on an accelerator without LAX_IN_STEP_ROW).
+    torchcfm: include its row (None: when torch, torchcfm and POT import).  Returns one dict
+    per row: label, steps_per_sec (median), steps_per_sec_iqr (25th and 75th percentile),
+    slowdown (uncoupled steps/s / this row's),
     vs_torchcfm (this row's steps/s / torchcfm's, NaN without that row), pair_cost (mean
     |x1 - x0|^2 of the flowmatch rows' pairs, NaN for torchcfm).
     """

@@ -5,10 +5,10 @@
 // this one runs its ~3,000 rounds without XLA:CPU's cost of launching each round's operations.
 //
 // Input cost: [..., n, n] float32, turned into benefits as couplings._normalised_benefit does
-// ([-1, 0], -inf for a forbidden pair).  Attributes: epsilons (the phases' epsilons, float32), widths (the
-// slot stages' widths, couplings._slot_widths), unroll (rounds per loop trip, AUCTION_UNROLL),
-// max_rounds (per phase).  Outputs: owner [..., n] int32 (column -> row, -1: free) of the last
-// phase, rounds [...] int32 (over all phases).
+// ([-1, 0], -inf for a forbidden pair).  Attributes: epsilons (the phases' epsilons, float32),
+// widths (the slot stages' widths, couplings._slot_widths), unroll (rounds per loop trip,
+// AUCTION_UNROLL), max_rounds (per phase).  Outputs: owner [..., n] int32 (column -> row, -1:
+// free) of the last phase, rounds [...] int32 (over all phases).
 
 #include <algorithm>
 #include <cmath>
