@@ -404,7 +404,7 @@ def exact_assignment(cost, *, tolerance: float = DEFAULT_TOLERANCE,
         return jax.ffi.ffi_call(
             target, (jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)),
             vmap_method="broadcast_all")(
-                cost, epsilons=np.asarray(epsilons), widths=np.asarray(_slot_widths(num_slots),
+                cost, epsilons=epsilons, widths=np.asarray(_slot_widths(num_slots),
                                                                     np.int64),
                 unroll=np.int64(AUCTION_UNROLL), max_rounds=np.int64(max_rounds))
 

@@ -29,6 +29,8 @@ import subprocess
 import tempfile
 import threading
 
+from flowmatch import fileio
+
 logger = logging.getLogger(__name__)
 
 KERNELS = {"auction": ("auction.cc", "FlowmatchAuction")}
@@ -123,7 +125,9 @@ def _cache_dirs() -> list[str]:
     if configured:
         return [os.path.expanduser(configured)]
     return [os.path.expanduser(DEFAULT_CACHE),
-            os.path.join(tempfile.gettempdir(), f"flowmatch-native-{os.getuid()}")]
+            # per user where there are uids (Windows' temporary folder is per user already)
+            os.path.join(tempfile.gettempdir(),
+                         f"flowmatch-native-{getattr(os, 'getuid', lambda: 0)()}")]
 
 
 def _build(name: str) -> str:
@@ -147,39 +151,40 @@ def _build(name: str) -> str:
     key = hashlib.sha256(b"\0".join(s if isinstance(s, bytes) else s.encode() for s in (
         code, cxx, version, " ".join(FLAGS + ARCH_FLAGS), jaxlib.__version__, include,
         platform.machine(), _cpu_features()))).hexdigest()[:20]
+    file = f"{name}-{key}.so"
+    for directory in _cache_dirs():
+        if os.path.exists(os.path.join(directory, file)):
+            return os.path.join(directory, file)
+    with tempfile.TemporaryDirectory(prefix="flowmatch-native-") as scratch:
+        built = os.path.join(scratch, file)
+        logger.info("flowmatch: building the native kernel %r with %s (once per machine)",
+                    name, cxx)
+        _compile(cxx, source, include, built)
+        with open(built, "rb") as f:
+            library = f.read()
+    # Written atomically (`fileio`): processes building at once (the test workers, a pod's hosts
+    # sharing a home directory) never load a partial file.
     errors = []
     for directory in _cache_dirs():
-        path = os.path.join(directory, f"{name}-{key}.so")
-        if os.path.exists(path):
-            return path
+        path = os.path.join(directory, file)
         try:
             os.makedirs(directory, exist_ok=True)
-            # Built under a temporary name and renamed: processes building at once (the test
-            # workers, a pod's hosts sharing a home directory) never load a partial file.
-            fd, partial = tempfile.mkstemp(prefix=f"{name}-", suffix=".so.partial",
-                                           dir=directory)
-            os.close(fd)
+            fileio.write_bytes(path, library)
+            return path
         except OSError as e:
             errors.append(f"{directory}: {e}")
-            continue
-        logger.info("flowmatch: building the native kernel %r with %s (once per machine; %s)",
-                    name, cxx, path)
-        try:
-            for arch in (ARCH_FLAGS, ()):   # a compiler without -march=native: the generic build
-                command = [cxx, *FLAGS, *arch, "-I", include, source, "-o", partial]
-                try:
-                    done = subprocess.run(command, capture_output=True, text=True,
-                                          timeout=BUILD_TIMEOUT_S, check=False)
-                except (OSError, subprocess.SubprocessError) as e:
-                    raise _Unavailable(f"building {source} failed: {e}") from e
-                if done.returncode == 0:
-                    break
-            else:
-                tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-                raise _Unavailable(f"building {source} with {cxx} failed: {tail}")
-            os.replace(partial, path)
-            return path
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
     raise _Unavailable("no writable directory for the built library: " + "; ".join(errors))
+
+
+def _compile(cxx: str, source: str, include: str, output: str):
+    for arch in (ARCH_FLAGS, ()):   # a compiler without -march=native: the generic build
+        command = [cxx, *FLAGS, *arch, "-I", include, source, "-o", output]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=BUILD_TIMEOUT_S, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise _Unavailable(f"building {source} failed: {e}") from e
+        if done.returncode == 0:
+            return
+    tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+    raise _Unavailable(f"building {source} with {cxx} failed: {tail}")

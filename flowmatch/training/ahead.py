@@ -91,7 +91,7 @@ def ahead_threads(settings, process_count: int = 1) -> int:
     settings: the run's `components.Settings`.  Couplings only (flow matching with coupling.name
     other than 'independent').  coupling.ahead_threads -1 (automatic): 1 for Sinkhorn (its
     solve takes about as long as the step it pairs for, on the benchmark's 64 x 3 network), one
-    per CPU core for the exact auction (about twice the step with its native kernel, 6-8 times
+    per CPU core for the exact auction (about twice the step with its native kernel, 6-10 times
     with its lax loops); 0 with the global scope over
     several processes, where no host holds the global batch (an explicit n > 0 there is a
     ConfigError).  Never more than steps_per_call (a thread prepares at least one step).
